@@ -1,0 +1,309 @@
+//! The PDC agent's gRPC edge: connect, register, consent, wait for tasks, download, train, upload — and
+//! reconnect with exponential back-off whenever the coordinator is unreachable.
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use pdc_ledger::hash::{StreamHasher, f32_bytes, parameters_hash};
+use pdc_ledger::signing::{self, ConsentAction, Contribution};
+use pdc_ledger::{Identity, sha3_256};
+use pdc_models::Dataset;
+use pdc_proto::pb::federation_service_client::FederationServiceClient;
+use pdc_proto::{MAX_CHUNK_BYTES, MAX_MESSAGE_BYTES, pb};
+use rand::Rng;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::training::{self, StudyTerms};
+use crate::{Error, HospitalConfig, Result};
+
+type Client = FederationServiceClient<Channel>;
+
+/// A hospital's PDC agent.
+pub struct Agent {
+    config: HospitalConfig,
+    identity: Identity,
+    /// Local tables per study, loaded in that study's schema.
+    tables: HashMap<String, Dataset>,
+    /// Studies this PDC decided not to join, so it says why only once.
+    declined: BTreeSet<String>,
+}
+
+impl Agent {
+    /// An agent for `config`, loading (or creating) its identity key.
+    pub fn new(config: HospitalConfig) -> Result<Self> {
+        let identity = Identity::load_or_create(&config.key_file)?;
+        Ok(Self { config, identity, tables: HashMap::new(), declined: BTreeSet::new() })
+    }
+
+    /// The PDC's id.
+    pub fn pdc_id(&self) -> &str {
+        &self.config.pdc_id
+    }
+
+    /// Runs until a refusal that retrying cannot fix (e.g. the id is registered with another key); reconnects
+    /// with exponential back-off and jitter whenever the coordinator is unreachable or the task stream ends.
+    pub async fn run(mut self) -> Result<()> {
+        let retry = self.config.retry.clone();
+        let mut delay = retry.initial_ms;
+        loop {
+            match self.session(&mut delay).await {
+                Ok(()) => tracing::info!(pdc = %self.config.pdc_id, "task stream ended; reconnecting"),
+                Err(error) if error.is_transient() => {
+                    tracing::warn!(pdc = %self.config.pdc_id, %error, retry_in_ms = delay, "coordinator unavailable");
+                }
+                Err(error) => return Err(error),
+            }
+            let jitter = rand::rng().random_range(0..=delay / 4);
+            tokio::time::sleep(Duration::from_millis(delay + jitter)).await;
+            delay = (delay * 2).min(retry.max_ms);
+        }
+    }
+
+    async fn connect(&self) -> Result<Client> {
+        let unreachable = |detail: String| Error::Unreachable { endpoint: self.config.coordinator.clone(), detail };
+        let endpoint = Endpoint::from_shared(self.config.coordinator.clone())
+            .map_err(|e| unreachable(e.to_string()))?
+            .connect_timeout(Duration::from_secs(3));
+        let channel = endpoint.connect().await.map_err(|e| unreachable(e.to_string()))?;
+        Ok(FederationServiceClient::new(channel)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES))
+    }
+
+    /// One connection's life: returns when the task stream ends or a call fails.
+    async fn session(&mut self, delay: &mut u64) -> Result<()> {
+        let mut client = self.connect().await?;
+        self.register(&mut client).await?;
+        *delay = self.config.retry.initial_ms;
+        self.consent_pass(&mut client).await?;
+        let request = self.signed("WaitTasks");
+        let mut tasks = client.wait_tasks(request).await.map_err(|s| Error::refused("WaitTasks", s))?.into_inner();
+        tracing::info!(pdc = %self.config.pdc_id, "waiting for tasks");
+        let mut poll = tokio::time::interval(Duration::from_millis(self.config.retry.poll_ms));
+        loop {
+            tokio::select! {
+                message = tasks.message() => match message {
+                    Ok(Some(task)) => self.handle_task(&mut client, task).await?,
+                    Ok(None) => return Ok(()),
+                    Err(status) => return Err(Error::refused("WaitTasks", status)),
+                },
+                _ = poll.tick() => self.consent_pass(&mut client).await?,
+            }
+        }
+    }
+
+    async fn register(&self, client: &mut Client) -> Result<()> {
+        let public_key = self.identity.public_key().to_bytes();
+        let signature = self.identity.sign(&signing::register_message(&self.config.pdc_id, &public_key));
+        let request = pb::RegisterRequest {
+            pdc_id: self.config.pdc_id.clone(),
+            public_key: public_key.to_vec(),
+            signature: signature.to_vec(),
+        };
+        client.register(request).await.map_err(|s| Error::refused("Register", s))?;
+        Ok(())
+    }
+
+    fn signed(&self, method: &str) -> pb::SignedRequest {
+        let timestamp_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+        let signature = self.identity.sign(&signing::request_message(method, &self.config.pdc_id, timestamp_ms));
+        pb::SignedRequest { pdc_id: self.config.pdc_id.clone(), timestamp_ms, signature: signature.to_vec() }
+    }
+
+    /// Consents to every listed study the policy allows and the local table can serve.
+    async fn consent_pass(&mut self, client: &mut Client) -> Result<()> {
+        let listing = client
+            .list_studies(self.signed("ListStudies"))
+            .await
+            .map_err(|s| Error::refused("ListStudies", s))?
+            .into_inner();
+        for study in listing.studies {
+            if study.consented || self.declined.contains(&study.study_id) {
+                continue;
+            }
+            // The PDC signs the hash of the text it read, never a hash it was told.
+            let manifest_hash = sha3_256(study.manifest_toml.as_bytes());
+            if hex::encode(manifest_hash) != study.manifest_hash {
+                self.decline(&study.study_id, "the listed manifest hash does not match its text");
+                continue;
+            }
+            let terms = match StudyTerms::parse(&study.manifest_toml) {
+                Ok(terms) => terms,
+                Err(error) => {
+                    self.decline(&study.study_id, &format!("unreadable manifest: {error}"));
+                    continue;
+                }
+            };
+            let allowed = &self.config.consent.studies;
+            if !allowed.is_empty() && !allowed.contains(&terms.name) {
+                self.decline(&study.study_id, "not in this hospital's consent policy");
+                continue;
+            }
+            if let Err(error) = self.table(&study.study_id, &terms) {
+                self.decline(&study.study_id, &format!("local data does not fit: {error}"));
+                continue;
+            }
+            let signature =
+                self.identity.sign(&signing::consent_message(ConsentAction::Grant, &study.study_id, &manifest_hash));
+            let request = pb::ConsentRequest {
+                pdc_id: self.config.pdc_id.clone(),
+                study_id: study.study_id.clone(),
+                signature: signature.to_vec(),
+            };
+            client.consent(request).await.map_err(|s| Error::refused("Consent", s))?;
+            tracing::info!(pdc = %self.config.pdc_id, study = %study.study_id, "consented");
+        }
+        Ok(())
+    }
+
+    fn decline(&mut self, study_id: &str, reason: &str) {
+        tracing::info!(pdc = %self.config.pdc_id, study = %study_id, %reason, "not joining study");
+        self.declined.insert(study_id.to_owned());
+    }
+
+    fn table(&mut self, study_id: &str, terms: &StudyTerms) -> Result<&Dataset> {
+        if !self.tables.contains_key(study_id) {
+            let table = pdc_models::load_csv(&self.config.data, &terms.schema())?;
+            self.tables.insert(study_id.to_owned(), table);
+        }
+        Ok(&self.tables[study_id])
+    }
+
+    async fn handle_task(&mut self, client: &mut Client, task: pb::Task) -> Result<()> {
+        let (study_id, round) = (task.study_id.clone(), task.round);
+        tracing::info!(pdc = %self.config.pdc_id, study = %study_id, round, "task received");
+        if self.config.simulate.crash_at_round == Some(round) {
+            tracing::error!(pdc = %self.config.pdc_id, round, "simulated crash");
+            std::process::abort();
+        }
+        match self.train_task(client, &task).await {
+            Ok(update) => self.upload(client, &task, update).await,
+            Err(error) if error.is_transient() => Err(error),
+            Err(error) => {
+                tracing::warn!(pdc = %self.config.pdc_id, study = %study_id, round, %error, "task failed");
+                let report = pb::FailureReport {
+                    study_id,
+                    round,
+                    reason: error.to_string(),
+                    auth: Some(self.signed("ReportFailure")),
+                };
+                if let Err(status) = client.report_failure(report).await {
+                    tracing::warn!(pdc = %self.config.pdc_id, %status, "failure report refused");
+                }
+                Ok(())
+            }
+        }
+    }
+
+    async fn train_task(&mut self, client: &mut Client, task: &pb::Task) -> Result<training::LocalUpdate> {
+        let bad = |detail: String| Error::BadTask { study_id: task.study_id.clone(), round: task.round, detail };
+        let terms = StudyTerms::parse(&task.manifest_toml).map_err(|e| bad(format!("unreadable manifest: {e}")))?;
+        let standardizer = training::standardizer(
+            &task.study_id,
+            task.round,
+            terms.data.features.len(),
+            task.feature_mean.clone(),
+            task.feature_std.clone(),
+        )?;
+        let global = self.download(client, task).await?;
+        let table = self.table(&task.study_id, &terms)?.clone();
+        let seed = task.training_seed;
+        tokio::task::spawn_blocking(move || training::train_round(&terms, &global, &table, &standardizer, seed))
+            .await
+            .map_err(|e| bad(format!("training panicked: {e}")))?
+    }
+
+    async fn download(&self, client: &mut Client, task: &pb::Task) -> Result<Vec<f32>> {
+        let bad = |detail: String| Error::BadTask { study_id: task.study_id.clone(), round: task.round, detail };
+        let request = pb::ModelRequest {
+            study_id: task.study_id.clone(),
+            round: task.round,
+            auth: Some(self.signed("DownloadGlobalModel")),
+        };
+        let mut parts = client
+            .download_global_model(request)
+            .await
+            .map_err(|s| Error::refused("DownloadGlobalModel", s))?
+            .into_inner();
+        let header = match parts.message().await.map_err(|s| Error::refused("DownloadGlobalModel", s))? {
+            Some(pb::ModelPart { part: Some(pb::model_part::Part::Header(header)) }) => header,
+            _ => return Err(bad("the model stream does not start with a header".into())),
+        };
+        if header.n_parameters != task.n_parameters || header.model_hash != task.model_hash {
+            return Err(bad("the model offered is not the one the task names".into()));
+        }
+        let expected_bytes = header.n_parameters.saturating_mul(4);
+        let mut bytes = Vec::with_capacity(usize::try_from(expected_bytes).map_err(|_| bad("model too large".into()))?);
+        let mut hasher = StreamHasher::new();
+        while let Some(part) = parts.message().await.map_err(|s| Error::refused("DownloadGlobalModel", s))? {
+            let Some(pb::model_part::Part::Chunk(chunk)) = part.part else {
+                return Err(bad("a model stream has one header, then only chunks".into()));
+            };
+            if chunk.offset != bytes.len() as u64 || bytes.len() as u64 + chunk.data.len() as u64 > expected_bytes {
+                return Err(bad(format!("model chunk at offset {} does not fit", chunk.offset)));
+            }
+            hasher.update(&chunk.data);
+            bytes.extend_from_slice(&chunk.data);
+        }
+        if bytes.len() as u64 != expected_bytes || hex::encode(hasher.finish()) != task.model_hash {
+            return Err(bad("the downloaded model is incomplete or does not match its hash".into()));
+        }
+        Ok(bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
+    }
+
+    async fn upload(&self, client: &mut Client, task: &pb::Task, update: training::LocalUpdate) -> Result<()> {
+        let contribution = Contribution {
+            study_id: task.study_id.clone(),
+            round: task.round,
+            pdc_id: self.config.pdc_id.clone(),
+            n_examples: update.n_examples,
+            n_parameters: update.delta.len() as u64,
+            update_hash: parameters_hash(&update.delta),
+            train_loss: update.train_loss,
+        };
+        let signature = self.identity.sign(&contribution.signing_bytes());
+        let header = pb::UpdatePart {
+            part: Some(pb::update_part::Part::Header(pb::UpdateHeader {
+                study_id: contribution.study_id.clone(),
+                round: contribution.round,
+                pdc_id: contribution.pdc_id.clone(),
+                n_examples: contribution.n_examples,
+                n_parameters: contribution.n_parameters,
+                update_hash: contribution.update_hash.to_vec(),
+                train_loss: contribution.train_loss,
+                signature: signature.to_vec(),
+            })),
+        };
+        let values_per_chunk = MAX_CHUNK_BYTES / 4;
+        let chunks: Vec<pb::UpdatePart> = update
+            .delta
+            .chunks(values_per_chunk)
+            .enumerate()
+            .map(|(index, values)| pb::UpdatePart {
+                part: Some(pb::update_part::Part::Chunk(pb::Chunk {
+                    offset: (index * values_per_chunk * 4) as u64,
+                    data: f32_bytes(values),
+                })),
+            })
+            .collect();
+        let stream = futures::stream::iter(std::iter::once(header).chain(chunks));
+        match client.submit_update(stream).await {
+            Ok(receipt) => {
+                let receipt = receipt.into_inner();
+                tracing::info!(pdc = %self.config.pdc_id, study = %task.study_id, round = task.round,
+                    update = %receipt.update_id, "update accepted");
+                Ok(())
+            }
+            Err(status) => {
+                let error = Error::refused("SubmitUpdate", status);
+                if error.is_transient() {
+                    return Err(error);
+                }
+                // A refused update (late, invalid) is final for this round; the agent goes on with the next task.
+                tracing::warn!(pdc = %self.config.pdc_id, study = %task.study_id, round = task.round, %error,
+                    "update refused");
+                Ok(())
+            }
+        }
+    }
+}

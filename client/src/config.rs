@@ -1,0 +1,133 @@
+//! `hospital.toml`: who the PDC is, where its data is, and which studies it agrees to join.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::{Error, Result};
+
+/// A hospital's configuration (see `examples/hospital-a.toml`).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HospitalConfig {
+    /// The PDC's id, unique in the consortium.
+    pub pdc_id: String,
+    /// The coordinator's URL, e.g. `http://127.0.0.1:50051`.
+    pub coordinator: String,
+    /// The PDC's Ed25519 key file (created on first start); relative to the config file.
+    pub key_file: PathBuf,
+    /// The local table (CSV with a header); relative to the config file. It never leaves the PDC.
+    pub data: PathBuf,
+    /// Which studies to consent to.
+    #[serde(default)]
+    pub consent: ConsentPolicy,
+    /// Reconnection back-off.
+    #[serde(default)]
+    pub retry: RetryPolicy,
+    /// Failure injection for tests and drills.
+    #[serde(default)]
+    pub simulate: Simulation,
+}
+
+/// Which studies a PDC consents to. Either way, it consents only when its table has every column the study
+/// needs.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ConsentPolicy {
+    /// Study names to join; empty means every study whose schema the local table satisfies.
+    #[serde(default)]
+    pub studies: Vec<String>,
+}
+
+/// Exponential back-off between reconnection attempts.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RetryPolicy {
+    /// First delay, milliseconds.
+    #[serde(default = "default_initial_ms")]
+    pub initial_ms: u64,
+    /// Longest delay, milliseconds.
+    #[serde(default = "default_max_ms")]
+    pub max_ms: u64,
+    /// How often to look for new studies, milliseconds.
+    #[serde(default = "default_poll_ms")]
+    pub poll_ms: u64,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self { initial_ms: default_initial_ms(), max_ms: default_max_ms(), poll_ms: default_poll_ms() }
+    }
+}
+
+fn default_initial_ms() -> u64 {
+    200
+}
+
+fn default_max_ms() -> u64 {
+    5_000
+}
+
+fn default_poll_ms() -> u64 {
+    1_000
+}
+
+/// Failure injection.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Simulation {
+    /// Abort the process (as if killed) when the task for this round arrives, before any update is sent.
+    pub crash_at_round: Option<u32>,
+}
+
+impl HospitalConfig {
+    /// Reads `path`, resolving relative paths against its folder.
+    pub fn load(path: &Path) -> Result<Self> {
+        let error = |detail: String| Error::Config { path: path.to_owned(), detail };
+        let text = std::fs::read_to_string(path).map_err(|e| error(e.to_string()))?;
+        let mut config: Self = toml::from_str(&text).map_err(|e| error(e.message().to_owned()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        config.key_file = base.join(&config.key_file);
+        config.data = base.join(&config.data);
+        config.check().map_err(error)?;
+        Ok(config)
+    }
+
+    /// Checks values that TOML's types cannot.
+    pub fn check(&self) -> std::result::Result<(), String> {
+        if self.pdc_id.is_empty() {
+            return Err("pdc_id is empty".into());
+        }
+        if !(self.coordinator.starts_with("http://") || self.coordinator.starts_with("https://")) {
+            return Err(format!("coordinator `{}` must be an http:// or https:// URL", self.coordinator));
+        }
+        let retry = &self.retry;
+        if retry.initial_ms == 0 || retry.max_ms < retry.initial_ms || retry.poll_ms == 0 {
+            return Err("retry: need 0 < initial_ms <= max_ms and poll_ms > 0".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_paths_resolve_against_the_config_folder_and_typos_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("h.toml");
+        std::fs::write(
+            &path,
+            "pdc_id = \"a\"\ncoordinator = \"http://127.0.0.1:1\"\nkey_file = \"a.key\"\ndata = \"a.csv\"\n",
+        )
+        .unwrap();
+        let config = HospitalConfig::load(&path).unwrap();
+        assert_eq!(config.data, dir.path().join("a.csv"));
+        assert_eq!(config.retry, RetryPolicy::default());
+
+        std::fs::write(&path, "pdc_id = \"a\"\ncoordinater = \"x\"\n").unwrap();
+        let error = HospitalConfig::load(&path).unwrap_err().to_string();
+        assert!(error.contains("unknown field `coordinater`"), "{error}");
+    }
+}

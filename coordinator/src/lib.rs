@@ -1,0 +1,16 @@
+//! pdc's coordinator: study manifests, the round state machine, update validation, FedAvg, and the gRPC server.
+//!
+//! The cores ([`round`], [`aggregation`], [`manifest`]) do no I/O and read no clock. [`service::Coordinator`]
+//! holds the state and reads the clock; [`server`] is the tonic edge; [`archive`] stores updates on disk.
+
+pub mod aggregation;
+pub mod archive;
+pub mod config;
+mod error;
+pub mod manifest;
+pub mod round;
+pub mod server;
+pub mod service;
+
+pub use error::{Error, Result, to_status};
+pub use service::{Coordinator, CoordinatorConfig};

@@ -1,0 +1,261 @@
+//! Study manifests: the TOML a researcher writes, parsed strictly and validated before a study exists.
+
+use pdc_models::{Dataset, ModelKind, ModelSpec, Schema, Task, TrainConfig};
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Result};
+
+/// A study manifest (see `examples/study.toml`). Unknown keys are errors, so a typo never silently falls back
+/// to a default.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// A human-readable name, unique among the coordinator's studies.
+    pub name: String,
+    /// Seed for everything random in the study except DP noise: initial model, selection, batch order.
+    #[serde(default)]
+    pub seed: u64,
+    /// The model architecture.
+    pub model: ModelKind,
+    /// The data schema the PDCs' tables must have.
+    pub data: DataSection,
+    /// Rounds and local training.
+    pub training: TrainingSection,
+    /// How many PDCs take part in a round and how long they have.
+    pub participants: ParticipantsSection,
+    /// Checks applied to every update before aggregation.
+    #[serde(default)]
+    pub validation: UpdateChecks,
+}
+
+/// The data schema.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataSection {
+    /// Binary classification or regression.
+    pub task: Task,
+    /// The label column.
+    pub label: String,
+    /// The feature columns; when absent, every column of the validation set but the label, in its order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub features: Vec<String>,
+}
+
+/// Rounds and local training.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainingSection {
+    /// Number of federated rounds.
+    pub rounds: u32,
+    /// Local epochs per round.
+    pub local_epochs: u32,
+    /// Mini-batch size of local SGD.
+    pub batch_size: usize,
+    /// Learning rate of local SGD.
+    pub learning_rate: f64,
+}
+
+/// Participation.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ParticipantsSection {
+    /// A round opens only with at least this many available PDCs and closes at its deadline only with at least
+    /// this many updates.
+    pub min: usize,
+    /// At most this many PDCs are selected per round.
+    pub max: usize,
+    /// Seconds a round stays open for updates.
+    pub round_deadline_secs: u64,
+}
+
+/// Update checks.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateChecks {
+    /// Updates whose L2 norm exceeds this are rejected.
+    #[serde(default = "default_max_update_norm")]
+    pub max_update_norm: f64,
+}
+
+impl Default for UpdateChecks {
+    fn default() -> Self {
+        Self { max_update_norm: default_max_update_norm() }
+    }
+}
+
+fn default_max_update_norm() -> f64 {
+    1.0e4
+}
+
+/// Rounds above this are refused: a study that long is a typo, not a plan.
+const MAX_ROUNDS: u32 = 100_000;
+
+impl Manifest {
+    /// Parses manifest TOML, without checking it against data (see [`Manifest::resolve`]).
+    pub fn parse(text: &str) -> Result<Self> {
+        toml::from_str(text).map_err(|e| Error::InvalidManifest(e.message().to_owned()))
+    }
+
+    /// Checks every value, fills in the feature list from the validation set's header when absent, and checks
+    /// that the validation set has every column the manifest names.
+    pub fn resolve(mut self, validation_header: &[String]) -> Result<Self> {
+        let invalid = |detail: String| Err(Error::InvalidManifest(detail));
+        if self.name.trim().is_empty() || self.name.len() > 128 {
+            return invalid("name must be 1 to 128 characters".into());
+        }
+        if let ModelKind::Mlp { hidden } = &self.model
+            && (hidden.is_empty() || hidden.iter().any(|&width| width == 0 || width > 4096))
+        {
+            return invalid("model.hidden must list 1 or more layer widths between 1 and 4096".into());
+        }
+        let training = &self.training;
+        if training.rounds == 0 || training.rounds > MAX_ROUNDS {
+            return invalid(format!("training.rounds must be between 1 and {MAX_ROUNDS}"));
+        }
+        if training.local_epochs == 0 || training.local_epochs > 10_000 {
+            return invalid("training.local_epochs must be between 1 and 10000".into());
+        }
+        if training.batch_size == 0 {
+            return invalid("training.batch_size must be at least 1".into());
+        }
+        if !(training.learning_rate.is_finite() && training.learning_rate > 0.0) {
+            return invalid("training.learning_rate must be finite and positive".into());
+        }
+        let participants = &self.participants;
+        if participants.min == 0 || participants.max < participants.min {
+            return invalid("participants: need 1 <= min <= max".into());
+        }
+        if participants.round_deadline_secs == 0 || participants.round_deadline_secs > 7 * 24 * 3600 {
+            return invalid("participants.round_deadline_secs must be between 1 and 604800".into());
+        }
+        let norm = self.validation.max_update_norm;
+        if !(norm.is_finite() && norm > 0.0) {
+            return invalid("validation.max_update_norm must be finite and positive".into());
+        }
+        let has = |column: &str| validation_header.iter().any(|c| c == column);
+        if !has(&self.data.label) {
+            return invalid(format!("label column `{}` is not in the validation set", self.data.label));
+        }
+        if self.data.features.is_empty() {
+            self.data.features = validation_header.iter().filter(|c| **c != self.data.label).cloned().collect();
+        }
+        if self.data.features.is_empty() {
+            return invalid("the study has no feature columns".into());
+        }
+        if let Some(missing) = self.data.features.iter().find(|f| !has(f)) {
+            return invalid(format!("feature column `{missing}` is not in the validation set"));
+        }
+        if self.data.features.contains(&self.data.label) {
+            return invalid(format!("the label `{}` is also listed as a feature", self.data.label));
+        }
+        let mut unique = self.data.features.clone();
+        unique.sort();
+        unique.dedup();
+        if unique.len() != self.data.features.len() {
+            return invalid("data.features lists a column twice".into());
+        }
+        Ok(self)
+    }
+
+    /// The canonical TOML of the manifest: what is hashed, signed by consenting PDCs and sent in tasks.
+    pub fn to_canonical_toml(&self) -> String {
+        toml::to_string(self).expect("a manifest always serialises")
+    }
+
+    /// The schema PDCs load their tables with.
+    pub fn schema(&self) -> Schema {
+        Schema { features: self.data.features.clone(), label: self.data.label.clone() }
+    }
+
+    /// The model specification.
+    pub fn model_spec(&self) -> ModelSpec {
+        ModelSpec { kind: self.model.clone(), n_features: self.data.features.len(), task: self.data.task }
+    }
+
+    /// The local-training configuration for one PDC in one round.
+    pub fn train_config(&self, seed: u64) -> TrainConfig {
+        TrainConfig {
+            epochs: self.training.local_epochs,
+            batch_size: self.training.batch_size,
+            learning_rate: self.training.learning_rate,
+            seed,
+        }
+    }
+}
+
+/// Reads the header of a CSV text: the column names of its first line.
+pub fn csv_header(text: &str) -> Vec<String> {
+    let first = text.lines().next().unwrap_or("");
+    first.split(',').map(|c| c.trim().trim_matches('"').to_owned()).collect()
+}
+
+/// Loads the researcher's validation set for a resolved manifest.
+pub fn load_validation(manifest: &Manifest, csv_text: &str) -> Result<Dataset> {
+    pdc_models::parse_csv(csv_text, "validation set", &manifest.schema()).map_err(Error::InvalidValidationSet)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MANIFEST: &str = r#"
+name = "bc"
+seed = 3
+model = { kind = "mlp", hidden = [8] }
+[data]
+task = "binary_classification"
+label = "y"
+[training]
+rounds = 2
+local_epochs = 1
+batch_size = 4
+learning_rate = 0.1
+[participants]
+min = 1
+max = 3
+round_deadline_secs = 10
+"#;
+
+    fn header() -> Vec<String> {
+        vec!["a".into(), "b".into(), "y".into()]
+    }
+
+    #[test]
+    fn features_default_to_every_other_column() {
+        let manifest = Manifest::parse(MANIFEST).unwrap().resolve(&header()).unwrap();
+        assert_eq!(manifest.data.features, ["a", "b"]);
+        assert_eq!(manifest.model_spec().n_features, 2);
+        // The canonical form parses back to the same manifest.
+        assert_eq!(Manifest::parse(&manifest.to_canonical_toml()).unwrap(), manifest);
+    }
+
+    #[test]
+    fn unknown_model_is_rejected_with_the_known_kinds() {
+        let text = MANIFEST.replace("kind = \"mlp\", hidden = [8]", "kind = \"transformer\"");
+        let error = Manifest::parse(&text).unwrap_err().to_string();
+        assert!(error.contains("unknown variant `transformer`"), "{error}");
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_rejected() {
+        let typo = MANIFEST.replace("rounds = 2", "rounds = 2\nround = 3");
+        assert!(Manifest::parse(&typo).unwrap_err().to_string().contains("unknown field `round`"));
+        for (from, to, expected) in [
+            ("rounds = 2", "rounds = 0", "training.rounds"),
+            ("learning_rate = 0.1", "learning_rate = nan", "learning_rate"),
+            ("min = 1", "min = 4", "min <= max"),
+            ("label = \"y\"", "label = \"z\"", "label column `z` is not in the validation set"),
+        ] {
+            let text = MANIFEST.replace(from, to);
+            let error = Manifest::parse(&text).and_then(|m| m.resolve(&header())).unwrap_err().to_string();
+            assert!(error.contains(expected), "{to}: {error}");
+        }
+    }
+
+    #[test]
+    fn a_missing_feature_column_is_named() {
+        let text = MANIFEST.replace("label = \"y\"", "label = \"y\"\nfeatures = [\"a\", \"c\"]");
+        let error = Manifest::parse(&text).unwrap().resolve(&header()).unwrap_err().to_string();
+        assert_eq!(error, "invalid manifest: feature column `c` is not in the validation set");
+    }
+}

@@ -1,0 +1,386 @@
+//! The gRPC edge: tonic services that translate `pdc.v1` messages to calls on [`Coordinator`] and back.
+//!
+//! Protobuf types stop here; everything below speaks domain types.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::{Stream, StreamExt};
+use pdc_ledger::signing::{ConsentAction, Contribution};
+use pdc_proto::pb::federation_service_server::{FederationService, FederationServiceServer};
+use pdc_proto::pb::study_service_server::{StudyService, StudyServiceServer};
+use pdc_proto::{MAX_CHUNK_BYTES, MAX_MESSAGE_BYTES, pb};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::service::{
+    Coordinator, ModelSnapshot, RequestAuth, RoundRecord, StudyEvent, StudyState, StudyStatus, TaskSpec, UpdateHeader,
+};
+use crate::{Error, Result};
+
+type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// Serves the coordinator's gRPC services on `listener` until `shutdown` completes.
+pub async fn serve(
+    coordinator: Arc<Coordinator>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> std::result::Result<(), tonic::transport::Error> {
+    let study = StudyServiceServer::new(StudyApi { coordinator: Arc::clone(&coordinator) })
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let federation = FederationServiceServer::new(FederationApi { coordinator })
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    tonic::transport::Server::builder()
+        .add_service(study)
+        .add_service(federation)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await
+}
+
+/// Binds `address` (port 0 picks a free one) and returns the listener with its actual address.
+pub async fn bind(address: SocketAddr) -> std::io::Result<(TcpListener, SocketAddr)> {
+    let listener = TcpListener::bind(address).await?;
+    let local = listener.local_addr()?;
+    Ok((listener, local))
+}
+
+struct StudyApi {
+    coordinator: Arc<Coordinator>,
+}
+
+struct FederationApi {
+    coordinator: Arc<Coordinator>,
+}
+
+#[tonic::async_trait]
+impl StudyService for StudyApi {
+    async fn create_study(
+        &self,
+        request: Request<pb::CreateStudyRequest>,
+    ) -> Result<Response<pb::CreateStudyResponse>, Status> {
+        let request = request.into_inner();
+        let (study_id, manifest_hash) =
+            self.coordinator.create_study(&request.manifest_toml, &request.validation_csv)?;
+        Ok(Response::new(pb::CreateStudyResponse { study_id, manifest_hash: hex::encode(manifest_hash) }))
+    }
+
+    async fn start_study(&self, request: Request<pb::StudyRef>) -> Result<Response<pb::StudyStatus>, Status> {
+        let status = self.coordinator.start_study(&request.into_inner().study_id)?;
+        Ok(Response::new(status_to_pb(&status)))
+    }
+
+    async fn stop_study(&self, request: Request<pb::StudyRef>) -> Result<Response<pb::StudyStatus>, Status> {
+        let status = self.coordinator.stop_study(&request.into_inner().study_id, "stopped by the researcher")?;
+        Ok(Response::new(status_to_pb(&status)))
+    }
+
+    async fn get_status(&self, request: Request<pb::StudyRef>) -> Result<Response<pb::StudyStatus>, Status> {
+        let status = self.coordinator.status(&request.into_inner().study_id)?;
+        Ok(Response::new(status_to_pb(&status)))
+    }
+
+    type WatchStudyStream = ResponseStream<pb::StudyEvent>;
+
+    async fn watch_study(&self, request: Request<pb::StudyRef>) -> Result<Response<Self::WatchStudyStream>, Status> {
+        let study_id = request.into_inner().study_id;
+        let (status, mut events) = self.coordinator.watch(&study_id)?;
+        let coordinator = Arc::clone(&self.coordinator);
+        let stream = async_stream::stream! {
+            let ended = is_terminal(status.state);
+            yield Ok(pb::StudyEvent { event: Some(pb::study_event::Event::Status(status_to_pb(&status))) });
+            if ended {
+                return;
+            }
+            loop {
+                match events.recv().await {
+                    Ok(event) => {
+                        let terminal = matches!(&event, StudyEvent::Status(s) if is_terminal(s.state));
+                        yield Ok(event_to_pb(&event));
+                        if terminal {
+                            return;
+                        }
+                    }
+                    // A slow watcher missed events: give it the whole status instead.
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        match coordinator.status(&study_id) {
+                            Ok(status) => yield Ok(pb::StudyEvent {
+                                event: Some(pb::study_event::Event::Status(status_to_pb(&status))),
+                            }),
+                            Err(error) => {
+                                yield Err(Status::from(error));
+                                return;
+                            }
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        };
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    type DownloadModelStream = ResponseStream<pb::ModelPart>;
+
+    async fn download_model(
+        &self,
+        request: Request<pb::StudyRef>,
+    ) -> Result<Response<Self::DownloadModelStream>, Status> {
+        let snapshot = self.coordinator.current_model(&request.into_inner().study_id)?;
+        Ok(Response::new(model_stream(snapshot)))
+    }
+}
+
+#[tonic::async_trait]
+impl FederationService for FederationApi {
+    async fn register(&self, request: Request<pb::RegisterRequest>) -> Result<Response<pb::RegisterResponse>, Status> {
+        let request = request.into_inner();
+        let newly_registered = self.coordinator.register(&request.pdc_id, &request.public_key, &request.signature)?;
+        Ok(Response::new(pb::RegisterResponse { newly_registered }))
+    }
+
+    async fn list_studies(
+        &self,
+        request: Request<pb::SignedRequest>,
+    ) -> Result<Response<pb::ListStudiesResponse>, Status> {
+        let auth = auth_from_pb(Some(request.into_inner()))?;
+        let studies = self
+            .coordinator
+            .list_studies(&auth)?
+            .into_iter()
+            .map(|listing| pb::StudyListing {
+                study_id: listing.study_id,
+                name: listing.name,
+                manifest_hash: hex::encode(listing.manifest_hash),
+                manifest_toml: listing.manifest_toml,
+                consented: listing.consented,
+            })
+            .collect();
+        Ok(Response::new(pb::ListStudiesResponse { studies }))
+    }
+
+    async fn consent(&self, request: Request<pb::ConsentRequest>) -> Result<Response<pb::ConsentResponse>, Status> {
+        let request = request.into_inner();
+        self.coordinator.consent(ConsentAction::Grant, &request.pdc_id, &request.study_id, &request.signature)?;
+        Ok(Response::new(pb::ConsentResponse {}))
+    }
+
+    async fn revoke_consent(
+        &self,
+        request: Request<pb::ConsentRequest>,
+    ) -> Result<Response<pb::ConsentResponse>, Status> {
+        let request = request.into_inner();
+        self.coordinator.consent(ConsentAction::Revoke, &request.pdc_id, &request.study_id, &request.signature)?;
+        Ok(Response::new(pb::ConsentResponse {}))
+    }
+
+    type WaitTasksStream = ResponseStream<pb::Task>;
+
+    async fn wait_tasks(&self, request: Request<pb::SignedRequest>) -> Result<Response<Self::WaitTasksStream>, Status> {
+        let auth = auth_from_pb(Some(request.into_inner()))?;
+        let receiver = self.coordinator.open_task_stream(&auth)?;
+        let stream = ReceiverStream::new(receiver).map(|task| Ok(task_to_pb(task)));
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    type DownloadGlobalModelStream = ResponseStream<pb::ModelPart>;
+
+    async fn download_global_model(
+        &self,
+        request: Request<pb::ModelRequest>,
+    ) -> Result<Response<Self::DownloadGlobalModelStream>, Status> {
+        let request = request.into_inner();
+        let auth = auth_from_pb(request.auth)?;
+        let snapshot = self.coordinator.participant_model(&auth, &request.study_id, request.round)?;
+        Ok(Response::new(model_stream(snapshot)))
+    }
+
+    async fn submit_update(
+        &self,
+        request: Request<Streaming<pb::UpdatePart>>,
+    ) -> Result<Response<pb::UpdateReceipt>, Status> {
+        let mut parts = request.into_inner();
+        let header = match parts.message().await? {
+            Some(pb::UpdatePart { part: Some(pb::update_part::Part::Header(header)) }) => header_from_pb(header)?,
+            Some(_) => return Err(Status::invalid_argument("the first message of an upload must be its header")),
+            None => return Err(Status::invalid_argument("empty upload")),
+        };
+        let mut incoming = self.coordinator.begin_update(&header)?;
+        while let Some(part) = parts.message().await? {
+            let chunk = match part.part {
+                Some(pb::update_part::Part::Chunk(chunk)) => chunk,
+                _ => return Err(Status::invalid_argument("an upload has one header, then only chunks")),
+            };
+            if chunk.data.len() > MAX_CHUNK_BYTES {
+                return Err(Status::resource_exhausted(format!(
+                    "chunk of {} bytes exceeds the {MAX_CHUNK_BYTES}-byte limit",
+                    chunk.data.len()
+                )));
+            }
+            if let Err(error) = incoming.append(chunk.offset, &chunk.data) {
+                self.coordinator.reject(&header.contribution, &error);
+                return Err(error.into());
+            }
+        }
+        let (id, received) = self.coordinator.finish_update(&header, incoming)?;
+        Ok(Response::new(pb::UpdateReceipt { update_id: hex::encode(id), received_in_round: received }))
+    }
+
+    async fn report_failure(&self, request: Request<pb::FailureReport>) -> Result<Response<pb::FailureAck>, Status> {
+        let request = request.into_inner();
+        let auth = auth_from_pb(request.auth)?;
+        self.coordinator.report_failure(&auth, &request.study_id, request.round, &request.reason)?;
+        Ok(Response::new(pb::FailureAck {}))
+    }
+}
+
+fn auth_from_pb(auth: Option<pb::SignedRequest>) -> Result<RequestAuth, Status> {
+    let auth = auth.ok_or_else(|| Status::unauthenticated("the request carries no signature"))?;
+    Ok(RequestAuth { pdc_id: auth.pdc_id, timestamp_ms: auth.timestamp_ms, signature: auth.signature })
+}
+
+fn header_from_pb(header: pb::UpdateHeader) -> Result<UpdateHeader, Status> {
+    let update_hash: [u8; 32] = header.update_hash.as_slice().try_into().map_err(|_| {
+        Status::from(Error::InvalidArgument {
+            field: "update_hash",
+            detail: format!("expected 32 bytes, got {}", header.update_hash.len()),
+        })
+    })?;
+    Ok(UpdateHeader {
+        contribution: Contribution {
+            study_id: header.study_id,
+            round: header.round,
+            pdc_id: header.pdc_id,
+            n_examples: header.n_examples,
+            n_parameters: header.n_parameters,
+            update_hash,
+            train_loss: header.train_loss,
+        },
+        signature: header.signature,
+    })
+}
+
+fn model_stream(snapshot: ModelSnapshot) -> ResponseStream<pb::ModelPart> {
+    let header = pb::ModelPart {
+        part: Some(pb::model_part::Part::Header(pb::ModelHeader {
+            study_id: snapshot.study_id.clone(),
+            round: snapshot.round,
+            n_parameters: snapshot.parameters.len() as u64,
+            layout: Some(pb::Layout {
+                tensors: snapshot
+                    .layout
+                    .tensors
+                    .iter()
+                    .map(|t| pb::TensorLayout {
+                        name: t.name.clone(),
+                        shape: t.shape.iter().map(|&d| d as u64).collect(),
+                    })
+                    .collect(),
+            }),
+            model_hash: hex::encode(snapshot.model_hash),
+            model_toml: snapshot.model_toml.clone(),
+        })),
+    };
+    let values_per_chunk = MAX_CHUNK_BYTES / 4;
+    let n_chunks = snapshot.parameters.len().div_ceil(values_per_chunk);
+    let parameters = Arc::clone(&snapshot.parameters);
+    // Chunks are encoded one at a time as the client reads them, so a large model is never copied whole.
+    let chunks = futures::stream::iter(0..n_chunks).map(move |index| {
+        let start = index * values_per_chunk;
+        let end = (start + values_per_chunk).min(parameters.len());
+        let data = pdc_ledger::hash::f32_bytes(&parameters[start..end]);
+        Ok(pb::ModelPart { part: Some(pb::model_part::Part::Chunk(pb::Chunk { offset: start as u64 * 4, data })) })
+    });
+    Box::pin(futures::stream::once(async move { Ok(header) }).chain(chunks))
+}
+
+fn task_to_pb(task: TaskSpec) -> pb::Task {
+    pb::Task {
+        study_id: task.study_id,
+        round: task.round,
+        model_hash: hex::encode(task.model_hash),
+        n_parameters: task.n_parameters,
+        manifest_toml: task.manifest_toml,
+        feature_mean: task.standardizer.mean,
+        feature_std: task.standardizer.std,
+        deadline_in_ms: task.deadline_in_ms,
+        training_seed: task.training_seed,
+    }
+}
+
+fn is_terminal(state: StudyState) -> bool {
+    matches!(state, StudyState::Finished | StudyState::Stopped | StudyState::Failed)
+}
+
+fn state_to_pb(state: StudyState) -> pb::StudyState {
+    match state {
+        StudyState::Created => pb::StudyState::Created,
+        StudyState::Running => pb::StudyState::Running,
+        StudyState::Finished => pb::StudyState::Finished,
+        StudyState::Stopped => pb::StudyState::Stopped,
+        StudyState::Failed => pb::StudyState::Failed,
+    }
+}
+
+fn metrics_to_pb(metrics: &pdc_models::Metrics) -> pb::Metrics {
+    pb::Metrics {
+        loss: metrics.loss,
+        accuracy: metrics.accuracy,
+        auroc: metrics.auroc,
+        mse: metrics.mse,
+        n_examples: metrics.n_examples as u64,
+    }
+}
+
+fn round_to_pb(record: &RoundRecord) -> pb::RoundSummary {
+    pb::RoundSummary {
+        round: record.round,
+        participants: record.participants.clone(),
+        contributors: record.contributors.clone(),
+        validation: Some(metrics_to_pb(&record.validation)),
+        model_hash: hex::encode(record.model_hash),
+    }
+}
+
+fn status_to_pb(status: &StudyStatus) -> pb::StudyStatus {
+    pb::StudyStatus {
+        study_id: status.study_id.clone(),
+        name: status.name.clone(),
+        state: state_to_pb(status.state) as i32,
+        current_round: status.current_round,
+        total_rounds: status.total_rounds,
+        rounds: status.rounds.iter().map(round_to_pb).collect(),
+        hospitals: status
+            .hospitals
+            .iter()
+            .map(|(id, stats)| pb::HospitalSummary {
+                pdc_id: id.clone(),
+                examples: stats.examples,
+                rounds_joined: stats.rounds_joined,
+                updates_rejected: stats.updates_rejected,
+            })
+            .collect(),
+        detail: status.detail.clone(),
+        consented: status.consented.clone(),
+    }
+}
+
+fn event_to_pb(event: &StudyEvent) -> pb::StudyEvent {
+    use pb::study_event::Event as E;
+    let event = match event {
+        StudyEvent::Status(status) => E::Status(status_to_pb(status)),
+        StudyEvent::RoundOpened { round, participants, deadline_in_ms } => E::RoundOpened(pb::RoundOpened {
+            round: *round,
+            participants: participants.clone(),
+            deadline_ms: *deadline_in_ms,
+        }),
+        StudyEvent::RoundClosed(record) => E::RoundClosed(round_to_pb(record)),
+        StudyEvent::UpdateRejected { round, pdc_id, reason } => {
+            E::UpdateRejected(pb::UpdateRejected { round: *round, pdc_id: pdc_id.clone(), reason: reason.clone() })
+        }
+    };
+    pb::StudyEvent { event: Some(event) }
+}

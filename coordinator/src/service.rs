@@ -1,0 +1,846 @@
+//! The coordinator's shared state and the rules every RPC goes through.
+//!
+//! This is the edge between the pure cores ([`crate::round`], [`crate::aggregation`]) and the world: it reads
+//! the clock, keeps the registered PDCs and the studies behind one lock, feeds each study's
+//! [`RoundMachine`] and carries out its actions (tasks to PDCs, aggregation on a blocking thread, events to
+//! watchers). The gRPC layer ([`crate::server`]) only translates messages to calls on [`Coordinator`].
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use pdc_ledger::signing::{self, ConsentAction, Contribution};
+use pdc_ledger::{Hash, PublicKey, sha3_256};
+use pdc_models::{Dataset, Layout, Metrics, ModelSpec, Standardizer};
+use tokio::sync::{broadcast, mpsc};
+
+use crate::aggregation::{FedAvg, apply_delta};
+use crate::archive::{IncomingUpdate, UpdateArchive};
+use crate::manifest::{self, Manifest};
+use crate::round::{AcceptedUpdate, Action, Event, Phase, RoundMachine, RoundPolicy};
+use crate::{Error, Result};
+
+/// How far a signed request's timestamp may be from the coordinator's clock.
+const MAX_CLOCK_SKEW_MS: u64 = 5 * 60 * 1000;
+/// The largest validation set accepted, in bytes.
+pub const MAX_VALIDATION_BYTES: usize = 4 << 20;
+/// Longest PDC id.
+const MAX_PDC_ID_LEN: usize = 64;
+/// Pieces the aggregator reads from the archive at a time, in parameters (4 MiB).
+const AGGREGATION_PIECE: usize = 1 << 20;
+
+/// Settings of a coordinator.
+#[derive(Clone, Debug)]
+pub struct CoordinatorConfig {
+    /// Where updates are archived.
+    pub data_dir: PathBuf,
+    /// How often studies are ticked (deadlines checked, rounds opened).
+    pub tick_interval: Duration,
+    /// Failed attempts at one round before its study fails.
+    pub max_round_attempts: u32,
+}
+
+impl CoordinatorConfig {
+    /// Defaults with state under `data_dir`.
+    pub fn new(data_dir: PathBuf) -> Self {
+        Self { data_dir, tick_interval: Duration::from_millis(100), max_round_attempts: 3 }
+    }
+}
+
+/// A training task for one PDC.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TaskSpec {
+    /// The study.
+    pub study_id: String,
+    /// The round.
+    pub round: u32,
+    /// SHA3-256 of the global model to train from.
+    pub model_hash: Hash,
+    /// Length of the model.
+    pub n_parameters: u64,
+    /// The canonical manifest.
+    pub manifest_toml: String,
+    /// Standardisation to apply to local features.
+    pub standardizer: Standardizer,
+    /// Time left before the deadline when the task was sent.
+    pub deadline_in_ms: u64,
+    /// Seed for local training.
+    pub training_seed: u64,
+}
+
+/// A closed round.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RoundRecord {
+    /// The round.
+    pub round: u32,
+    /// Selected PDCs.
+    pub participants: Vec<String>,
+    /// PDCs whose updates were aggregated.
+    pub contributors: Vec<String>,
+    /// The new global model on the validation set.
+    pub validation: Metrics,
+    /// SHA3-256 of the new global model.
+    pub model_hash: Hash,
+}
+
+/// One hospital's part in a study.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct HospitalStats {
+    /// Examples it trained on (from its latest update).
+    pub examples: u64,
+    /// Rounds its update was aggregated in.
+    pub rounds_joined: u32,
+    /// Updates it sent that failed validation.
+    pub updates_rejected: u32,
+}
+
+/// A study's lifecycle state, as reported.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StudyState {
+    /// Created, not started.
+    Created,
+    /// Running.
+    Running,
+    /// All rounds done.
+    Finished,
+    /// Stopped by its researcher.
+    Stopped,
+    /// Could not go on.
+    Failed,
+}
+
+/// A study's status.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StudyStatus {
+    /// Its id.
+    pub study_id: String,
+    /// Its name.
+    pub name: String,
+    /// Lifecycle state.
+    pub state: StudyState,
+    /// Round in progress or last completed.
+    pub current_round: u32,
+    /// Rounds planned.
+    pub total_rounds: u32,
+    /// Closed rounds.
+    pub rounds: Vec<RoundRecord>,
+    /// Per hospital.
+    pub hospitals: BTreeMap<String, HospitalStats>,
+    /// Why it stopped or failed.
+    pub detail: String,
+    /// PDCs that consented.
+    pub consented: Vec<String>,
+}
+
+/// What watchers of a study are told.
+#[derive(Clone, Debug, PartialEq)]
+pub enum StudyEvent {
+    /// The whole status (sent first, and when the study ends).
+    Status(StudyStatus),
+    /// A round opened.
+    RoundOpened {
+        /// The round.
+        round: u32,
+        /// Its participants.
+        participants: Vec<String>,
+        /// Milliseconds until its deadline.
+        deadline_in_ms: u64,
+    },
+    /// A round closed and was aggregated.
+    RoundClosed(RoundRecord),
+    /// An update was rejected, or a round abandoned (`pdc_id` empty).
+    UpdateRejected {
+        /// The round.
+        round: u32,
+        /// The sender.
+        pdc_id: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// A study as PDCs see it in listings.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StudyListing {
+    /// Its id.
+    pub study_id: String,
+    /// Its name.
+    pub name: String,
+    /// SHA3-256 of the canonical manifest.
+    pub manifest_hash: Hash,
+    /// The canonical manifest.
+    pub manifest_toml: String,
+    /// Whether the asking PDC consented.
+    pub consented: bool,
+}
+
+/// A global model handed out for download.
+#[derive(Clone, Debug)]
+pub struct ModelSnapshot {
+    /// The study.
+    pub study_id: String,
+    /// The round it is the starting point of (or the result of, for a finished study).
+    pub round: u32,
+    /// The model's parameter layout.
+    pub layout: Layout,
+    /// The parameters.
+    pub parameters: Arc<Vec<f32>>,
+    /// Their SHA3-256.
+    pub model_hash: Hash,
+    /// The manifest's model section, TOML.
+    pub model_toml: String,
+}
+
+/// An update's signed header, as received.
+#[derive(Clone, Debug)]
+pub struct UpdateHeader {
+    /// The contribution the PDC signed.
+    pub contribution: Contribution,
+    /// Its signature.
+    pub signature: Vec<u8>,
+}
+
+/// A signed request's authentication fields.
+#[derive(Clone, Debug)]
+pub struct RequestAuth {
+    /// The caller.
+    pub pdc_id: String,
+    /// When it signed, Unix milliseconds.
+    pub timestamp_ms: u64,
+    /// Its signature.
+    pub signature: Vec<u8>,
+}
+
+struct Pdc {
+    key: PublicKey,
+    task_streams: Vec<mpsc::Sender<TaskSpec>>,
+}
+
+impl Pdc {
+    fn connected(&self) -> bool {
+        self.task_streams.iter().any(|sender| !sender.is_closed())
+    }
+}
+
+struct Study {
+    id: String,
+    manifest: Manifest,
+    manifest_toml: String,
+    manifest_hash: Hash,
+    spec: ModelSpec,
+    validation: Arc<Dataset>,
+    standardizer: Standardizer,
+    machine: RoundMachine,
+    global: Arc<Vec<f32>>,
+    global_hash: Hash,
+    consents: BTreeSet<String>,
+    rounds: Vec<RoundRecord>,
+    hospitals: BTreeMap<String, HospitalStats>,
+    events: broadcast::Sender<StudyEvent>,
+    round_participants: Vec<String>,
+    round_deadline_ms: u64,
+}
+
+impl Study {
+    fn status(&self) -> StudyStatus {
+        let (state, detail) = match self.machine.phase() {
+            Phase::Created => (StudyState::Created, String::new()),
+            Phase::Waiting | Phase::Open | Phase::Aggregating => (StudyState::Running, String::new()),
+            Phase::Finished => (StudyState::Finished, String::new()),
+            Phase::Stopped { reason } => (StudyState::Stopped, reason.clone()),
+            Phase::Failed { reason } => (StudyState::Failed, reason.clone()),
+        };
+        StudyStatus {
+            study_id: self.id.clone(),
+            name: self.manifest.name.clone(),
+            state,
+            current_round: self.machine.round(),
+            total_rounds: self.manifest.training.rounds,
+            rounds: self.rounds.clone(),
+            hospitals: self.hospitals.clone(),
+            detail,
+            consented: self.consents.iter().cloned().collect(),
+        }
+    }
+
+    fn emit(&self, event: StudyEvent) {
+        // No watcher is not an error.
+        let _ = self.events.send(event);
+    }
+
+    fn training_seed(&self, round: u32, pdc_id: &str) -> u64 {
+        let mut key = self.manifest.seed.to_le_bytes().to_vec();
+        key.extend_from_slice(&round.to_le_bytes());
+        key.extend_from_slice(pdc_id.as_bytes());
+        let digest = sha3_256(&key);
+        u64::from_le_bytes(digest[..8].try_into().expect("8 bytes"))
+    }
+}
+
+#[derive(Default)]
+struct State {
+    pdcs: BTreeMap<String, Pdc>,
+    studies: BTreeMap<String, Study>,
+}
+
+/// The coordinator: studies, PDCs and rounds.
+pub struct Coordinator {
+    config: CoordinatorConfig,
+    state: Mutex<State>,
+    archive: UpdateArchive,
+    started: Instant,
+}
+
+impl Coordinator {
+    /// A coordinator keeping its state under `config.data_dir`.
+    pub fn new(config: CoordinatorConfig) -> Result<Arc<Self>> {
+        let archive = UpdateArchive::open(&config.data_dir.join("updates"))?;
+        Ok(Arc::new(Self { config, state: Mutex::new(State::default()), archive, started: Instant::now() }))
+    }
+
+    /// The update archive.
+    pub fn archive(&self) -> &UpdateArchive {
+        &self.archive
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock is a bug; the state it left is still the best there is.
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    /// Ticks every study at the configured interval until the coordinator is dropped.
+    pub fn spawn_driver(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let weak = Arc::downgrade(self);
+        let interval = self.config.tick_interval;
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(interval);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticker.tick().await;
+                let Some(coordinator) = weak.upgrade() else { return };
+                coordinator.tick();
+            }
+        })
+    }
+
+    /// Checks deadlines and opens rounds in every running study.
+    pub fn tick(self: &Arc<Self>) {
+        let now = self.now_ms();
+        let mut state = self.lock();
+        let state = &mut *state;
+        let connected: BTreeSet<String> =
+            state.pdcs.iter().filter(|(_, pdc)| pdc.connected()).map(|(id, _)| id.clone()).collect();
+        let ids: Vec<String> = state.studies.keys().cloned().collect();
+        for id in ids {
+            let study = state.studies.get_mut(&id).expect("listed");
+            let available = study.consents.intersection(&connected).cloned().collect();
+            let actions = study.machine.handle(now, Event::Tick { available }).unwrap_or_default();
+            self.execute(&mut state.pdcs, study, now, actions);
+        }
+    }
+
+    fn execute(self: &Arc<Self>, pdcs: &mut BTreeMap<String, Pdc>, study: &mut Study, now: u64, actions: Vec<Action>) {
+        for action in actions {
+            match action {
+                Action::OpenRound { round, attempt, participants, deadline_ms } => {
+                    tracing::info!(study = %study.id, round, attempt, ?participants, "round opened");
+                    let deadline_in_ms = deadline_ms.saturating_sub(now);
+                    for pdc_id in &participants {
+                        let task = TaskSpec {
+                            study_id: study.id.clone(),
+                            round,
+                            model_hash: study.global_hash,
+                            n_parameters: study.global.len() as u64,
+                            manifest_toml: study.manifest_toml.clone(),
+                            standardizer: study.standardizer.clone(),
+                            deadline_in_ms,
+                            training_seed: study.training_seed(round, pdc_id),
+                        };
+                        if let Some(pdc) = pdcs.get_mut(pdc_id) {
+                            pdc.task_streams.retain(|sender| !sender.is_closed());
+                            if let Some(sender) = pdc.task_streams.last() {
+                                let _ = sender.try_send(task);
+                            }
+                        }
+                    }
+                    study.round_participants = participants.clone();
+                    study.round_deadline_ms = deadline_ms;
+                    study.emit(StudyEvent::RoundOpened { round, participants, deadline_in_ms });
+                }
+                Action::Aggregate { round, contributions } => {
+                    tracing::info!(study = %study.id, round, n_updates = contributions.len(), "round closed");
+                    self.spawn_aggregation(study, round, contributions);
+                }
+                Action::RoundAbandoned { round, reason } => {
+                    tracing::warn!(study = %study.id, round, %reason, "round abandoned");
+                    study.emit(StudyEvent::UpdateRejected { round, pdc_id: String::new(), reason });
+                }
+                Action::Ended => {
+                    tracing::info!(study = %study.id, phase = ?study.machine.phase(), "study ended");
+                    study.emit(StudyEvent::Status(study.status()));
+                }
+            }
+        }
+    }
+
+    fn spawn_aggregation(self: &Arc<Self>, study: &Study, round: u32, contributions: Vec<(String, AcceptedUpdate)>) {
+        let coordinator = Arc::clone(self);
+        let study_id = study.id.clone();
+        let global = Arc::clone(&study.global);
+        let validation = Arc::clone(&study.validation);
+        let spec = study.spec.clone();
+        let participants = study.round_participants.clone();
+        tokio::task::spawn_blocking(move || {
+            let result = aggregate(&coordinator.archive, &global, &contributions)
+                .and_then(|model| Ok((pdc_models::evaluate(&spec, &model, &validation)?, model)));
+            let now = coordinator.now_ms();
+            let mut state = coordinator.lock();
+            let state = &mut *state;
+            let Some(study) = state.studies.get_mut(&study_id) else { return };
+            match result {
+                Ok((validation, model)) => {
+                    let model_hash = pdc_ledger::hash::parameters_hash(&model);
+                    study.global = Arc::new(model);
+                    study.global_hash = model_hash;
+                    for (pdc_id, update) in &contributions {
+                        let stats = study.hospitals.entry(pdc_id.clone()).or_default();
+                        stats.rounds_joined += 1;
+                        stats.examples = update.n_examples;
+                    }
+                    let record = RoundRecord {
+                        round,
+                        participants,
+                        contributors: contributions.iter().map(|(id, _)| id.clone()).collect(),
+                        validation,
+                        model_hash,
+                    };
+                    tracing::info!(study = %study_id, round, auroc = ?record.validation.auroc,
+                        accuracy = ?record.validation.accuracy, "round aggregated");
+                    study.rounds.push(record.clone());
+                    study.emit(StudyEvent::RoundClosed(record));
+                    let actions = study.machine.handle(now, Event::Aggregated { round }).unwrap_or_default();
+                    coordinator.execute(&mut state.pdcs, study, now, actions);
+                }
+                Err(error) => {
+                    // Only a coordinator fault (a damaged archive) gets here; stopping beats a wrong model.
+                    tracing::error!(study = %study_id, round, %error, "aggregation failed");
+                    let reason = format!("aggregation of round {round} failed: {error}");
+                    let actions = study.machine.handle(now, Event::Stop { reason }).unwrap_or_default();
+                    coordinator.execute(&mut state.pdcs, study, now, actions);
+                }
+            }
+        });
+    }
+
+    // ---- StudyService -------------------------------------------------------------------------------------
+
+    /// Creates a study from manifest TOML and the validation set's CSV text.
+    pub fn create_study(&self, manifest_toml: &str, validation_csv: &[u8]) -> Result<(String, Hash)> {
+        if validation_csv.len() > MAX_VALIDATION_BYTES {
+            return Err(Error::TooLarge(format!(
+                "validation set of {} bytes exceeds the limit of {MAX_VALIDATION_BYTES}",
+                validation_csv.len()
+            )));
+        }
+        let csv_text = std::str::from_utf8(validation_csv)
+            .map_err(|e| Error::InvalidArgument { field: "validation_csv", detail: format!("not UTF-8: {e}") })?;
+        let manifest = Manifest::parse(manifest_toml)?.resolve(&manifest::csv_header(csv_text))?;
+        let mut validation = manifest::load_validation(&manifest, csv_text)?;
+        let standardizer = Standardizer::fit(&validation);
+        standardizer.apply(&mut validation)?;
+        let canonical = manifest.to_canonical_toml();
+        let manifest_hash = sha3_256(canonical.as_bytes());
+        let study_id = format!("{}-{}", slug(&manifest.name), &hex::encode(manifest_hash)[..8]);
+        let spec = manifest.model_spec();
+        let global = spec.init_parameters(manifest.seed);
+        let policy = RoundPolicy {
+            rounds: manifest.training.rounds,
+            min_participants: manifest.participants.min,
+            max_participants: manifest.participants.max,
+            deadline_ms: manifest.participants.round_deadline_secs.saturating_mul(1000),
+            max_attempts: self.config.max_round_attempts,
+            seed: manifest.seed,
+        };
+        let mut state = self.lock();
+        if state.studies.contains_key(&study_id) {
+            return Err(Error::AlreadyExists(format!("study {study_id} exists already")));
+        }
+        if state.studies.values().any(|s| s.manifest.name == manifest.name) {
+            return Err(Error::AlreadyExists(format!("a study named `{}` exists already", manifest.name)));
+        }
+        let (events, _) = broadcast::channel(1024);
+        tracing::info!(study = %study_id, name = %manifest.name, "study created");
+        state.studies.insert(
+            study_id.clone(),
+            Study {
+                id: study_id.clone(),
+                manifest_toml: canonical,
+                manifest_hash,
+                global_hash: pdc_ledger::hash::parameters_hash(&global),
+                global: Arc::new(global),
+                spec,
+                validation: Arc::new(validation),
+                standardizer,
+                machine: RoundMachine::new(policy),
+                consents: BTreeSet::new(),
+                rounds: Vec::new(),
+                hospitals: BTreeMap::new(),
+                events,
+                round_participants: Vec::new(),
+                round_deadline_ms: 0,
+                manifest,
+            },
+        );
+        Ok((study_id, manifest_hash))
+    }
+
+    fn with_study<T>(&self, study_id: &str, f: impl FnOnce(&mut Study) -> Result<T>) -> Result<T> {
+        let mut state = self.lock();
+        let study = state.studies.get_mut(study_id).ok_or_else(|| Error::UnknownStudy(study_id.to_owned()))?;
+        f(study)
+    }
+
+    /// Starts a created study.
+    pub fn start_study(self: &Arc<Self>, study_id: &str) -> Result<StudyStatus> {
+        let now = self.now_ms();
+        let status = self.with_study(study_id, |study| {
+            study.machine.handle(now, Event::Start)?;
+            study.emit(StudyEvent::Status(study.status()));
+            Ok(study.status())
+        })?;
+        self.tick();
+        Ok(status)
+    }
+
+    /// Stops a study.
+    pub fn stop_study(self: &Arc<Self>, study_id: &str, reason: &str) -> Result<StudyStatus> {
+        let now = self.now_ms();
+        let mut state = self.lock();
+        let state = &mut *state;
+        let study = state.studies.get_mut(study_id).ok_or_else(|| Error::UnknownStudy(study_id.to_owned()))?;
+        let actions = study.machine.handle(now, Event::Stop { reason: reason.to_owned() })?;
+        self.execute(&mut state.pdcs, study, now, actions);
+        Ok(study.status())
+    }
+
+    /// A study's status.
+    pub fn status(&self, study_id: &str) -> Result<StudyStatus> {
+        self.with_study(study_id, |study| Ok(study.status()))
+    }
+
+    /// A study's status and a receiver of its later events.
+    pub fn watch(&self, study_id: &str) -> Result<(StudyStatus, broadcast::Receiver<StudyEvent>)> {
+        self.with_study(study_id, |study| Ok((study.status(), study.events.subscribe())))
+    }
+
+    /// The study's current global model.
+    pub fn current_model(&self, study_id: &str) -> Result<ModelSnapshot> {
+        self.with_study(study_id, |study| Ok(snapshot(study)))
+    }
+
+    // ---- FederationService --------------------------------------------------------------------------------
+
+    /// Registers `pdc_id` with `public_key`, proven by `signature`. Registering the same key again is a no-op;
+    /// another key for a registered id is refused.
+    pub fn register(&self, pdc_id: &str, public_key: &[u8], signature: &[u8]) -> Result<bool> {
+        check_pdc_id(pdc_id)?;
+        let key = PublicKey::from_bytes(public_key)
+            .map_err(|e| Error::InvalidArgument { field: "public_key", detail: e.to_string() })?;
+        key.verify(&signing::register_message(pdc_id, &key.to_bytes()), signature, pdc_id)
+            .map_err(|e| Error::Unauthenticated(format!("registration of {pdc_id}: {e}")))?;
+        let mut state = self.lock();
+        match state.pdcs.get(pdc_id) {
+            Some(existing) if existing.key == key => Ok(false),
+            Some(_) => Err(Error::AlreadyExists(format!("PDC {pdc_id} is registered with another key"))),
+            None => {
+                tracing::info!(pdc = %pdc_id, "PDC registered");
+                state.pdcs.insert(pdc_id.to_owned(), Pdc { key, task_streams: Vec::new() });
+                Ok(true)
+            }
+        }
+    }
+
+    fn wall_clock_ms() -> u64 {
+        SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    }
+
+    fn authenticate(state: &State, method: &str, auth: &RequestAuth) -> Result<()> {
+        let pdc = state.pdcs.get(&auth.pdc_id).ok_or_else(|| Error::UnknownPdc(auth.pdc_id.clone()))?;
+        let now = Self::wall_clock_ms();
+        if now.abs_diff(auth.timestamp_ms) > MAX_CLOCK_SKEW_MS {
+            return Err(Error::Unauthenticated(format!(
+                "request timestamp {} is more than five minutes from the coordinator's clock {now}",
+                auth.timestamp_ms
+            )));
+        }
+        let message = signing::request_message(method, &auth.pdc_id, auth.timestamp_ms);
+        pdc.key.verify(&message, &auth.signature, &auth.pdc_id).map_err(|e| Error::Unauthenticated(e.to_string()))
+    }
+
+    /// The studies `auth`'s PDC may join.
+    pub fn list_studies(&self, auth: &RequestAuth) -> Result<Vec<StudyListing>> {
+        let state = self.lock();
+        Self::authenticate(&state, "ListStudies", auth)?;
+        Ok(state
+            .studies
+            .values()
+            .filter(|study| {
+                matches!(study.machine.phase(), Phase::Created | Phase::Waiting | Phase::Open | Phase::Aggregating)
+            })
+            .map(|study| StudyListing {
+                study_id: study.id.clone(),
+                name: study.manifest.name.clone(),
+                manifest_hash: study.manifest_hash,
+                manifest_toml: study.manifest_toml.clone(),
+                consented: study.consents.contains(&auth.pdc_id),
+            })
+            .collect())
+    }
+
+    /// Grants or revokes `pdc_id`'s consent to a study, proven by its signature over the manifest hash.
+    pub fn consent(&self, action: ConsentAction, pdc_id: &str, study_id: &str, signature: &[u8]) -> Result<()> {
+        let mut state = self.lock();
+        let state = &mut *state;
+        let pdc = state.pdcs.get(pdc_id).ok_or_else(|| Error::UnknownPdc(pdc_id.to_owned()))?;
+        let study = state.studies.get_mut(study_id).ok_or_else(|| Error::UnknownStudy(study_id.to_owned()))?;
+        let message = signing::consent_message(action, study_id, &study.manifest_hash);
+        pdc.key.verify(&message, signature, pdc_id).map_err(|e| Error::Unauthenticated(e.to_string()))?;
+        match action {
+            ConsentAction::Grant => {
+                tracing::info!(study = %study_id, pdc = %pdc_id, "consent granted");
+                study.consents.insert(pdc_id.to_owned());
+            }
+            ConsentAction::Revoke => {
+                tracing::info!(study = %study_id, pdc = %pdc_id, "consent revoked");
+                study.consents.remove(pdc_id);
+            }
+        }
+        Ok(())
+    }
+
+    /// Opens a task stream for the authenticated PDC; it counts as available while the receiver lives.
+    pub fn open_task_stream(self: &Arc<Self>, auth: &RequestAuth) -> Result<mpsc::Receiver<TaskSpec>> {
+        let (sender, receiver) = mpsc::channel(64);
+        {
+            let mut state = self.lock();
+            Self::authenticate(&state, "WaitTasks", auth)?;
+            let pdc = state.pdcs.get_mut(&auth.pdc_id).expect("authenticated");
+            pdc.task_streams.retain(|sender| !sender.is_closed());
+            pdc.task_streams.push(sender.clone());
+            // A PDC that reconnects mid-round gets its task again.
+            let now = self.now_ms();
+            for study in state.studies.values() {
+                if *study.machine.phase() == Phase::Open
+                    && study.round_participants.contains(&auth.pdc_id)
+                    && study.machine.check_update(&auth.pdc_id, study.machine.round()).is_ok()
+                {
+                    let round = study.machine.round();
+                    let _ = sender.try_send(TaskSpec {
+                        study_id: study.id.clone(),
+                        round,
+                        model_hash: study.global_hash,
+                        n_parameters: study.global.len() as u64,
+                        manifest_toml: study.manifest_toml.clone(),
+                        standardizer: study.standardizer.clone(),
+                        deadline_in_ms: study.round_deadline_ms.saturating_sub(now),
+                        training_seed: study.training_seed(round, &auth.pdc_id),
+                    });
+                }
+            }
+            tracing::info!(pdc = %auth.pdc_id, "PDC connected");
+        }
+        self.tick();
+        Ok(receiver)
+    }
+
+    /// The global model of `round` for a participant of that round.
+    pub fn participant_model(&self, auth: &RequestAuth, study_id: &str, round: u32) -> Result<ModelSnapshot> {
+        let state = self.lock();
+        Self::authenticate(&state, "DownloadGlobalModel", auth)?;
+        let study = state.studies.get(study_id).ok_or_else(|| Error::UnknownStudy(study_id.to_owned()))?;
+        if *study.machine.phase() != Phase::Open || study.machine.round() != round {
+            return Err(Error::FailedPrecondition(format!("round {round} of study {study_id} is not open")));
+        }
+        if !study.round_participants.contains(&auth.pdc_id) {
+            return Err(Error::PermissionDenied(format!("{} is not a participant of round {round}", auth.pdc_id)));
+        }
+        Ok(snapshot(study))
+    }
+
+    /// Checks an update's header (sender, signature, consent, round, size) before its body is read, and returns
+    /// where to write the body.
+    pub fn begin_update(&self, header: &UpdateHeader) -> Result<IncomingUpdate> {
+        let contribution = &header.contribution;
+        let state = self.lock();
+        let pdc = state.pdcs.get(&contribution.pdc_id).ok_or_else(|| Error::UnknownPdc(contribution.pdc_id.clone()))?;
+        pdc.key
+            .verify(&contribution.signing_bytes(), &header.signature, &contribution.pdc_id)
+            .map_err(|e| Error::Unauthenticated(e.to_string()))?;
+        let study = state
+            .studies
+            .get(&contribution.study_id)
+            .ok_or_else(|| Error::UnknownStudy(contribution.study_id.clone()))?;
+        if !study.consents.contains(&contribution.pdc_id) {
+            return Err(Error::PermissionDenied(format!(
+                "{} has not consented to study {}",
+                contribution.pdc_id, study.id
+            )));
+        }
+        study.machine.check_update(&contribution.pdc_id, contribution.round)?;
+        let expected = study.global.len() as u64;
+        if contribution.n_parameters != expected {
+            drop(state);
+            self.record_rejection(
+                &contribution.study_id,
+                contribution.round,
+                &contribution.pdc_id,
+                &format!("update has {} parameters, the model has {expected}", contribution.n_parameters),
+            );
+            return Err(Error::InvalidUpdate {
+                pdc_id: contribution.pdc_id.clone(),
+                detail: format!(
+                    "update has {} parameters, the study's model has {expected}",
+                    contribution.n_parameters
+                ),
+            });
+        }
+        if contribution.n_examples == 0 {
+            return Err(Error::InvalidUpdate {
+                pdc_id: contribution.pdc_id.clone(),
+                detail: "an update must come from at least one example".into(),
+            });
+        }
+        if !contribution.train_loss.is_finite() {
+            return Err(Error::InvalidUpdate {
+                pdc_id: contribution.pdc_id.clone(),
+                detail: format!("training loss {} is not finite", contribution.train_loss),
+            });
+        }
+        self.archive.begin(&contribution.pdc_id, expected, study.manifest.validation.max_update_norm)
+    }
+
+    /// Completes an upload: archives the update and hands it to its round. Returns the update's id and how many
+    /// updates the round has received.
+    pub fn finish_update(self: &Arc<Self>, header: &UpdateHeader, incoming: IncomingUpdate) -> Result<(Hash, u32)> {
+        let contribution = &header.contribution;
+        let id = match incoming.finish(&self.archive, &contribution.update_hash) {
+            Ok(id) => id,
+            Err(error) => {
+                self.reject(contribution, &error);
+                return Err(error);
+            }
+        };
+        let now = self.now_ms();
+        let mut state = self.lock();
+        let state = &mut *state;
+        let study = state
+            .studies
+            .get_mut(&contribution.study_id)
+            .ok_or_else(|| Error::UnknownStudy(contribution.study_id.clone()))?;
+        let update = AcceptedUpdate { n_examples: contribution.n_examples, update_hash: id };
+        let event = Event::UpdateAccepted { round: contribution.round, pdc_id: contribution.pdc_id.clone(), update };
+        // The round may have closed while the body was arriving: the machine decides.
+        let actions = study.machine.handle(now, event)?;
+        tracing::info!(study = %study.id, round = contribution.round, pdc = %contribution.pdc_id,
+            update = %hex::encode(id), "update accepted");
+        let received = actions
+            .iter()
+            .find_map(|action| match action {
+                Action::Aggregate { contributions, .. } => Some(contributions.len()),
+                _ => None,
+            })
+            .unwrap_or_else(|| study.machine.received());
+        self.execute(&mut state.pdcs, study, now, actions);
+        Ok((id, received as u32))
+    }
+
+    /// Records that an update was rejected for its content.
+    pub fn reject(&self, contribution: &Contribution, error: &Error) {
+        self.record_rejection(&contribution.study_id, contribution.round, &contribution.pdc_id, &error.to_string());
+    }
+
+    fn record_rejection(&self, study_id: &str, round: u32, pdc_id: &str, reason: &str) {
+        let mut state = self.lock();
+        if let Some(study) = state.studies.get_mut(study_id) {
+            tracing::warn!(study = %study_id, round, pdc = %pdc_id, %reason, "update rejected");
+            study.hospitals.entry(pdc_id.to_owned()).or_default().updates_rejected += 1;
+            study.emit(StudyEvent::UpdateRejected { round, pdc_id: pdc_id.to_owned(), reason: reason.to_owned() });
+        }
+    }
+
+    /// A participant reports it will not deliver its update for `round`.
+    pub fn report_failure(
+        self: &Arc<Self>,
+        auth: &RequestAuth,
+        study_id: &str,
+        round: u32,
+        reason: &str,
+    ) -> Result<()> {
+        let now = self.now_ms();
+        let mut state = self.lock();
+        Self::authenticate(&state, "ReportFailure", auth)?;
+        let state = &mut *state;
+        let study = state.studies.get_mut(study_id).ok_or_else(|| Error::UnknownStudy(study_id.to_owned()))?;
+        let reason: String = reason.chars().take(512).collect();
+        tracing::warn!(study = %study_id, round, pdc = %auth.pdc_id, %reason, "participant failed");
+        let actions =
+            study.machine.handle(now, Event::ParticipantFailed { round, pdc_id: auth.pdc_id.clone(), reason })?;
+        self.execute(&mut state.pdcs, study, now, actions);
+        Ok(())
+    }
+}
+
+fn snapshot(study: &Study) -> ModelSnapshot {
+    ModelSnapshot {
+        study_id: study.id.clone(),
+        round: study.machine.round(),
+        layout: study.spec.layout(),
+        parameters: Arc::clone(&study.global),
+        model_hash: study.global_hash,
+        model_toml: toml::to_string(&ModelSection { model: &study.manifest.model })
+            .expect("a model section always serialises"),
+    }
+}
+
+#[derive(serde::Serialize)]
+struct ModelSection<'a> {
+    model: &'a pdc_models::ModelKind,
+}
+
+/// FedAvg of the contributions' deltas, read from the archive in the given order, applied to `global`.
+fn aggregate(archive: &UpdateArchive, global: &[f32], contributions: &[(String, AcceptedUpdate)]) -> Result<Vec<f32>> {
+    let mut average = FedAvg::new(global.len());
+    for (_, update) in contributions {
+        let weight = update.n_examples as f64;
+        archive.read_pieces(&update.update_hash, AGGREGATION_PIECE, |offset, values| {
+            average.add_slice(offset, weight, values)
+        })?;
+        average.commit(weight)?;
+    }
+    apply_delta(global, &average.finish()?)
+}
+
+fn check_pdc_id(pdc_id: &str) -> Result<()> {
+    let valid = !pdc_id.is_empty()
+        && pdc_id.len() <= MAX_PDC_ID_LEN
+        && pdc_id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if valid {
+        Ok(())
+    } else {
+        Err(Error::InvalidArgument {
+            field: "pdc_id",
+            detail: format!("`{pdc_id}`: use 1 to {MAX_PDC_ID_LEN} letters, digits, '-', '_' or '.'"),
+        })
+    }
+}
+
+fn slug(name: &str) -> String {
+    let slug: String =
+        name.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' }).take(40).collect();
+    slug.trim_matches('-').to_owned()
+}

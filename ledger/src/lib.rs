@@ -1,0 +1,43 @@
+//! pdc's ledger crate: identities and the canonical signed messages every party exchanges.
+//!
+//! The Merkle log, checkpoints, stores and audit rules of DESIGN.md §3 build on these types; what exists so far
+//! is what the federation protocol needs to authenticate PDCs: Ed25519 identities, SHA3-256 content hashes, and
+//! the domain-separated byte strings that PDCs sign (registration, requests, consent, contributions).
+
+pub mod hash;
+pub mod identity;
+pub mod merkle;
+pub mod signing;
+
+pub use hash::{Hash, sha3_256};
+pub use identity::{Identity, PublicKey};
+
+/// Errors of the ledger crate.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A key or signature had the wrong length or was not a valid Ed25519 value.
+    #[error("malformed {what}: {detail}")]
+    Malformed {
+        /// What was malformed ("public key", "signature", …).
+        what: &'static str,
+        /// Why.
+        detail: String,
+    },
+    /// A signature did not verify under the claimed key.
+    #[error("signature does not verify for {signer}")]
+    BadSignature {
+        /// Who was claimed to have signed.
+        signer: String,
+    },
+    /// A key file could not be read or written.
+    #[error("key file {path}: {source}")]
+    KeyFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+}
+
+/// The ledger crate's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,229 @@
+//! `pdc study …`: the researcher's commands, as a gRPC client of the coordinator's StudyService.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use clap::Subcommand;
+use futures::StreamExt;
+use pdc_proto::pb::study_service_client::StudyServiceClient;
+use pdc_proto::{MAX_MESSAGE_BYTES, pb};
+use tonic::transport::Channel;
+
+#[derive(Subcommand)]
+pub enum StudyCommand {
+    /// Creates a study from a manifest and the researcher's validation set; prints its id.
+    Create {
+        #[command(flatten)]
+        target: Target,
+        /// The manifest (see examples/study.toml).
+        #[arg(long)]
+        manifest: PathBuf,
+        /// The validation set (CSV with a header); it stays with the coordinator.
+        #[arg(long)]
+        validation: PathBuf,
+    },
+    /// Starts a study.
+    Start {
+        #[command(flatten)]
+        target: Target,
+        /// The study id.
+        study_id: String,
+    },
+    /// Stops a study.
+    Stop {
+        #[command(flatten)]
+        target: Target,
+        /// The study id.
+        study_id: String,
+    },
+    /// Prints a study's status: rounds with validation metrics, and hospitals.
+    Status {
+        #[command(flatten)]
+        target: Target,
+        /// The study id.
+        study_id: String,
+        /// Print JSON-like debug output instead of tables.
+        #[arg(long)]
+        raw: bool,
+    },
+    /// Follows a study's rounds until it ends.
+    Watch {
+        #[command(flatten)]
+        target: Target,
+        /// The study id.
+        study_id: String,
+    },
+    /// Writes the current global model (little-endian f32) and prints its hash.
+    Download {
+        #[command(flatten)]
+        target: Target,
+        /// The study id.
+        study_id: String,
+        /// Output file.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(clap::Args)]
+pub struct Target {
+    /// The coordinator's URL.
+    #[arg(long, default_value = "http://127.0.0.1:50051", env = "PDC_COORDINATOR")]
+    coordinator: String,
+}
+
+pub async fn connect(url: &str) -> anyhow::Result<StudyServiceClient<Channel>> {
+    let channel = tonic::transport::Endpoint::from_shared(url.to_owned())
+        .with_context(|| format!("invalid coordinator URL {url}"))?
+        .connect()
+        .await
+        .with_context(|| format!("cannot reach the coordinator at {url}"))?;
+    Ok(StudyServiceClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES))
+}
+
+fn status_error(status: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("{:?}: {}", status.code(), status.message())
+}
+
+pub async fn run(command: StudyCommand) -> anyhow::Result<()> {
+    match command {
+        StudyCommand::Create { target, manifest, validation } => {
+            let manifest_toml = std::fs::read_to_string(&manifest)
+                .with_context(|| format!("cannot read the manifest {}", manifest.display()))?;
+            let validation_csv = std::fs::read(&validation)
+                .with_context(|| format!("cannot read the validation set {}", validation.display()))?;
+            let mut client = connect(&target.coordinator).await?;
+            let response = client
+                .create_study(pb::CreateStudyRequest { manifest_toml, validation_csv })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            println!("{}", response.study_id);
+            eprintln!("manifest hash {}", response.manifest_hash);
+        }
+        StudyCommand::Start { target, study_id } => {
+            let status = connect(&target.coordinator).await?.start_study(pb::StudyRef { study_id }).await;
+            print_status(&status.map_err(status_error)?.into_inner());
+        }
+        StudyCommand::Stop { target, study_id } => {
+            let status = connect(&target.coordinator).await?.stop_study(pb::StudyRef { study_id }).await;
+            print_status(&status.map_err(status_error)?.into_inner());
+        }
+        StudyCommand::Status { target, study_id, raw } => {
+            let status = connect(&target.coordinator)
+                .await?
+                .get_status(pb::StudyRef { study_id })
+                .await
+                .map_err(status_error)?;
+            if raw {
+                println!("{:#?}", status.into_inner());
+            } else {
+                print_status(&status.into_inner());
+            }
+        }
+        StudyCommand::Watch { target, study_id } => {
+            let mut events = connect(&target.coordinator)
+                .await?
+                .watch_study(pb::StudyRef { study_id })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            while let Some(event) = events.next().await {
+                match event.map_err(status_error)?.event {
+                    Some(pb::study_event::Event::Status(status)) => print_status(&status),
+                    Some(pb::study_event::Event::RoundOpened(opened)) => {
+                        println!("round {} opened with {}", opened.round, opened.participants.join(", "));
+                    }
+                    Some(pb::study_event::Event::RoundClosed(round)) => println!("{}", round_line(&round)),
+                    Some(pb::study_event::Event::UpdateRejected(rejected)) => {
+                        println!("round {}: {} rejected: {}", rejected.round, rejected.pdc_id, rejected.reason);
+                    }
+                    None => {}
+                }
+            }
+        }
+        StudyCommand::Download { target, study_id, out } => {
+            let mut parts = connect(&target.coordinator)
+                .await?
+                .download_model(pb::StudyRef { study_id })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            let Some(pb::ModelPart { part: Some(pb::model_part::Part::Header(header)) }) =
+                parts.next().await.transpose().map_err(status_error)?
+            else {
+                bail!("the coordinator sent no model header");
+            };
+            let mut bytes = Vec::new();
+            while let Some(part) = parts.next().await {
+                if let Some(pb::model_part::Part::Chunk(chunk)) = part.map_err(status_error)?.part {
+                    bytes.extend_from_slice(&chunk.data);
+                }
+            }
+            let hash = hex::encode(pdc_ledger::sha3_256(&bytes));
+            if hash != header.model_hash {
+                bail!("downloaded model hash {hash} does not match the announced {}", header.model_hash);
+            }
+            std::fs::write(&out, &bytes).with_context(|| format!("cannot write {}", out.display()))?;
+            println!(
+                "round {} model, {} parameters, sha3-256 {hash} -> {}",
+                header.round,
+                header.n_parameters,
+                out.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+pub fn round_line(round: &pb::RoundSummary) -> String {
+    let metrics = round.validation.unwrap_or_default();
+    let mut line = format!("round {:>3}: {} updates", round.round, round.contributors.len());
+    if let Some(auroc) = metrics.auroc {
+        line += &format!(", validation AUROC {auroc:.4}");
+    }
+    if let Some(accuracy) = metrics.accuracy {
+        line += &format!(", accuracy {accuracy:.4}");
+    }
+    if let Some(mse) = metrics.mse {
+        line += &format!(", MSE {mse:.4}");
+    }
+    line + &format!(", loss {:.4}", metrics.loss)
+}
+
+pub fn state_name(state: i32) -> &'static str {
+    match pb::StudyState::try_from(state).unwrap_or(pb::StudyState::Unspecified) {
+        pb::StudyState::Unspecified => "unknown",
+        pb::StudyState::Created => "created",
+        pb::StudyState::Running => "running",
+        pb::StudyState::Finished => "finished",
+        pb::StudyState::Stopped => "stopped",
+        pb::StudyState::Failed => "failed",
+    }
+}
+
+pub fn print_status(status: &pb::StudyStatus) {
+    println!(
+        "study {} ({}): {}, round {}/{}{}",
+        status.study_id,
+        status.name,
+        state_name(status.state),
+        status.current_round,
+        status.total_rounds,
+        if status.detail.is_empty() { String::new() } else { format!(" — {}", status.detail) }
+    );
+    for round in &status.rounds {
+        println!("  {}", round_line(round));
+    }
+    if !status.hospitals.is_empty() {
+        println!("  {:<16} {:>9} {:>13} {:>9}", "hospital", "examples", "rounds joined", "rejected");
+        for hospital in &status.hospitals {
+            println!(
+                "  {:<16} {:>9} {:>13} {:>9}",
+                hospital.pdc_id, hospital.examples, hospital.rounds_joined, hospital.updates_rejected
+            );
+        }
+    }
+}

@@ -1,0 +1,130 @@
+//! Bad input over real gRPC: each malformed, unauthorised or out-of-round request gets a precise status, and
+//! the round goes on with the others.
+
+use std::time::Duration;
+
+use pdc_ledger::Identity;
+use pdc_proto::pb;
+use tonic::Code;
+
+use crate::support::{self, TestPdc};
+
+const MANIFEST: &str = r#"
+name = "bad-input"
+seed = 1
+model = { kind = "logistic_regression" }
+[data]
+task = "binary_classification"
+label = "malignant"
+[training]
+rounds = 2
+local_epochs = 1
+batch_size = 16
+learning_rate = 0.1
+[participants]
+min = 2
+max = 2
+round_deadline_secs = 60
+"#;
+
+fn assert_status(result: Result<impl std::fmt::Debug, tonic::Status>, code: Code, fragment: &str) {
+    let status = result.expect_err("the request must be refused");
+    assert_eq!(status.code(), code, "{}", status.message());
+    assert!(status.message().contains(fragment), "`{}` does not mention `{fragment}`", status.message());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_precise_errors_and_the_round_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let (url, _stop) = support::start_coordinator(dir.path()).await;
+    let mut researcher = support::researcher(&url).await;
+    let validation = support::breast_cancer_csv().into_bytes();
+    let create =
+        |manifest: String| pb::CreateStudyRequest { manifest_toml: manifest, validation_csv: validation.clone() };
+
+    // Manifests: an unknown model, a missing column.
+    let unknown_model = MANIFEST.replace("kind = \"logistic_regression\"", "kind = \"transformer\"");
+    assert_status(
+        researcher.create_study(create(unknown_model)).await,
+        Code::InvalidArgument,
+        "unknown variant `transformer`",
+    );
+    let missing_column = MANIFEST
+        .replace("label = \"malignant\"", "label = \"malignant\"\nfeatures = [\"mean_radius\", \"tumour_colour\"]");
+    assert_status(
+        researcher.create_study(create(missing_column)).await,
+        Code::InvalidArgument,
+        "feature column `tumour_colour` is not in the validation set",
+    );
+
+    let study_id = researcher.create_study(create(MANIFEST.to_owned())).await.unwrap().into_inner().study_id;
+    assert_status(researcher.create_study(create(MANIFEST.to_owned())).await, Code::AlreadyExists, "exists already");
+
+    let mut a = TestPdc::register(&url, "hospital-a").await;
+    let mut b = TestPdc::register(&url, "hospital-b").await;
+    a.consent_all().await;
+    b.consent_all().await;
+    let mut a_tasks = a.tasks().await;
+    let mut b_tasks = b.tasks().await;
+    researcher.start_study(pb::StudyRef { study_id: study_id.clone() }).await.unwrap();
+    let task = a_tasks.message().await.unwrap().unwrap();
+    b_tasks.message().await.unwrap().unwrap();
+    assert_eq!(task.round, 1);
+    let model = a.download(&task).await;
+    let n = model.len();
+    let good = vec![0.01f32; n];
+
+    // An upload from a PDC that never registered.
+    let mut stranger = TestPdc::connect(&url, "stranger").await;
+    assert_status(stranger.submit(&study_id, 1, &good).await, Code::Unauthenticated, "PDC stranger is not registered");
+    // A PDC signing as another.
+    let impostor = Identity::generate();
+    assert_status(
+        support::upload(&mut b.client, "hospital-a", &impostor, &study_id, 1, &good).await,
+        Code::Unauthenticated,
+        "signature does not verify for hospital-a",
+    );
+    // The wrong length, in the header and in the body.
+    assert_status(
+        a.submit(&study_id, 1, &good[..n - 1]).await,
+        Code::InvalidArgument,
+        &format!("the study's model has {n}"),
+    );
+    // A NaN.
+    let mut with_nan = good.clone();
+    with_nan[3] = f32::NAN;
+    assert_status(a.submit(&study_id, 1, &with_nan).await, Code::InvalidArgument, "parameter 3 is not finite");
+    // A round that is not open.
+    assert_status(a.submit(&study_id, 2, &good).await, Code::FailedPrecondition, "round 2 is not open");
+    // An unknown study.
+    assert_status(a.submit("no-such-study", 1, &good).await, Code::NotFound, "unknown study no-such-study");
+
+    // None of that changed the round: a's and b's valid updates are accepted and close it.
+    let receipt = a.submit(&study_id, 1, &good).await.unwrap();
+    assert_eq!(receipt.received_in_round, 1);
+    // A replayed update is refused.
+    assert_status(a.submit(&study_id, 1, &good).await, Code::AlreadyExists, "already submitted an update for round 1");
+    b.submit(&study_id, 1, &vec![-0.01f32; n]).await.unwrap();
+    let status =
+        support::wait_for_status(&mut researcher, &study_id, Duration::from_secs(20), |s| !s.rounds.is_empty()).await;
+    assert_eq!(status.rounds[0].contributors, ["hospital-a", "hospital-b"]);
+    let rejected: Vec<_> = status.hospitals.iter().map(|h| (h.pdc_id.as_str(), h.updates_rejected)).collect();
+    assert_eq!(rejected, [("hospital-a", 2), ("hospital-b", 0)]);
+
+    // An update for the closed round.
+    assert_status(b.submit(&study_id, 1, &good).await, Code::FailedPrecondition, "round 1 is closed");
+    // A model download by a PDC that is not a participant of the open round.
+    support::wait_for_status(&mut researcher, &study_id, Duration::from_secs(20), |s| s.current_round == 2).await;
+    let mut outsider = TestPdc::register(&url, "hospital-z").await;
+    let request =
+        pb::ModelRequest { study_id: study_id.clone(), round: 2, auth: Some(outsider.signed("DownloadGlobalModel")) };
+    assert_status(
+        outsider.client.download_global_model(request).await,
+        Code::PermissionDenied,
+        "not a participant of round 2",
+    );
+    // A stale signed request.
+    let mut stale = a.signed("ListStudies");
+    stale.timestamp_ms -= 10 * 60 * 1000;
+    assert_status(a.client.list_studies(stale).await, Code::Unauthenticated, "five minutes");
+}

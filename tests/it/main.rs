@@ -1,0 +1,6 @@
+//! End-to-end tests of pdc: real gRPC over 127.0.0.1, in-process servers and separate processes of the built
+//! binary.
+
+mod bad_input;
+mod processes;
+mod support;

@@ -1,0 +1,167 @@
+//! Shared helpers: an in-process coordinator on a free port, and a hand-driven PDC that can send anything.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use pdc_coordinator::{Coordinator, CoordinatorConfig};
+use pdc_ledger::Identity;
+use pdc_ledger::hash::{f32_bytes, parameters_hash};
+use pdc_ledger::signing::{self, ConsentAction, Contribution};
+use pdc_proto::pb;
+use pdc_proto::pb::federation_service_client::FederationServiceClient;
+use pdc_proto::pb::study_service_client::StudyServiceClient;
+use tonic::transport::Channel;
+
+/// The repository's root.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The bundled breast-cancer table.
+pub fn breast_cancer_csv() -> String {
+    std::fs::read_to_string(root().join("data/breast_cancer_wisconsin.csv")).unwrap()
+}
+
+/// A coordinator serving on 127.0.0.1 until the returned sender is dropped.
+pub async fn start_coordinator(dir: &Path) -> (String, tokio::sync::oneshot::Sender<()>) {
+    let mut config = CoordinatorConfig::new(dir.join("coordinator"));
+    config.tick_interval = Duration::from_millis(20);
+    let coordinator = Coordinator::new(config).unwrap();
+    coordinator.spawn_driver();
+    let (listener, address) = pdc_coordinator::server::bind(([127, 0, 0, 1], 0).into()).await.unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(pdc_coordinator::server::serve(coordinator, listener, async {
+        let _ = stopped.await;
+    }));
+    (format!("http://{address}"), stop)
+}
+
+pub async fn researcher(url: &str) -> StudyServiceClient<Channel> {
+    StudyServiceClient::connect(url.to_owned()).await.unwrap().max_decoding_message_size(8 << 20)
+}
+
+/// A PDC driven by hand, able to send well-formed and malformed messages alike.
+pub struct TestPdc {
+    pub id: String,
+    pub identity: Identity,
+    pub client: FederationServiceClient<Channel>,
+}
+
+impl TestPdc {
+    /// Connects without registering.
+    pub async fn connect(url: &str, id: &str) -> Self {
+        let client = FederationServiceClient::connect(url.to_owned()).await.unwrap();
+        Self { id: id.to_owned(), identity: Identity::generate(), client }
+    }
+
+    /// Connects and registers.
+    pub async fn register(url: &str, id: &str) -> Self {
+        let mut pdc = Self::connect(url, id).await;
+        let public_key = pdc.identity.public_key().to_bytes();
+        let signature = pdc.identity.sign(&signing::register_message(id, &public_key)).to_vec();
+        let request = pb::RegisterRequest { pdc_id: id.to_owned(), public_key: public_key.to_vec(), signature };
+        pdc.client.register(request).await.unwrap();
+        pdc
+    }
+
+    pub fn signed(&self, method: &str) -> pb::SignedRequest {
+        let timestamp_ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64;
+        let signature = self.identity.sign(&signing::request_message(method, &self.id, timestamp_ms)).to_vec();
+        pb::SignedRequest { pdc_id: self.id.clone(), timestamp_ms, signature }
+    }
+
+    /// Consents to every listed study.
+    pub async fn consent_all(&mut self) {
+        let studies = self.client.list_studies(self.signed("ListStudies")).await.unwrap().into_inner().studies;
+        for study in studies {
+            let hash = pdc_ledger::sha3_256(study.manifest_toml.as_bytes());
+            let signature =
+                self.identity.sign(&signing::consent_message(ConsentAction::Grant, &study.study_id, &hash)).to_vec();
+            let request = pb::ConsentRequest { pdc_id: self.id.clone(), study_id: study.study_id, signature };
+            self.client.consent(request).await.unwrap();
+        }
+    }
+
+    pub async fn tasks(&mut self) -> tonic::Streaming<pb::Task> {
+        self.client.wait_tasks(self.signed("WaitTasks")).await.unwrap().into_inner()
+    }
+
+    pub async fn download(&mut self, task: &pb::Task) -> Vec<f32> {
+        let request = pb::ModelRequest {
+            study_id: task.study_id.clone(),
+            round: task.round,
+            auth: Some(self.signed("DownloadGlobalModel")),
+        };
+        let mut parts = self.client.download_global_model(request).await.unwrap().into_inner();
+        let mut bytes = Vec::new();
+        while let Some(part) = parts.message().await.unwrap() {
+            if let Some(pb::model_part::Part::Chunk(chunk)) = part.part {
+                bytes.extend_from_slice(&chunk.data);
+            }
+        }
+        bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
+    }
+
+    /// Uploads `values` as this PDC's update for `round`, signed with its own key.
+    pub async fn submit(
+        &mut self,
+        study_id: &str,
+        round: u32,
+        values: &[f32],
+    ) -> Result<pb::UpdateReceipt, tonic::Status> {
+        upload(&mut self.client, &self.id, &self.identity, study_id, round, values).await
+    }
+}
+
+/// Uploads `values` as `pdc_id`'s update, signed with `signer` (which may be someone else's key).
+pub async fn upload(
+    client: &mut FederationServiceClient<Channel>,
+    pdc_id: &str,
+    signer: &Identity,
+    study_id: &str,
+    round: u32,
+    values: &[f32],
+) -> Result<pb::UpdateReceipt, tonic::Status> {
+    let contribution = Contribution {
+        study_id: study_id.to_owned(),
+        round,
+        pdc_id: pdc_id.to_owned(),
+        n_examples: 10,
+        n_parameters: values.len() as u64,
+        update_hash: parameters_hash(values),
+        train_loss: 0.5,
+    };
+    let header = pb::UpdateHeader {
+        study_id: study_id.to_owned(),
+        round,
+        pdc_id: pdc_id.to_owned(),
+        n_examples: contribution.n_examples,
+        n_parameters: contribution.n_parameters,
+        update_hash: contribution.update_hash.to_vec(),
+        train_loss: contribution.train_loss,
+        signature: signer.sign(&contribution.signing_bytes()).to_vec(),
+    };
+    let parts = vec![
+        pb::UpdatePart { part: Some(pb::update_part::Part::Header(header)) },
+        pb::UpdatePart { part: Some(pb::update_part::Part::Chunk(pb::Chunk { offset: 0, data: f32_bytes(values) })) },
+    ];
+    client.submit_update(futures::stream::iter(parts)).await.map(|r| r.into_inner())
+}
+
+/// Polls a study's status until `done` holds, or panics after `timeout`.
+pub async fn wait_for_status(
+    researcher: &mut StudyServiceClient<Channel>,
+    study_id: &str,
+    timeout: Duration,
+    done: impl Fn(&pb::StudyStatus) -> bool,
+) -> pb::StudyStatus {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let status = researcher.get_status(pb::StudyRef { study_id: study_id.to_owned() }).await.unwrap().into_inner();
+        if done(&status) {
+            return status;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting; last status: {status:#?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
