@@ -124,8 +124,9 @@ fn test(shell: &Shell) -> Result<bool> {
     } else {
         &["test", "--workspace", "--all-targets", "--no-fail-fast"]
     };
-    // Neither nextest nor `--all-targets` runs doc tests, so they get their own run.
-    let suites: [(&str, &[&str]); 2] = [("tests", main_suite), ("doc tests", &["test", "--workspace", "--doc"])];
+    // Neither nextest nor `--all-targets` runs doc tests, so they get their own run, first: the main suite's
+    // summary is then the last test-runner line of the output, the one CI reads.
+    let suites: [(&str, &[&str]); 2] = [("doc tests", &["test", "--workspace", "--doc"]), ("tests", main_suite)];
     let mut failed = Vec::new();
     for (label, args) in suites {
         if !shell.run(shell.cargo(args))? {
