@@ -49,9 +49,17 @@ impl FedAvg {
             return Err(length_error(self.sum.len(), offset.saturating_add(values.len())));
         };
         let mut target = self.sum.slice_mut(ndarray::s![offset..end]);
-        Zip::from(&mut target).and(ArrayView1::from(values)).for_each(|sum, &value| {
-            *sum += weight * f64::from(value);
-        });
+        match target.as_slice_mut() {
+            // The accumulator is contiguous: a plain zip over slices is what the compiler vectorises best.
+            Some(sums) => {
+                for (sum, &value) in sums.iter_mut().zip(values) {
+                    *sum += weight * f64::from(value);
+                }
+            }
+            None => Zip::from(&mut target).and(ArrayView1::from(values)).for_each(|sum, &value| {
+                *sum += weight * f64::from(value);
+            }),
+        }
         Ok(())
     }
 
