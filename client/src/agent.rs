@@ -274,18 +274,20 @@ impl Agent {
                 signature: signature.to_vec(),
             })),
         };
+        // Chunks are encoded one at a time as tonic sends them, so an upload never holds a second copy of the model.
         let values_per_chunk = MAX_CHUNK_BYTES / 4;
-        let chunks: Vec<pb::UpdatePart> = update
-            .delta
-            .chunks(values_per_chunk)
-            .enumerate()
-            .map(|(index, values)| pb::UpdatePart {
+        let delta = std::sync::Arc::new(update.delta);
+        let n_chunks = delta.len().div_ceil(values_per_chunk);
+        let chunks = (0..n_chunks).map(move |index| {
+            let start = index * values_per_chunk;
+            let end = (start + values_per_chunk).min(delta.len());
+            pb::UpdatePart {
                 part: Some(pb::update_part::Part::Chunk(pb::Chunk {
-                    offset: (index * values_per_chunk * 4) as u64,
-                    data: f32_bytes(values),
+                    offset: (start * 4) as u64,
+                    data: f32_bytes(&delta[start..end]),
                 })),
-            })
-            .collect();
+            }
+        });
         let stream = futures::stream::iter(std::iter::once(header).chain(chunks));
         match client.submit_update(stream).await {
             Ok(receipt) => {

@@ -3,4 +3,5 @@
 
 mod bad_input;
 mod processes;
+mod retry;
 mod support;

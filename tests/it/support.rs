@@ -24,11 +24,19 @@ pub fn breast_cancer_csv() -> String {
 
 /// A coordinator serving on 127.0.0.1 until the returned sender is dropped.
 pub async fn start_coordinator(dir: &Path) -> (String, tokio::sync::oneshot::Sender<()>) {
+    start_coordinator_at(dir, ([127, 0, 0, 1], 0).into()).await
+}
+
+/// A coordinator serving on `address` until the returned sender is dropped.
+pub async fn start_coordinator_at(
+    dir: &Path,
+    address: std::net::SocketAddr,
+) -> (String, tokio::sync::oneshot::Sender<()>) {
     let mut config = CoordinatorConfig::new(dir.join("coordinator"));
     config.tick_interval = Duration::from_millis(20);
     let coordinator = Coordinator::new(config).unwrap();
     coordinator.spawn_driver();
-    let (listener, address) = pdc_coordinator::server::bind(([127, 0, 0, 1], 0).into()).await.unwrap();
+    let (listener, address) = pdc_coordinator::server::bind(address).await.unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(pdc_coordinator::server::serve(coordinator, listener, async {
         let _ = stopped.await;
