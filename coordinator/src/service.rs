@@ -269,6 +269,21 @@ impl Study {
         let _ = self.events.send(event);
     }
 
+    /// The open round's task for `pdc_id`.
+    fn task_for(&self, pdc_id: &str, now: u64) -> TaskSpec {
+        let round = self.machine.round();
+        TaskSpec {
+            study_id: self.id.clone(),
+            round,
+            model_hash: self.global_hash,
+            n_parameters: self.global.len() as u64,
+            manifest_toml: self.manifest_toml.clone(),
+            standardizer: self.standardizer.clone(),
+            deadline_in_ms: self.round_deadline_ms.saturating_sub(now),
+            training_seed: self.training_seed(round, pdc_id),
+        }
+    }
+
     fn training_seed(&self, round: u32, pdc_id: &str) -> u64 {
         let mut key = self.manifest.seed.to_le_bytes().to_vec();
         key.extend_from_slice(&round.to_le_bytes());
@@ -350,26 +365,16 @@ impl Coordinator {
                 Action::OpenRound { round, attempt, participants, deadline_ms } => {
                     tracing::info!(study = %study.id, round, attempt, ?participants, "round opened");
                     let deadline_in_ms = deadline_ms.saturating_sub(now);
+                    study.round_participants = participants.clone();
+                    study.round_deadline_ms = deadline_ms;
                     for pdc_id in &participants {
-                        let task = TaskSpec {
-                            study_id: study.id.clone(),
-                            round,
-                            model_hash: study.global_hash,
-                            n_parameters: study.global.len() as u64,
-                            manifest_toml: study.manifest_toml.clone(),
-                            standardizer: study.standardizer.clone(),
-                            deadline_in_ms,
-                            training_seed: study.training_seed(round, pdc_id),
-                        };
                         if let Some(pdc) = pdcs.get_mut(pdc_id) {
                             pdc.task_streams.retain(|sender| !sender.is_closed());
                             if let Some(sender) = pdc.task_streams.last() {
-                                let _ = sender.try_send(task);
+                                let _ = sender.try_send(study.task_for(pdc_id, now));
                             }
                         }
                     }
-                    study.round_participants = participants.clone();
-                    study.round_deadline_ms = deadline_ms;
                     study.emit(StudyEvent::RoundOpened { round, participants, deadline_in_ms });
                 }
                 Action::Aggregate { round, contributions } => {
@@ -639,17 +644,7 @@ impl Coordinator {
                     && study.round_participants.contains(&auth.pdc_id)
                     && study.machine.check_update(&auth.pdc_id, study.machine.round()).is_ok()
                 {
-                    let round = study.machine.round();
-                    let _ = sender.try_send(TaskSpec {
-                        study_id: study.id.clone(),
-                        round,
-                        model_hash: study.global_hash,
-                        n_parameters: study.global.len() as u64,
-                        manifest_toml: study.manifest_toml.clone(),
-                        standardizer: study.standardizer.clone(),
-                        deadline_in_ms: study.round_deadline_ms.saturating_sub(now),
-                        training_seed: study.training_seed(round, &auth.pdc_id),
-                    });
+                    let _ = sender.try_send(study.task_for(&auth.pdc_id, now));
                 }
             }
             tracing::info!(pdc = %auth.pdc_id, "PDC connected");
@@ -695,19 +690,15 @@ impl Coordinator {
         let expected = study.global.len() as u64;
         if contribution.n_parameters != expected {
             drop(state);
-            self.record_rejection(
-                &contribution.study_id,
-                contribution.round,
-                &contribution.pdc_id,
-                &format!("update has {} parameters, the model has {expected}", contribution.n_parameters),
-            );
-            return Err(Error::InvalidUpdate {
+            let error = Error::InvalidUpdate {
                 pdc_id: contribution.pdc_id.clone(),
                 detail: format!(
                     "update has {} parameters, the study's model has {expected}",
                     contribution.n_parameters
                 ),
-            });
+            };
+            self.reject(contribution, &error);
+            return Err(error);
         }
         if contribution.n_examples == 0 {
             return Err(Error::InvalidUpdate {
