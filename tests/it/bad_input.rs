@@ -80,7 +80,7 @@ async fn bad_input_gets_precise_errors_and_the_round_goes_on() {
     // A PDC signing as another.
     let impostor = Identity::generate();
     assert_status(
-        support::upload(&mut b.client, "hospital-a", &impostor, &study_id, 1, &good).await,
+        support::upload(&mut b.client, "hospital-a", &impostor, &study_id, 1, &good, 1 << 20).await,
         Code::Unauthenticated,
         "signature does not verify for hospital-a",
     );
@@ -127,4 +127,46 @@ async fn bad_input_gets_precise_errors_and_the_round_goes_on() {
     let mut stale = a.signed("ListStudies");
     stale.timestamp_ms -= 10 * 60 * 1000;
     assert_status(a.client.list_studies(stale).await, Code::Unauthenticated, "five minutes");
+}
+
+/// A model larger than one message moves in chunks both ways; an oversized chunk is refused and changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn models_larger_than_a_message_move_in_chunks() {
+    let dir = tempfile::tempdir().unwrap();
+    let (url, _stop) = support::start_coordinator(dir.path()).await;
+    let mut researcher = support::researcher(&url).await;
+    // 30·1024 + 1024 + 1024·256 + 256 + 256 + 1 = 294,401 parameters: 1.18 MB, two chunks.
+    let manifest = MANIFEST
+        .replace("kind = \"logistic_regression\"", "kind = \"mlp\", hidden = [1024, 256]")
+        .replace("min = 2\nmax = 2", "min = 1\nmax = 1");
+    let request =
+        pb::CreateStudyRequest { manifest_toml: manifest, validation_csv: support::breast_cancer_csv().into_bytes() };
+    let study_id = researcher.create_study(request).await.unwrap().into_inner().study_id;
+    let mut a = TestPdc::register(&url, "hospital-a").await;
+    a.consent_all().await;
+    let mut tasks = a.tasks().await;
+    researcher.start_study(pb::StudyRef { study_id: study_id.clone() }).await.unwrap();
+    let task = tasks.message().await.unwrap().unwrap();
+    assert_eq!(task.n_parameters, 294_401);
+
+    let request =
+        pb::ModelRequest { study_id: study_id.clone(), round: 1, auth: Some(a.signed("DownloadGlobalModel")) };
+    let mut parts = a.client.download_global_model(request).await.unwrap().into_inner();
+    let mut chunk_sizes = Vec::new();
+    let mut bytes = Vec::new();
+    while let Some(part) = parts.message().await.unwrap() {
+        if let Some(pb::model_part::Part::Chunk(chunk)) = part.part {
+            assert_eq!(chunk.offset, bytes.len() as u64);
+            chunk_sizes.push(chunk.data.len());
+            bytes.extend_from_slice(&chunk.data);
+        }
+    }
+    assert_eq!(chunk_sizes, [1 << 20, 294_401 * 4 - (1 << 20)]);
+    assert_eq!(hex::encode(pdc_ledger::sha3_256(&bytes)), task.model_hash);
+
+    let update = vec![0.001f32; 294_401];
+    let oversized = support::upload(&mut a.client, "hospital-a", &a.identity, &study_id, 1, &update, 2 << 20).await;
+    assert_status(oversized, Code::ResourceExhausted, "exceeds the 1048576-byte limit");
+    let receipt = support::upload(&mut a.client, "hospital-a", &a.identity, &study_id, 1, &update, 1 << 20).await;
+    assert_eq!(receipt.unwrap().received_in_round, 1);
 }

@@ -117,7 +117,7 @@ impl TestPdc {
         round: u32,
         values: &[f32],
     ) -> Result<pb::UpdateReceipt, tonic::Status> {
-        upload(&mut self.client, &self.id, &self.identity, study_id, round, values).await
+        upload(&mut self.client, &self.id, &self.identity, study_id, round, values, pdc_proto::MAX_CHUNK_BYTES).await
     }
 }
 
@@ -129,6 +129,7 @@ pub async fn upload(
     study_id: &str,
     round: u32,
     values: &[f32],
+    chunk_bytes: usize,
 ) -> Result<pb::UpdateReceipt, tonic::Status> {
     let contribution = Contribution {
         study_id: study_id.to_owned(),
@@ -149,10 +150,15 @@ pub async fn upload(
         train_loss: contribution.train_loss,
         signature: signer.sign(&contribution.signing_bytes()).to_vec(),
     };
-    let parts = vec![
-        pb::UpdatePart { part: Some(pb::update_part::Part::Header(header)) },
-        pb::UpdatePart { part: Some(pb::update_part::Part::Chunk(pb::Chunk { offset: 0, data: f32_bytes(values) })) },
-    ];
+    let bytes = f32_bytes(values);
+    let chunks = bytes.chunks(chunk_bytes.max(1)).enumerate().map(|(index, data)| pb::UpdatePart {
+        part: Some(pb::update_part::Part::Chunk(pb::Chunk {
+            offset: (index * chunk_bytes) as u64,
+            data: data.to_vec(),
+        })),
+    });
+    let parts: Vec<_> =
+        std::iter::once(pb::UpdatePart { part: Some(pb::update_part::Part::Header(header)) }).chain(chunks).collect();
     client.submit_update(futures::stream::iter(parts)).await.map(|r| r.into_inner())
 }
 
