@@ -11,6 +11,7 @@ pub mod manifest;
 pub mod round;
 pub mod server;
 pub mod service;
+pub mod valuation;
 
 pub use error::{Error, Result, to_status};
 pub use service::{Coordinator, CoordinatorConfig};

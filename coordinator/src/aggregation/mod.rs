@@ -5,6 +5,8 @@
 //! reproducible. An update may itself arrive in pieces ([`FedAvg::add_slice`]), so a coordinator can aggregate
 //! updates straight from its archive without holding any of them whole.
 
+pub mod robust;
+
 use ndarray::{Array1, ArrayView1, Zip};
 
 use crate::{Error, Result};
