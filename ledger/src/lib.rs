@@ -1,13 +1,15 @@
-//! pdc's ledger crate: identities and the canonical signed messages every party exchanges.
+//! pdc's ledger crate: identities, the canonical signed messages every party exchanges, and the verifiable log.
 //!
-//! The Merkle log, checkpoints, stores and audit rules of DESIGN.md §3 build on these types; what exists so far
-//! is what the federation protocol needs to authenticate PDCs: Ed25519 identities, SHA3-256 content hashes, and
-//! the domain-separated byte strings that PDCs sign (registration, requests, consent, contributions).
+//! [`identity`], [`hash`] and [`signing`] are what the federation protocol needs to authenticate PDCs: Ed25519
+//! identities, SHA3-256 content hashes, and the domain-separated byte strings PDCs sign. [`merkle`] is the RFC 9162
+//! Merkle tree over SHA3-256 with inclusion and consistency proofs; [`store`] keeps a log of entries with its tree
+//! nodes, in memory or in RocksDB. Typed entries, signed checkpoints, witnesses and audit rules build on these.
 
 pub mod hash;
 pub mod identity;
 pub mod merkle;
 pub mod signing;
+pub mod store;
 
 pub use hash::{Hash, sha3_256};
 pub use identity::{Identity, PublicKey};
