@@ -32,7 +32,7 @@ mod error;
 pub mod noise;
 mod special;
 
-pub use accountant::{Accountant, RdpAccountant, calibrate_noise_multiplier};
+pub use accountant::{Accountant, PldAccountant, RdpAccountant, calibrate_noise_multiplier};
 pub use budget::{Budget, PrivacyBudget};
 pub use error::{Error, Result};
 pub use noise::{GaussianNoise, NoiseMode, add_exact};

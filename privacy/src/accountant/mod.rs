@@ -4,8 +4,10 @@
 //! Gaussian releases — and reports the ε spent at a chosen δ. [`RdpAccountant`] does this with Rényi DP exactly as
 //! Google's `dp_accounting` 0.6 does. [`calibrate_noise_multiplier`] inverts it: the least noise that meets a target.
 
+mod pld;
 mod rdp;
 
+pub use pld::{DEFAULT_DISCRETIZATION, LOG_MASS_TRUNCATION_BOUND, PldAccountant, TAIL_MASS_TRUNCATION};
 pub use rdp::{
     DEFAULT_ORDER_COUNT, DEFAULT_ORDERS, MAX_ORDER, RdpAccountant, poisson_subsampled_gaussian_rdp, rdp_to_epsilon,
 };
