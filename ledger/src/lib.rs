@@ -5,6 +5,8 @@
 //! Merkle tree over SHA3-256 with inclusion and consistency proofs; [`store`] keeps a log of entries with its tree
 //! nodes, in memory or in RocksDB. Typed entries, signed checkpoints, witnesses and audit rules build on these.
 
+pub mod checkpoint;
+pub mod entry;
 pub mod hash;
 pub mod identity;
 pub mod merkle;

@@ -1,0 +1,1029 @@
+//! Typed ledger entries and their canonical, versioned binary encoding.
+//!
+//! Every record the federation writes to the log is an [`Entry`]. Entries carry identifiers, hashes,
+//! signatures and aggregate figures only — never patient data. The log stores [`Entry::encode`]'s bytes, so the
+//! encoding is part of the ledger's format and must be *canonical*: one entry has exactly one encoding, and
+//! [`Entry::decode`] accepts exactly the encodings [`Entry::encode`] produces.
+//!
+//! # Format, version 1
+//!
+//! ```text
+//! version: u8 (= 1) | tag: u8 | fields, in declaration order
+//! ```
+//!
+//! - `u8`, `u32`, `u64`: little-endian;
+//! - `f64`: its IEEE 754 bits as a little-endian `u64`; NaN and infinities are rejected on decode;
+//! - strings: `u32` LE byte length, then UTF-8;
+//! - vectors: `u32` LE item count, then the items;
+//! - pairs: the two items in order;
+//! - hashes (32 bytes), public keys (32 bytes) and signatures (64 bytes): raw;
+//! - [`Role`]: one byte, see [`Role::code`].
+//!
+//! Tags: 1 `MemberRegistered`, 2 `KeyRotated`, 3 `StudyCreated`, 4 `ConsentGranted`, 5 `ConsentRevoked`,
+//! 6 `RoundOpened`, 7 `ContributionAccepted`, 8 `UpdateRejected`, 9 `RoundAggregated`, 10 `UtilityScores`,
+//! 11 `RewardPaid`, 12 `PrivacySpent`, 13 `StudyClosed`.
+//!
+//! The decoder never allocates more than the input could describe: a length or count is checked against the
+//! remaining bytes before anything is reserved.
+//!
+//! ```
+//! use pdc_ledger::entry::Entry;
+//!
+//! let entry = Entry::StudyCreated { study_id: "sepsis-2026".into(), manifest_hash: [7; 32] };
+//! let bytes = entry.encode();
+//! assert_eq!(Entry::decode(&bytes)?, entry);
+//! # Ok::<(), pdc_ledger::entry::EntryError>(())
+//! ```
+
+use crate::signing::{self, ConsentAction, Contribution};
+use crate::{Hash, PublicKey};
+
+/// The format version [`Entry::encode`] writes and [`Entry::decode`] accepts.
+pub const FORMAT_VERSION: u8 = 1;
+
+/// A party's role in the federation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// Runs rounds and aggregates updates.
+    Coordinator,
+    /// A hospital's Private Data Centre, which trains on its own data.
+    Hospital,
+    /// Proposes studies and receives models.
+    Researcher,
+    /// Reads and checks the ledger.
+    Auditor,
+    /// Co-signs checkpoints after checking consistency.
+    Witness,
+}
+
+impl Role {
+    /// The role's byte in the canonical encoding.
+    pub fn code(self) -> u8 {
+        match self {
+            Role::Coordinator => 1,
+            Role::Hospital => 2,
+            Role::Researcher => 3,
+            Role::Auditor => 4,
+            Role::Witness => 5,
+        }
+    }
+
+    /// The role with byte `code`, if any.
+    pub fn from_code(code: u8) -> Option<Role> {
+        Some(match code {
+            1 => Role::Coordinator,
+            2 => Role::Hospital,
+            3 => Role::Researcher,
+            4 => Role::Auditor,
+            5 => Role::Witness,
+            _ => return None,
+        })
+    }
+}
+
+/// One typed ledger record.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Entry {
+    /// A party joined the federation with this key.
+    MemberRegistered {
+        /// The party's id (a PDC id for hospitals).
+        pdc_id: String,
+        /// What the party does.
+        role: Role,
+        /// Its Ed25519 public key.
+        public_key: [u8; 32],
+    },
+    /// A party replaced its key.
+    KeyRotated {
+        /// The party.
+        pdc_id: String,
+        /// The key it used until now.
+        old_key: [u8; 32],
+        /// The key it uses from now on.
+        new_key: [u8; 32],
+    },
+    /// A study was created with this manifest.
+    StudyCreated {
+        /// The study.
+        study_id: String,
+        /// SHA3-256 of the study's manifest.
+        manifest_hash: Hash,
+    },
+    /// A PDC consented to a study; `signature` is over [`signing::consent_message`] with [`ConsentAction::Grant`].
+    ConsentGranted {
+        /// The study.
+        study_id: String,
+        /// The consenting PDC.
+        pdc_id: String,
+        /// The manifest consented to.
+        manifest_hash: Hash,
+        /// The PDC's Ed25519 signature.
+        signature: [u8; 64],
+    },
+    /// A PDC withdrew; `signature` is over [`signing::consent_message`] with [`ConsentAction::Revoke`].
+    ConsentRevoked {
+        /// The study.
+        study_id: String,
+        /// The withdrawing PDC.
+        pdc_id: String,
+        /// The manifest consent was given to.
+        manifest_hash: Hash,
+        /// The PDC's Ed25519 signature.
+        signature: [u8; 64],
+    },
+    /// A round began.
+    RoundOpened {
+        /// The study.
+        study_id: String,
+        /// The round number.
+        round: u32,
+        /// The PDCs asked to train.
+        participants: Vec<String>,
+        /// SHA3-256 of the global model sent out.
+        model_hash: Hash,
+    },
+    /// The coordinator accepted a PDC's signed update; `signature` is over [`Contribution::signing_bytes`].
+    ContributionAccepted {
+        /// The contribution as the PDC signed it.
+        contribution: Contribution,
+        /// The PDC's Ed25519 signature.
+        signature: [u8; 64],
+    },
+    /// The coordinator rejected a PDC's update.
+    UpdateRejected {
+        /// The study.
+        study_id: String,
+        /// The round.
+        round: u32,
+        /// The PDC whose update was rejected.
+        pdc_id: String,
+        /// Why, in words.
+        reason: String,
+    },
+    /// A round's updates were aggregated into a new model.
+    RoundAggregated {
+        /// The study.
+        study_id: String,
+        /// The round.
+        round: u32,
+        /// SHA3-256 of the new global model.
+        model_hash: Hash,
+        /// The PDCs whose updates went in.
+        contributors: Vec<String>,
+        /// Named figures of the round (loss, accuracy, …).
+        metrics: Vec<(String, f64)>,
+    },
+    /// Each PDC's utility for a round, as used for rewards.
+    UtilityScores {
+        /// The study.
+        study_id: String,
+        /// The round.
+        round: u32,
+        /// PDC id and its score.
+        scores: Vec<(String, f64)>,
+        /// How the scores were computed ("shapley-mc", "leave-one-out", …).
+        method: String,
+        /// The seed of any sampling, so the scores can be recomputed.
+        seed: u64,
+    },
+    /// A PDC was rewarded.
+    RewardPaid {
+        /// The study.
+        study_id: String,
+        /// The round.
+        round: u32,
+        /// The rewarded PDC.
+        pdc_id: String,
+        /// The amount.
+        amount: f64,
+    },
+    /// A PDC spent differential-privacy budget.
+    PrivacySpent {
+        /// The study.
+        study_id: String,
+        /// The round.
+        round: u32,
+        /// The PDC.
+        pdc_id: String,
+        /// ε spent.
+        epsilon: f64,
+        /// δ spent.
+        delta: f64,
+    },
+    /// A study ended.
+    StudyClosed {
+        /// The study.
+        study_id: String,
+        /// Its final state ("completed", "cancelled", …).
+        state: String,
+    },
+}
+
+/// Why bytes are not a canonical entry, or why an entry's signature does not check.
+#[derive(Debug, thiserror::Error)]
+pub enum EntryError {
+    /// The format version byte is not one this code reads.
+    #[error("unsupported entry format version {version} at byte 0 (expected {FORMAT_VERSION})")]
+    UnsupportedVersion {
+        /// The version found.
+        version: u8,
+    },
+    /// The tag byte names no entry kind.
+    #[error("unknown entry tag {tag} at byte 1")]
+    UnknownTag {
+        /// The tag found.
+        tag: u8,
+    },
+    /// The input ended inside a field.
+    #[error("truncated entry: {what} at byte {offset} needs {needed} bytes, {remaining} remain")]
+    Truncated {
+        /// The field being read.
+        what: &'static str,
+        /// Where it starts.
+        offset: usize,
+        /// Bytes it needs.
+        needed: usize,
+        /// Bytes left.
+        remaining: usize,
+    },
+    /// A string length or vector count describes more data than the input holds.
+    #[error("{what} at byte {offset} claims {claimed} bytes, only {remaining} remain")]
+    LengthBeyondInput {
+        /// The string or vector.
+        what: &'static str,
+        /// Where its length prefix starts.
+        offset: usize,
+        /// The least number of bytes the length implies.
+        claimed: u64,
+        /// Bytes left after the prefix.
+        remaining: usize,
+    },
+    /// A string is not UTF-8.
+    #[error("{what} at byte {offset} is not valid UTF-8")]
+    InvalidUtf8 {
+        /// The string field.
+        what: &'static str,
+        /// Where its bytes start.
+        offset: usize,
+    },
+    /// A float is NaN or infinite.
+    #[error("{what} at byte {offset} is not finite (bits {bits:#018x})")]
+    NonFiniteFloat {
+        /// The float field.
+        what: &'static str,
+        /// Where it starts.
+        offset: usize,
+        /// Its bits.
+        bits: u64,
+    },
+    /// A role byte names no role.
+    #[error("unknown role {code} at byte {offset}")]
+    UnknownRole {
+        /// The byte found.
+        code: u8,
+        /// Where it is.
+        offset: usize,
+    },
+    /// Bytes follow a complete entry.
+    #[error("{count} trailing bytes after the entry, from byte {offset}")]
+    TrailingBytes {
+        /// Where the extra bytes start.
+        offset: usize,
+        /// How many there are.
+        count: usize,
+    },
+    /// [`Entry::verify_signature`] was asked about an entry that carries no signature.
+    #[error("a {kind} entry carries no signature")]
+    Unsigned {
+        /// The entry's kind.
+        kind: &'static str,
+    },
+    /// The entry's signature is malformed or does not verify.
+    #[error(transparent)]
+    Signature(#[from] crate::Error),
+}
+
+impl Entry {
+    /// The entry's tag byte in the encoding.
+    pub fn tag(&self) -> u8 {
+        match self {
+            Entry::MemberRegistered { .. } => 1,
+            Entry::KeyRotated { .. } => 2,
+            Entry::StudyCreated { .. } => 3,
+            Entry::ConsentGranted { .. } => 4,
+            Entry::ConsentRevoked { .. } => 5,
+            Entry::RoundOpened { .. } => 6,
+            Entry::ContributionAccepted { .. } => 7,
+            Entry::UpdateRejected { .. } => 8,
+            Entry::RoundAggregated { .. } => 9,
+            Entry::UtilityScores { .. } => 10,
+            Entry::RewardPaid { .. } => 11,
+            Entry::PrivacySpent { .. } => 12,
+            Entry::StudyClosed { .. } => 13,
+        }
+    }
+
+    /// The entry kind's name, as in the enum.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Entry::MemberRegistered { .. } => "MemberRegistered",
+            Entry::KeyRotated { .. } => "KeyRotated",
+            Entry::StudyCreated { .. } => "StudyCreated",
+            Entry::ConsentGranted { .. } => "ConsentGranted",
+            Entry::ConsentRevoked { .. } => "ConsentRevoked",
+            Entry::RoundOpened { .. } => "RoundOpened",
+            Entry::ContributionAccepted { .. } => "ContributionAccepted",
+            Entry::UpdateRejected { .. } => "UpdateRejected",
+            Entry::RoundAggregated { .. } => "RoundAggregated",
+            Entry::UtilityScores { .. } => "UtilityScores",
+            Entry::RewardPaid { .. } => "RewardPaid",
+            Entry::PrivacySpent { .. } => "PrivacySpent",
+            Entry::StudyClosed { .. } => "StudyClosed",
+        }
+    }
+
+    /// The canonical bytes of the entry (format version [`FORMAT_VERSION`]).
+    ///
+    /// Floats are written as their bits whatever they hold; an entry with a NaN or infinite float encodes, but
+    /// [`Entry::decode`] rejects the result, so writers must keep figures finite. Strings and vectors longer than
+    /// `u32::MAX` cannot be encoded and panic; nothing the federation records comes near that.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut writer = Writer(vec![FORMAT_VERSION, self.tag()]);
+        match self {
+            Entry::MemberRegistered { pdc_id, role, public_key } => {
+                writer.string(pdc_id);
+                writer.0.push(role.code());
+                writer.bytes(public_key);
+            }
+            Entry::KeyRotated { pdc_id, old_key, new_key } => {
+                writer.string(pdc_id);
+                writer.bytes(old_key);
+                writer.bytes(new_key);
+            }
+            Entry::StudyCreated { study_id, manifest_hash } => {
+                writer.string(study_id);
+                writer.bytes(manifest_hash);
+            }
+            Entry::ConsentGranted { study_id, pdc_id, manifest_hash, signature }
+            | Entry::ConsentRevoked { study_id, pdc_id, manifest_hash, signature } => {
+                writer.string(study_id);
+                writer.string(pdc_id);
+                writer.bytes(manifest_hash);
+                writer.bytes(signature);
+            }
+            Entry::RoundOpened { study_id, round, participants, model_hash } => {
+                writer.string(study_id);
+                writer.u32(*round);
+                writer.strings(participants);
+                writer.bytes(model_hash);
+            }
+            Entry::ContributionAccepted { contribution, signature } => {
+                writer.string(&contribution.study_id);
+                writer.u32(contribution.round);
+                writer.string(&contribution.pdc_id);
+                writer.u64(contribution.n_examples);
+                writer.u64(contribution.n_parameters);
+                writer.bytes(&contribution.update_hash);
+                writer.f64(contribution.train_loss);
+                writer.bytes(signature);
+            }
+            Entry::UpdateRejected { study_id, round, pdc_id, reason } => {
+                writer.string(study_id);
+                writer.u32(*round);
+                writer.string(pdc_id);
+                writer.string(reason);
+            }
+            Entry::RoundAggregated { study_id, round, model_hash, contributors, metrics } => {
+                writer.string(study_id);
+                writer.u32(*round);
+                writer.bytes(model_hash);
+                writer.strings(contributors);
+                writer.pairs(metrics);
+            }
+            Entry::UtilityScores { study_id, round, scores, method, seed } => {
+                writer.string(study_id);
+                writer.u32(*round);
+                writer.pairs(scores);
+                writer.string(method);
+                writer.u64(*seed);
+            }
+            Entry::RewardPaid { study_id, round, pdc_id, amount } => {
+                writer.string(study_id);
+                writer.u32(*round);
+                writer.string(pdc_id);
+                writer.f64(*amount);
+            }
+            Entry::PrivacySpent { study_id, round, pdc_id, epsilon, delta } => {
+                writer.string(study_id);
+                writer.u32(*round);
+                writer.string(pdc_id);
+                writer.f64(*epsilon);
+                writer.f64(*delta);
+            }
+            Entry::StudyClosed { study_id, state } => {
+                writer.string(study_id);
+                writer.string(state);
+            }
+        }
+        writer.0
+    }
+
+    /// Parses canonical bytes written by [`Entry::encode`], rejecting anything else with the offending offset.
+    pub fn decode(bytes: &[u8]) -> Result<Entry, EntryError> {
+        let mut reader = Reader { bytes, offset: 0 };
+        let version = reader.u8("format version")?;
+        if version != FORMAT_VERSION {
+            return Err(EntryError::UnsupportedVersion { version });
+        }
+        let tag = reader.u8("entry tag")?;
+        let entry = match tag {
+            1 => Entry::MemberRegistered {
+                pdc_id: reader.string("pdc_id")?,
+                role: reader.role()?,
+                public_key: reader.array("public_key")?,
+            },
+            2 => Entry::KeyRotated {
+                pdc_id: reader.string("pdc_id")?,
+                old_key: reader.array("old_key")?,
+                new_key: reader.array("new_key")?,
+            },
+            3 => Entry::StudyCreated {
+                study_id: reader.string("study_id")?,
+                manifest_hash: reader.array("manifest_hash")?,
+            },
+            4 => Entry::ConsentGranted {
+                study_id: reader.string("study_id")?,
+                pdc_id: reader.string("pdc_id")?,
+                manifest_hash: reader.array("manifest_hash")?,
+                signature: reader.array("signature")?,
+            },
+            5 => Entry::ConsentRevoked {
+                study_id: reader.string("study_id")?,
+                pdc_id: reader.string("pdc_id")?,
+                manifest_hash: reader.array("manifest_hash")?,
+                signature: reader.array("signature")?,
+            },
+            6 => Entry::RoundOpened {
+                study_id: reader.string("study_id")?,
+                round: reader.u32("round")?,
+                participants: reader.strings("participants")?,
+                model_hash: reader.array("model_hash")?,
+            },
+            7 => Entry::ContributionAccepted {
+                contribution: Contribution {
+                    study_id: reader.string("study_id")?,
+                    round: reader.u32("round")?,
+                    pdc_id: reader.string("pdc_id")?,
+                    n_examples: reader.u64("n_examples")?,
+                    n_parameters: reader.u64("n_parameters")?,
+                    update_hash: reader.array("update_hash")?,
+                    train_loss: reader.f64("train_loss")?,
+                },
+                signature: reader.array("signature")?,
+            },
+            8 => Entry::UpdateRejected {
+                study_id: reader.string("study_id")?,
+                round: reader.u32("round")?,
+                pdc_id: reader.string("pdc_id")?,
+                reason: reader.string("reason")?,
+            },
+            9 => Entry::RoundAggregated {
+                study_id: reader.string("study_id")?,
+                round: reader.u32("round")?,
+                model_hash: reader.array("model_hash")?,
+                contributors: reader.strings("contributors")?,
+                metrics: reader.pairs("metrics")?,
+            },
+            10 => Entry::UtilityScores {
+                study_id: reader.string("study_id")?,
+                round: reader.u32("round")?,
+                scores: reader.pairs("scores")?,
+                method: reader.string("method")?,
+                seed: reader.u64("seed")?,
+            },
+            11 => Entry::RewardPaid {
+                study_id: reader.string("study_id")?,
+                round: reader.u32("round")?,
+                pdc_id: reader.string("pdc_id")?,
+                amount: reader.f64("amount")?,
+            },
+            12 => Entry::PrivacySpent {
+                study_id: reader.string("study_id")?,
+                round: reader.u32("round")?,
+                pdc_id: reader.string("pdc_id")?,
+                epsilon: reader.f64("epsilon")?,
+                delta: reader.f64("delta")?,
+            },
+            13 => Entry::StudyClosed { study_id: reader.string("study_id")?, state: reader.string("state")? },
+            tag => return Err(EntryError::UnknownTag { tag }),
+        };
+        let remaining = reader.remaining();
+        if remaining != 0 {
+            return Err(EntryError::TrailingBytes { offset: reader.offset, count: remaining });
+        }
+        Ok(entry)
+    }
+
+    /// Checks the signature a signed entry carries against `key`, the signer's registered key.
+    ///
+    /// `ConsentGranted` and `ConsentRevoked` are signed over [`signing::consent_message`];
+    /// `ContributionAccepted` over [`Contribution::signing_bytes`]. Other kinds carry no signature and give
+    /// [`EntryError::Unsigned`].
+    pub fn verify_signature(&self, key: &PublicKey) -> Result<(), EntryError> {
+        let (message, signature, signer) = match self {
+            Entry::ConsentGranted { study_id, pdc_id, manifest_hash, signature } => {
+                (signing::consent_message(ConsentAction::Grant, study_id, manifest_hash), signature, pdc_id)
+            }
+            Entry::ConsentRevoked { study_id, pdc_id, manifest_hash, signature } => {
+                (signing::consent_message(ConsentAction::Revoke, study_id, manifest_hash), signature, pdc_id)
+            }
+            Entry::ContributionAccepted { contribution, signature } => {
+                (contribution.signing_bytes(), signature, &contribution.pdc_id)
+            }
+            other => return Err(EntryError::Unsigned { kind: other.kind() }),
+        };
+        key.verify(&message, signature, signer)?;
+        Ok(())
+    }
+}
+
+struct Writer(Vec<u8>);
+
+impl Writer {
+    fn bytes(&mut self, bytes: &[u8]) {
+        self.0.extend_from_slice(bytes);
+    }
+
+    fn u32(&mut self, value: u32) {
+        self.bytes(&value.to_le_bytes());
+    }
+
+    fn u64(&mut self, value: u64) {
+        self.bytes(&value.to_le_bytes());
+    }
+
+    fn f64(&mut self, value: f64) {
+        self.u64(value.to_bits());
+    }
+
+    fn length(&mut self, length: usize) {
+        self.u32(u32::try_from(length).expect("a string or vector in a ledger entry exceeds u32::MAX"));
+    }
+
+    fn string(&mut self, value: &str) {
+        self.length(value.len());
+        self.bytes(value.as_bytes());
+    }
+
+    fn strings(&mut self, values: &[String]) {
+        self.length(values.len());
+        for value in values {
+            self.string(value);
+        }
+    }
+
+    fn pairs(&mut self, values: &[(String, f64)]) {
+        self.length(values.len());
+        for (name, value) in values {
+            self.string(name);
+            self.f64(*value);
+        }
+    }
+}
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+    offset: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn remaining(&self) -> usize {
+        self.bytes.len() - self.offset
+    }
+
+    fn take(&mut self, what: &'static str, needed: usize) -> Result<&'a [u8], EntryError> {
+        let remaining = self.remaining();
+        if needed > remaining {
+            return Err(EntryError::Truncated { what, offset: self.offset, needed, remaining });
+        }
+        let slice = &self.bytes[self.offset..self.offset + needed];
+        self.offset += needed;
+        Ok(slice)
+    }
+
+    fn array<const N: usize>(&mut self, what: &'static str) -> Result<[u8; N], EntryError> {
+        let slice = self.take(what, N)?;
+        Ok(slice.try_into().expect("take returned N bytes"))
+    }
+
+    fn u8(&mut self, what: &'static str) -> Result<u8, EntryError> {
+        Ok(self.array::<1>(what)?[0])
+    }
+
+    fn u32(&mut self, what: &'static str) -> Result<u32, EntryError> {
+        Ok(u32::from_le_bytes(self.array(what)?))
+    }
+
+    fn u64(&mut self, what: &'static str) -> Result<u64, EntryError> {
+        Ok(u64::from_le_bytes(self.array(what)?))
+    }
+
+    fn f64(&mut self, what: &'static str) -> Result<f64, EntryError> {
+        let offset = self.offset;
+        let bits = self.u64(what)?;
+        let value = f64::from_bits(bits);
+        if !value.is_finite() {
+            return Err(EntryError::NonFiniteFloat { what, offset, bits });
+        }
+        Ok(value)
+    }
+
+    fn role(&mut self) -> Result<Role, EntryError> {
+        let offset = self.offset;
+        let code = self.u8("role")?;
+        Role::from_code(code).ok_or(EntryError::UnknownRole { code, offset })
+    }
+
+    /// Reads a `u32` length or count whose items take at least `min_item_size` bytes each, and checks that the
+    /// rest of the input can hold them before the caller allocates anything.
+    fn length(&mut self, what: &'static str, min_item_size: usize) -> Result<usize, EntryError> {
+        let offset = self.offset;
+        let length = self.u32(what)?;
+        let claimed = u64::from(length) * min_item_size as u64;
+        let remaining = self.remaining();
+        if claimed > remaining as u64 {
+            return Err(EntryError::LengthBeyondInput { what, offset, claimed, remaining });
+        }
+        Ok(length as usize)
+    }
+
+    fn string(&mut self, what: &'static str) -> Result<String, EntryError> {
+        let length = self.length(what, 1)?;
+        let offset = self.offset;
+        let bytes = self.take(what, length)?;
+        let text = std::str::from_utf8(bytes).map_err(|_| EntryError::InvalidUtf8 { what, offset })?;
+        Ok(text.to_owned())
+    }
+
+    fn strings(&mut self, what: &'static str) -> Result<Vec<String>, EntryError> {
+        // Each string is at least its 4-byte length.
+        let count = self.length(what, 4)?;
+        (0..count).map(|_| self.string(what)).collect()
+    }
+
+    fn pairs(&mut self, what: &'static str) -> Result<Vec<(String, f64)>, EntryError> {
+        // Each pair is at least a 4-byte string length and an 8-byte float.
+        let count = self.length(what, 12)?;
+        (0..count).map(|_| Ok((self.string(what)?, self.f64(what)?))).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::Identity;
+
+    fn finite() -> impl Strategy<Value = f64> {
+        prop_oneof![any::<f64>().prop_filter("finite", |v| v.is_finite()), Just(0.0), Just(-0.0), Just(f64::MIN)]
+    }
+
+    fn text() -> impl Strategy<Value = String> {
+        prop_oneof![".{0,12}", Just(String::new()), Just("hôpital-é".to_owned())]
+    }
+
+    fn role() -> impl Strategy<Value = Role> {
+        prop_oneof![
+            Just(Role::Coordinator),
+            Just(Role::Hospital),
+            Just(Role::Researcher),
+            Just(Role::Auditor),
+            Just(Role::Witness)
+        ]
+    }
+
+    fn names() -> impl Strategy<Value = Vec<String>> {
+        prop::collection::vec(text(), 0..4)
+    }
+
+    fn pairs() -> impl Strategy<Value = Vec<(String, f64)>> {
+        prop::collection::vec((text(), finite()), 0..4)
+    }
+
+    fn entry() -> impl Strategy<Value = Entry> {
+        let hash = any::<[u8; 32]>();
+        let signature = prop::collection::vec(any::<u8>(), 64).prop_map(|v| <[u8; 64]>::try_from(v).unwrap());
+        prop_oneof![
+            (text(), role(), hash).prop_map(|(pdc_id, role, public_key)| Entry::MemberRegistered {
+                pdc_id,
+                role,
+                public_key
+            }),
+            (text(), hash, hash).prop_map(|(pdc_id, old_key, new_key)| Entry::KeyRotated { pdc_id, old_key, new_key }),
+            (text(), hash).prop_map(|(study_id, manifest_hash)| Entry::StudyCreated { study_id, manifest_hash }),
+            (text(), text(), hash, signature.clone()).prop_map(|(study_id, pdc_id, manifest_hash, signature)| {
+                Entry::ConsentGranted { study_id, pdc_id, manifest_hash, signature }
+            }),
+            (text(), text(), hash, signature.clone()).prop_map(|(study_id, pdc_id, manifest_hash, signature)| {
+                Entry::ConsentRevoked { study_id, pdc_id, manifest_hash, signature }
+            }),
+            (text(), any::<u32>(), names(), hash).prop_map(|(study_id, round, participants, model_hash)| {
+                Entry::RoundOpened { study_id, round, participants, model_hash }
+            }),
+            (text(), any::<u32>(), text(), any::<u64>(), any::<u64>(), hash, finite(), signature).prop_map(
+                |(study_id, round, pdc_id, n_examples, n_parameters, update_hash, train_loss, signature)| {
+                    Entry::ContributionAccepted {
+                        contribution: Contribution {
+                            study_id,
+                            round,
+                            pdc_id,
+                            n_examples,
+                            n_parameters,
+                            update_hash,
+                            train_loss,
+                        },
+                        signature,
+                    }
+                }
+            ),
+            (text(), any::<u32>(), text(), text()).prop_map(|(study_id, round, pdc_id, reason)| {
+                Entry::UpdateRejected { study_id, round, pdc_id, reason }
+            }),
+            (text(), any::<u32>(), hash, names(), pairs()).prop_map(
+                |(study_id, round, model_hash, contributors, metrics)| Entry::RoundAggregated {
+                    study_id,
+                    round,
+                    model_hash,
+                    contributors,
+                    metrics
+                }
+            ),
+            (text(), any::<u32>(), pairs(), text(), any::<u64>()).prop_map(
+                |(study_id, round, scores, method, seed)| Entry::UtilityScores {
+                    study_id,
+                    round,
+                    scores,
+                    method,
+                    seed
+                }
+            ),
+            (text(), any::<u32>(), text(), finite()).prop_map(|(study_id, round, pdc_id, amount)| {
+                Entry::RewardPaid { study_id, round, pdc_id, amount }
+            }),
+            (text(), any::<u32>(), text(), finite(), finite()).prop_map(|(study_id, round, pdc_id, epsilon, delta)| {
+                Entry::PrivacySpent { study_id, round, pdc_id, epsilon, delta }
+            }),
+            (text(), text()).prop_map(|(study_id, state)| Entry::StudyClosed { study_id, state }),
+        ]
+    }
+
+    /// Compares floats by bits, so that `-0.0` must come back as `-0.0`.
+    fn same(a: &Entry, b: &Entry) -> bool {
+        a.encode() == b.encode() && a == b
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+        #[test]
+        fn encode_decode_round_trips(entry in entry()) {
+            let bytes = entry.encode();
+            let decoded = Entry::decode(&bytes).unwrap();
+            prop_assert!(same(&decoded, &entry), "{decoded:?} != {entry:?}");
+        }
+
+        #[test]
+        fn every_truncation_is_rejected(entry in entry()) {
+            let bytes = entry.encode();
+            for length in 0..bytes.len() {
+                let error = Entry::decode(&bytes[..length]).unwrap_err();
+                prop_assert!(
+                    matches!(error, EntryError::Truncated { .. } | EntryError::LengthBeyondInput { .. }),
+                    "length {length}: {error}"
+                );
+            }
+        }
+
+        #[test]
+        fn trailing_bytes_are_rejected(entry in entry(), extra in prop::collection::vec(any::<u8>(), 1..8)) {
+            let mut bytes = entry.encode();
+            let offset = bytes.len();
+            bytes.extend_from_slice(&extra);
+            let error = Entry::decode(&bytes).unwrap_err();
+            prop_assert!(matches!(error, EntryError::TrailingBytes { offset: o, count } if o == offset && count == extra.len()), "{error}");
+        }
+
+        #[test]
+        fn decoding_arbitrary_bytes_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
+            if let Ok(entry) = Entry::decode(&bytes) {
+                // Whatever decodes is canonical: it re-encodes to the same bytes.
+                prop_assert_eq!(entry.encode(), bytes);
+            }
+        }
+    }
+
+    /// One entry of each kind, with small, readable values.
+    fn samples() -> Vec<Entry> {
+        let contribution = Contribution {
+            study_id: "s".into(),
+            round: 2,
+            pdc_id: "h".into(),
+            n_examples: 100,
+            n_parameters: 7,
+            update_hash: [0xcc; 32],
+            train_loss: 0.5,
+        };
+        vec![
+            Entry::MemberRegistered { pdc_id: "h".into(), role: Role::Hospital, public_key: [0xaa; 32] },
+            Entry::KeyRotated { pdc_id: "h".into(), old_key: [0xaa; 32], new_key: [0xbb; 32] },
+            Entry::StudyCreated { study_id: "s".into(), manifest_hash: [0x11; 32] },
+            Entry::ConsentGranted {
+                study_id: "s".into(),
+                pdc_id: "h".into(),
+                manifest_hash: [0x11; 32],
+                signature: [0x55; 64],
+            },
+            Entry::ConsentRevoked {
+                study_id: "s".into(),
+                pdc_id: "h".into(),
+                manifest_hash: [0x11; 32],
+                signature: [0x66; 64],
+            },
+            Entry::RoundOpened {
+                study_id: "s".into(),
+                round: 2,
+                participants: vec!["h".into(), "i".into()],
+                model_hash: [0x22; 32],
+            },
+            Entry::ContributionAccepted { contribution, signature: [0x77; 64] },
+            Entry::UpdateRejected { study_id: "s".into(), round: 2, pdc_id: "h".into(), reason: "norm".into() },
+            Entry::RoundAggregated {
+                study_id: "s".into(),
+                round: 2,
+                model_hash: [0x33; 32],
+                contributors: vec!["h".into()],
+                metrics: vec![("loss".into(), 0.25)],
+            },
+            Entry::UtilityScores {
+                study_id: "s".into(),
+                round: 2,
+                scores: vec![("h".into(), 1.0)],
+                method: "loo".into(),
+                seed: 42,
+            },
+            Entry::RewardPaid { study_id: "s".into(), round: 2, pdc_id: "h".into(), amount: 1.5 },
+            Entry::PrivacySpent { study_id: "s".into(), round: 2, pdc_id: "h".into(), epsilon: 0.5, delta: 1e-5 },
+            Entry::StudyClosed { study_id: "s".into(), state: "completed".into() },
+        ]
+    }
+
+    /// The version-1 encodings of [`samples`]. A change here is a format change: bump [`FORMAT_VERSION`] and keep
+    /// a decoder for the old version rather than editing these.
+    const GOLDEN: [&str; 13] = [
+        "0101010000006802aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+        concat!(
+            "01020100000068aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaabbbbbbbbbbbbbbbbbb",
+            "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb",
+        ),
+        "010301000000731111111111111111111111111111111111111111111111111111111111111111",
+        concat!(
+            "010401000000730100000068111111111111111111111111111111111111111111111111111111111111111155555555",
+            "555555555555555555555555555555555555555555555555555555555555555555555555555555555555555555555555",
+            "555555555555555555555555",
+        ),
+        concat!(
+            "010501000000730100000068111111111111111111111111111111111111111111111111111111111111111166666666",
+            "666666666666666666666666666666666666666666666666666666666666666666666666666666666666666666666666",
+            "666666666666666666666666",
+        ),
+        concat!(
+            "010601000000730200000002000000010000006801000000692222222222222222222222222222222222222222222222",
+            "222222222222222222",
+        ),
+        concat!(
+            "0107010000007302000000010000006864000000000000000700000000000000cccccccccccccccccccccccccccccccc",
+            "cccccccccccccccccccccccccccccccc000000000000e03f777777777777777777777777777777777777777777777777",
+            "77777777777777777777777777777777777777777777777777777777777777777777777777777777",
+        ),
+        "01080100000073020000000100000068040000006e6f726d",
+        concat!(
+            "010901000000730200000033333333333333333333333333333333333333333333333333333333333333330100000001",
+            "0000006801000000040000006c6f7373000000000000d03f",
+        ),
+        "010a010000007302000000010000000100000068000000000000f03f030000006c6f6f2a00000000000000",
+        "010b0100000073020000000100000068000000000000f83f",
+        "010c0100000073020000000100000068000000000000e03ff168e388b5f8e43e",
+        "010d010000007309000000636f6d706c65746564",
+    ];
+
+    #[test]
+    fn golden_encodings_are_stable() {
+        let samples = samples();
+        let actual: Vec<String> = samples.iter().map(|entry| hex::encode(entry.encode())).collect();
+        assert_eq!(actual, GOLDEN, "actual:\n{actual:#?}");
+        for (entry, golden) in samples.iter().zip(GOLDEN) {
+            assert_eq!(&Entry::decode(&hex::decode(golden).unwrap()).unwrap(), entry);
+        }
+        // Every kind appears once, in tag order.
+        let tags: Vec<u8> = samples.iter().map(Entry::tag).collect();
+        assert_eq!(tags, (1..=13).collect::<Vec<u8>>());
+    }
+
+    #[test]
+    fn bad_version_and_tag_are_rejected_with_their_offset() {
+        let bytes = samples()[2].encode();
+        let mut wrong_version = bytes.clone();
+        wrong_version[0] = 2;
+        assert!(matches!(Entry::decode(&wrong_version), Err(EntryError::UnsupportedVersion { version: 2 })));
+        for tag in [0, 14, 255] {
+            let mut wrong_tag = bytes.clone();
+            wrong_tag[1] = tag;
+            assert!(matches!(Entry::decode(&wrong_tag), Err(EntryError::UnknownTag { tag: t }) if t == tag));
+        }
+        assert!(matches!(Entry::decode(&[]), Err(EntryError::Truncated { offset: 0, .. })));
+    }
+
+    #[test]
+    fn a_huge_length_is_rejected_before_allocating() {
+        // StudyCreated whose study_id claims 4 GiB.
+        let bytes = [1, 3, 0xff, 0xff, 0xff, 0xff, b'x'];
+        let error = Entry::decode(&bytes).unwrap_err();
+        assert!(
+            matches!(error, EntryError::LengthBeyondInput { offset: 2, claimed: 0xffff_ffff, remaining: 1, .. }),
+            "{error}"
+        );
+        // RoundOpened whose participant count claims 2^32 - 1 strings in 8 bytes.
+        let mut bytes = vec![1, 6, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff];
+        bytes.extend_from_slice(&[0; 8]);
+        let error = Entry::decode(&bytes).unwrap_err();
+        assert!(matches!(error, EntryError::LengthBeyondInput { offset: 10, remaining: 8, .. }), "{error}");
+    }
+
+    #[test]
+    fn invalid_utf8_and_non_finite_floats_and_unknown_roles_are_rejected() {
+        let bytes = [1, 3, 1, 0, 0, 0, 0xff];
+        let mut bytes = bytes.to_vec();
+        bytes.extend_from_slice(&[0; 32]);
+        assert!(matches!(Entry::decode(&bytes), Err(EntryError::InvalidUtf8 { offset: 6, .. })));
+
+        for bad in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+            let entry = Entry::RewardPaid { study_id: "s".into(), round: 2, pdc_id: "h".into(), amount: bad };
+            let error = Entry::decode(&entry.encode()).unwrap_err();
+            // version, tag, "s" (4 + 1), round (4), "h" (4 + 1).
+            assert!(matches!(error, EntryError::NonFiniteFloat { what: "amount", offset: 16, .. }), "{error}");
+        }
+
+        let mut bytes = samples()[0].encode();
+        // version, tag, "h" (4 + 1): the role byte.
+        bytes[7] = 9;
+        assert!(matches!(Entry::decode(&bytes), Err(EntryError::UnknownRole { code: 9, offset: 7 })));
+    }
+
+    #[test]
+    fn signatures_verify_for_consent_and_contributions() {
+        let identity = Identity::from_seed([9; 32]);
+        let key = identity.public_key();
+        let manifest_hash = [4; 32];
+        let grant = signing::consent_message(ConsentAction::Grant, "s", &manifest_hash);
+        let revoke = signing::consent_message(ConsentAction::Revoke, "s", &manifest_hash);
+        let granted = Entry::ConsentGranted {
+            study_id: "s".into(),
+            pdc_id: "h".into(),
+            manifest_hash,
+            signature: identity.sign(&grant),
+        };
+        granted.verify_signature(&key).unwrap();
+        let revoked = Entry::ConsentRevoked {
+            study_id: "s".into(),
+            pdc_id: "h".into(),
+            manifest_hash,
+            signature: identity.sign(&revoke),
+        };
+        revoked.verify_signature(&key).unwrap();
+        // A grant signature cannot be passed off as a revocation.
+        let replayed = Entry::ConsentRevoked {
+            study_id: "s".into(),
+            pdc_id: "h".into(),
+            manifest_hash,
+            signature: identity.sign(&grant),
+        };
+        assert!(matches!(
+            replayed.verify_signature(&key),
+            Err(EntryError::Signature(crate::Error::BadSignature { .. }))
+        ));
+
+        let Entry::ContributionAccepted { contribution, .. } = samples().swap_remove(6) else { unreachable!() };
+        let accepted =
+            Entry::ContributionAccepted { signature: identity.sign(&contribution.signing_bytes()), contribution };
+        accepted.verify_signature(&key).unwrap();
+        let other = Identity::from_seed([8; 32]).public_key();
+        assert!(accepted.verify_signature(&other).is_err());
+        let Entry::ContributionAccepted { mut contribution, signature } = accepted else { unreachable!() };
+        contribution.n_examples += 1;
+        let altered = Entry::ContributionAccepted { contribution, signature };
+        assert!(altered.verify_signature(&key).is_err());
+
+        assert!(matches!(samples()[2].verify_signature(&key), Err(EntryError::Unsigned { kind: "StudyCreated" })));
+    }
+}
