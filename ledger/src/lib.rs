@@ -12,6 +12,7 @@ pub mod identity;
 pub mod merkle;
 pub mod signing;
 pub mod store;
+pub mod witness;
 
 pub use hash::{Hash, sha3_256};
 pub use identity::{Identity, PublicKey};
