@@ -14,6 +14,33 @@ pub use rdp::{
 
 use crate::{Error, Result};
 
+/// The first invalid event an accountant was fed through an infallible method. Once set, every ε query fails with
+/// it: the event may stand for privacy really spent, so an accountant fails closed rather than under-report.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub(crate) struct Poison(Option<Error>);
+
+impl Poison {
+    /// Remembers `result`'s error, keeping the first one.
+    pub(crate) fn record(&mut self, result: Result<()>) {
+        if let Err(error) = result {
+            self.0.get_or_insert(error);
+        }
+    }
+
+    /// Whether an invalid event was recorded.
+    pub(crate) fn is_set(&self) -> bool {
+        self.0.is_some()
+    }
+
+    /// `Ok` while clean, else [`Error::AccountantPoisoned`] naming the first invalid event.
+    pub(crate) fn check(&self) -> Result<()> {
+        match &self.0 {
+            Some(cause) => Err(Error::AccountantPoisoned { cause: Box::new(cause.clone()) }),
+            None => Ok(()),
+        }
+    }
+}
+
 /// Tracks the privacy spent by a sequence of Gaussian-noise releases on one dataset.
 ///
 /// The composition methods are infallible so that recording a release that already happened can never be skipped

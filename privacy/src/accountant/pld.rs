@@ -14,7 +14,7 @@
 
 use std::f64::consts::{LN_2, PI, SQRT_2};
 
-use crate::accountant::Accountant;
+use crate::accountant::{Accountant, Poison};
 use crate::special::{log_add, log_erfc};
 use crate::{Error, Result};
 
@@ -55,18 +55,18 @@ pub struct PldAccountant {
     remove: Pmf,
     add: Pmf,
     non_private: bool,
-    poisoned: Option<Error>,
+    poisoned: Poison,
 }
 
 impl PldAccountant {
     /// An empty accountant: nothing spent yet.
     pub fn new() -> Self {
-        Self { remove: Pmf::identity(), add: Pmf::identity(), non_private: false, poisoned: None }
+        Self { remove: Pmf::identity(), add: Pmf::identity(), non_private: false, poisoned: Poison::default() }
     }
 
     /// Whether an invalid event was recorded through an infallible method (see "Invalid events").
     pub fn is_poisoned(&self) -> bool {
-        self.poisoned.is_some()
+        self.poisoned.is_set()
     }
 
     /// Composes `steps` Poisson-subsampled Gaussian steps, or refuses invalid parameters without changing anything.
@@ -127,12 +127,6 @@ impl PldAccountant {
         self.remove = self.remove.compose(&remove_pmf);
         self.add = self.add.compose(&add_pmf);
     }
-
-    fn poison_on_error(&mut self, result: Result<()>) {
-        if let Err(error) = result {
-            self.poisoned.get_or_insert(error);
-        }
-    }
 }
 
 impl Default for PldAccountant {
@@ -144,18 +138,16 @@ impl Default for PldAccountant {
 impl Accountant for PldAccountant {
     fn compose_poisson_gaussian(&mut self, sampling_rate: f64, noise_multiplier: f64, steps: u64) {
         let result = self.try_compose_poisson_gaussian(sampling_rate, noise_multiplier, steps);
-        self.poison_on_error(result);
+        self.poisoned.record(result);
     }
 
     fn compose_gaussian(&mut self, noise_multiplier: f64, count: u64) {
         let result = self.try_compose_gaussian(noise_multiplier, count);
-        self.poison_on_error(result);
+        self.poisoned.record(result);
     }
 
     fn epsilon(&self, delta: f64) -> Result<f64> {
-        if let Some(cause) = &self.poisoned {
-            return Err(Error::AccountantPoisoned { cause: Box::new(cause.clone()) });
-        }
+        self.poisoned.check()?;
         if !(delta > 0.0 && delta < 1.0) {
             return Err(Error::InvalidDelta { delta });
         }
