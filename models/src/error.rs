@@ -234,6 +234,23 @@ pub enum Error {
         step: u64,
     },
 
+    /// A per-example gradient of DP-SGD is NaN or infinite although the loss is finite, so it
+    /// cannot be clipped; a smaller learning rate or standardised features usually help.
+    #[error(
+        "DP-SGD diverged at epoch {epoch}, step {step}: a per-example gradient is not finite; \
+         try a smaller learning rate or standardised features and labels"
+    )]
+    NonFiniteGradient {
+        /// The 1-based epoch.
+        epoch: u32,
+        /// The 1-based step counted over all epochs.
+        step: u64,
+    },
+
+    /// A differential-privacy primitive refused (noise seeding, OpenDP's exact sampler).
+    #[error("privacy: {0}")]
+    Privacy(#[from] pdc_privacy::Error),
+
     /// The model's output for a row is NaN or infinite, so no metric can be computed.
     #[error("the model's output for row {row} is not finite ({value})")]
     NonFiniteOutput {

@@ -3,11 +3,15 @@
 //! A model is a [`ModelSpec`] (architecture, feature count, task) plus a flat `Vec<f32>` of
 //! parameters in the spec's [`Layout`]; that vector is what PDCs and the coordinator exchange,
 //! clip, noise and average. This crate turns CSV files into [`Dataset`]s, trains parameters
-//! locally with mini-batch SGD ([`train_local`]), evaluates them ([`evaluate`]), and splits data
-//! for simulations ([`partition_iid`], [`partition_dirichlet`], [`synthetic`]).
+//! locally with mini-batch SGD ([`train_local`]) or with differentially private DP-SGD
+//! ([`train_dp`]: Poisson sampling, per-example clipping, Gaussian noise), evaluates them
+//! ([`evaluate`]), and splits data for simulations ([`partition_iid`], [`partition_dirichlet`],
+//! [`synthetic`]).
 //!
 //! Everything is deterministic: initial parameters, shuffles, partitions and synthetic data come
-//! from seeded ChaCha streams, never from burn's global RNG.
+//! from seeded ChaCha streams, never from burn's global RNG. The one deliberate exception is
+//! DP-SGD's noise, which is drawn from an OS-seeded generator because noise that can be replayed
+//! can be subtracted.
 //!
 //! # Example
 //!
@@ -40,6 +44,7 @@
 //! ```
 
 mod data;
+mod dp_sgd;
 mod error;
 mod metrics;
 mod network;
@@ -50,6 +55,7 @@ mod synthetic;
 mod train;
 
 pub use data::{Dataset, Schema, load_csv, parse_csv, read_csv};
+pub use dp_sgd::{DpTrainConfig, DpTrainOutcome, train_dp};
 pub use error::{Error, Result};
 pub use metrics::{Metrics, auroc, evaluate, predict};
 pub use partition::{MIN_ROWS_PER_PART, partition_dirichlet, partition_iid, train_validation_split};
@@ -57,6 +63,9 @@ pub use spec::{Layout, ModelKind, ModelSpec, Task, TensorLayout};
 pub use standardize::{MIN_STD, Standardizer};
 pub use synthetic::{SyntheticConfig, synthetic};
 pub use train::{TrainConfig, TrainOutcome, train_local};
+
+/// Which Gaussian sampler DP-SGD draws its noise with (re-exported from `pdc-privacy` for [`DpTrainConfig`]).
+pub use pdc_privacy::NoiseMode;
 
 /// The bundled public datasets, split and standardised as the tests use them.
 #[cfg(test)]

@@ -55,6 +55,20 @@ impl Network {
         activations
     }
 
+    /// The gradients in `gradients` of every parameter, as a flat vector in [`ModelSpec::layout`] order.
+    #[cfg(test)]
+    pub(crate) fn flat_gradients(&self, gradients: &burn::tensor::Gradients) -> Result<Vec<f32>> {
+        let missing = || Error::Backend("a parameter has no gradient".to_owned());
+        let mut flat = Vec::new();
+        for layer in &self.layers {
+            flat.extend(tensor_values(layer.weight.val().grad(gradients).ok_or_else(missing)?)?);
+            if let Some(bias) = &layer.bias {
+                flat.extend(tensor_values(bias.val().grad(gradients).ok_or_else(missing)?)?);
+            }
+        }
+        Ok(flat)
+    }
+
     /// The parameters as a flat vector in [`ModelSpec::layout`] order.
     pub(crate) fn to_parameters(&self) -> Result<Vec<f32>> {
         let mut parameters = Vec::new();

@@ -138,7 +138,7 @@ pub(crate) fn check_model_and_data(spec: &ModelSpec, parameters: &[f32], data: &
 /// - output: `[batch_size, 1]`
 /// - targets: `[batch_size, 1]`
 /// - result: `[1]`
-fn batch_loss(task: Task, output: Tensor<2>, targets: Tensor<2>) -> Tensor<1> {
+pub(crate) fn batch_loss(task: Task, output: Tensor<2>, targets: Tensor<2>) -> Tensor<1> {
     match task {
         // -[y log σ(z) + (1 - y) log(1 - σ(z))] = (1 - y) z - log σ(z), and burn's log_sigmoid
         // is computed stably for large |z|.
