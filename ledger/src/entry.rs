@@ -17,11 +17,25 @@
 //! - vectors: `u32` LE item count, then the items;
 //! - pairs: the two items in order;
 //! - hashes (32 bytes), public keys (32 bytes) and signatures (64 bytes): raw;
+//! - `bool`: one byte, `0` or `1`; anything else is rejected on decode;
 //! - [`Role`]: one byte, see [`Role::code`].
 //!
 //! Tags: 1 `MemberRegistered`, 2 `KeyRotated`, 3 `StudyCreated`, 4 `ConsentGranted`, 5 `ConsentRevoked`,
 //! 6 `RoundOpened`, 7 `ContributionAccepted`, 8 `UpdateRejected`, 9 `RoundAggregated`, 10 `UtilityScores`,
-//! 11 `RewardPaid`, 12 `PrivacySpent`, 13 `StudyClosed`.
+//! 11 `RewardPaid`, 12 `PrivacySpent`, 13 `StudyClosed`, 14 `BudgetDeclared`, 15 `RewardsAllotted`. New kinds
+//! take new tags at the end; the bytes of existing kinds never change within a version.
+//!
+//! # Meaning of the figures
+//!
+//! The audit ([`crate::audit`]) holds the log to these readings:
+//!
+//! - [`Entry::BudgetDeclared`] is a PDC's total privacy budget `(ε, δ)`, declared once (repeating the same
+//!   declaration is harmless; a different one is a failure);
+//! - [`Entry::PrivacySpent`]'s `epsilon` and `delta` are the PDC's **cumulative** ε and δ over everything it has
+//!   taken part in, after the round named: per PDC they never decrease, and never exceed its declared budget;
+//! - [`Entry::RewardsAllotted`] is a round's reward budget, recorded before that round's [`Entry::RewardPaid`]
+//!   entries, whose amounts must sum to it (relative tolerance `1e-9`); with `carried_over` the budget moves to a
+//!   later round and no `RewardPaid` for the round may follow.
 //!
 //! The decoder never allocates more than the input could describe: a length or count is checked against the
 //! remaining bytes before anything is reserved.
@@ -197,7 +211,7 @@ pub enum Entry {
         /// The amount.
         amount: f64,
     },
-    /// A PDC spent differential-privacy budget.
+    /// A PDC spent differential-privacy budget in a round.
     PrivacySpent {
         /// The study.
         study_id: String,
@@ -205,9 +219,9 @@ pub enum Entry {
         round: u32,
         /// The PDC.
         pdc_id: String,
-        /// ε spent.
+        /// The PDC's cumulative ε after this round, over all studies: never decreasing, at most its declared ε.
         epsilon: f64,
-        /// δ spent.
+        /// The PDC's cumulative δ after this round: never decreasing, at most its declared δ.
         delta: f64,
     },
     /// A study ended.
@@ -216,6 +230,30 @@ pub enum Entry {
         study_id: String,
         /// Its final state ("completed", "cancelled", …).
         state: String,
+    },
+    /// A PDC declared its total differential-privacy budget; every later [`Entry::PrivacySpent`] of that PDC is
+    /// held to it.
+    BudgetDeclared {
+        /// The PDC.
+        pdc_id: String,
+        /// The dataset the budget protects (the PDC's local table).
+        dataset: String,
+        /// The total ε the PDC will ever spend.
+        epsilon: f64,
+        /// The total δ.
+        delta: f64,
+    },
+    /// A round's reward budget, recorded before the round's [`Entry::RewardPaid`] entries.
+    RewardsAllotted {
+        /// The study.
+        study_id: String,
+        /// The round.
+        round: u32,
+        /// The amount the round's rewards sum to.
+        budget: f64,
+        /// Whether the budget is carried over to a later round instead of paid out (no positive utility, say);
+        /// then no `RewardPaid` for this round may follow.
+        carried_over: bool,
     },
 }
 
@@ -276,6 +314,16 @@ pub enum EntryError {
         /// Its bits.
         bits: u64,
     },
+    /// A boolean byte is neither 0 nor 1.
+    #[error("{what} at byte {offset} is {value}, not a boolean 0 or 1")]
+    InvalidBool {
+        /// The boolean field.
+        what: &'static str,
+        /// Where it is.
+        offset: usize,
+        /// The byte found.
+        value: u8,
+    },
     /// A role byte names no role.
     #[error("unknown role {code} at byte {offset}")]
     UnknownRole {
@@ -320,6 +368,8 @@ impl Entry {
             Entry::RewardPaid { .. } => 11,
             Entry::PrivacySpent { .. } => 12,
             Entry::StudyClosed { .. } => 13,
+            Entry::BudgetDeclared { .. } => 14,
+            Entry::RewardsAllotted { .. } => 15,
         }
     }
 
@@ -339,6 +389,8 @@ impl Entry {
             Entry::RewardPaid { .. } => "RewardPaid",
             Entry::PrivacySpent { .. } => "PrivacySpent",
             Entry::StudyClosed { .. } => "StudyClosed",
+            Entry::BudgetDeclared { .. } => "BudgetDeclared",
+            Entry::RewardsAllotted { .. } => "RewardsAllotted",
         }
     }
 
@@ -423,6 +475,18 @@ impl Entry {
             Entry::StudyClosed { study_id, state } => {
                 writer.string(study_id);
                 writer.string(state);
+            }
+            Entry::BudgetDeclared { pdc_id, dataset, epsilon, delta } => {
+                writer.string(pdc_id);
+                writer.string(dataset);
+                writer.f64(*epsilon);
+                writer.f64(*delta);
+            }
+            Entry::RewardsAllotted { study_id, round, budget, carried_over } => {
+                writer.string(study_id);
+                writer.u32(*round);
+                writer.f64(*budget);
+                writer.0.push(u8::from(*carried_over));
             }
         }
         writer.0
@@ -515,6 +579,18 @@ impl Entry {
                 delta: reader.f64("delta")?,
             },
             13 => Entry::StudyClosed { study_id: reader.string("study_id")?, state: reader.string("state")? },
+            14 => Entry::BudgetDeclared {
+                pdc_id: reader.string("pdc_id")?,
+                dataset: reader.string("dataset")?,
+                epsilon: reader.f64("epsilon")?,
+                delta: reader.f64("delta")?,
+            },
+            15 => Entry::RewardsAllotted {
+                study_id: reader.string("study_id")?,
+                round: reader.u32("round")?,
+                budget: reader.f64("budget")?,
+                carried_over: reader.bool("carried_over")?,
+            },
             tag => return Err(EntryError::UnknownTag { tag }),
         };
         let remaining = reader.remaining();
@@ -636,6 +712,15 @@ impl<'a> Reader<'a> {
             return Err(EntryError::NonFiniteFloat { what, offset, bits });
         }
         Ok(value)
+    }
+
+    fn bool(&mut self, what: &'static str) -> Result<bool, EntryError> {
+        let offset = self.offset;
+        match self.u8(what)? {
+            0 => Ok(false),
+            1 => Ok(true),
+            value => Err(EntryError::InvalidBool { what, offset, value }),
+        }
     }
 
     fn role(&mut self) -> Result<Role, EntryError> {
@@ -775,6 +860,12 @@ mod tests {
                 Entry::PrivacySpent { study_id, round, pdc_id, epsilon, delta }
             }),
             (text(), text()).prop_map(|(study_id, state)| Entry::StudyClosed { study_id, state }),
+            (text(), text(), finite(), finite()).prop_map(|(pdc_id, dataset, epsilon, delta)| {
+                Entry::BudgetDeclared { pdc_id, dataset, epsilon, delta }
+            }),
+            (text(), any::<u32>(), finite(), any::<bool>()).prop_map(|(study_id, round, budget, carried_over)| {
+                Entry::RewardsAllotted { study_id, round, budget, carried_over }
+            }),
         ]
     }
 
@@ -875,12 +966,14 @@ mod tests {
             Entry::RewardPaid { study_id: "s".into(), round: 2, pdc_id: "h".into(), amount: 1.5 },
             Entry::PrivacySpent { study_id: "s".into(), round: 2, pdc_id: "h".into(), epsilon: 0.5, delta: 1e-5 },
             Entry::StudyClosed { study_id: "s".into(), state: "completed".into() },
+            Entry::BudgetDeclared { pdc_id: "h".into(), dataset: "d".into(), epsilon: 8.0, delta: 1e-5 },
+            Entry::RewardsAllotted { study_id: "s".into(), round: 2, budget: 100.0, carried_over: true },
         ]
     }
 
     /// The version-1 encodings of [`samples`]. A change here is a format change: bump [`FORMAT_VERSION`] and keep
     /// a decoder for the old version rather than editing these.
-    const GOLDEN: [&str; 13] = [
+    const GOLDEN: [&str; 15] = [
         "0101010000006802aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
         concat!(
             "01020100000068aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaabbbbbbbbbbbbbbbbbb",
@@ -915,6 +1008,8 @@ mod tests {
         "010b0100000073020000000100000068000000000000f83f",
         "010c0100000073020000000100000068000000000000e03ff168e388b5f8e43e",
         "010d010000007309000000636f6d706c65746564",
+        "010e010000006801000000640000000000002040f168e388b5f8e43e",
+        "010f010000007302000000000000000000594001",
     ];
 
     #[test]
@@ -927,7 +1022,7 @@ mod tests {
         }
         // Every kind appears once, in tag order.
         let tags: Vec<u8> = samples.iter().map(Entry::tag).collect();
-        assert_eq!(tags, (1..=13).collect::<Vec<u8>>());
+        assert_eq!(tags, (1..=15).collect::<Vec<u8>>());
     }
 
     #[test]
@@ -936,7 +1031,7 @@ mod tests {
         let mut wrong_version = bytes.clone();
         wrong_version[0] = 2;
         assert!(matches!(Entry::decode(&wrong_version), Err(EntryError::UnsupportedVersion { version: 2 })));
-        for tag in [0, 14, 255] {
+        for tag in [0, 16, 255] {
             let mut wrong_tag = bytes.clone();
             wrong_tag[1] = tag;
             assert!(matches!(Entry::decode(&wrong_tag), Err(EntryError::UnknownTag { tag: t }) if t == tag));
@@ -961,7 +1056,7 @@ mod tests {
     }
 
     #[test]
-    fn invalid_utf8_and_non_finite_floats_and_unknown_roles_are_rejected() {
+    fn invalid_utf8_non_finite_floats_bad_booleans_and_unknown_roles_are_rejected() {
         let bytes = [1, 3, 1, 0, 0, 0, 0xff];
         let mut bytes = bytes.to_vec();
         bytes.extend_from_slice(&[0; 32]);
@@ -973,6 +1068,14 @@ mod tests {
             // version, tag, "s" (4 + 1), round (4), "h" (4 + 1).
             assert!(matches!(error, EntryError::NonFiniteFloat { what: "amount", offset: 16, .. }), "{error}");
         }
+
+        let mut bytes = samples()[14].encode();
+        let last = bytes.len() - 1;
+        bytes[last] = 2;
+        assert!(matches!(
+            Entry::decode(&bytes),
+            Err(EntryError::InvalidBool { what: "carried_over", value: 2, offset }) if offset == last
+        ));
 
         let mut bytes = samples()[0].encode();
         // version, tag, "h" (4 + 1): the role byte.

@@ -3,12 +3,18 @@
 //! [`identity`], [`hash`] and [`signing`] are what the federation protocol needs to authenticate PDCs: Ed25519
 //! identities, SHA3-256 content hashes, and the domain-separated byte strings PDCs sign. [`merkle`] is the RFC 9162
 //! Merkle tree over SHA3-256 with inclusion and consistency proofs; [`store`] keeps a log of entries with its tree
-//! nodes, in memory or in RocksDB. Typed entries, signed checkpoints, witnesses and audit rules build on these.
+//! nodes, in memory or in RocksDB, and [`log`] shares a store between threads with group commit. [`entry`] is the
+//! typed records, [`checkpoint`] the signed checkpoints, [`witness`] the witnesses' co-signing logic, [`audit`]
+//! the offline verification of a whole ledger against the federation's rules, and [`export`] the self-contained
+//! file an auditor verifies.
 
+pub mod audit;
 pub mod checkpoint;
 pub mod entry;
+pub mod export;
 pub mod hash;
 pub mod identity;
+pub mod log;
 pub mod merkle;
 pub mod signing;
 pub mod store;

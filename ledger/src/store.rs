@@ -15,9 +15,13 @@
 //!   *poisoned* ([`StoreError::Poisoned`]) until reopened, as fjall does: the in-memory view may no longer match
 //!   the disk, and reopening re-derives it and checks it.
 //!
-//! Not done yet: group commit (many appenders sharing one synced write; it needs a writer thread and only buys
-//! throughput), and checking an entry against its leaf hash on every read (an auditor re-derives hashes anyway,
-//! and [`RocksDbStore::open`] checks everything once).
+//! Many threads share one store through [`crate::log::SharedLog`], which batches their concurrent appends into
+//! one synced [`Store::append`] (group commit). An auditor opens a RocksDB ledger with
+//! [`RocksDbStore::open_for_audit`], which does not refuse a damaged log, and checks it with
+//! [`crate::audit::verify_store`].
+//!
+//! Not done: checking an entry against its leaf hash on every read (an auditor re-derives hashes anyway, and
+//! [`RocksDbStore::open`] checks everything once).
 //!
 //! ```
 //! use pdc_ledger::merkle;
@@ -56,7 +60,10 @@ const CF_CHECKPOINTS: &str = "checkpoints";
 const CF_META: &str = "meta";
 
 /// Why a store operation failed.
-#[derive(Debug, thiserror::Error)]
+///
+/// `Clone`, so that a group commit ([`crate::log::SharedLog`]) can hand one failed write's error to every caller
+/// whose entries were in it.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// An entry was asked for at or beyond the log size.
     #[error("entry {index} is out of range for a log of size {size}")]
@@ -102,6 +109,9 @@ pub enum StoreError {
     /// An earlier durable write failed, so the store refuses writes until it is reopened.
     #[error("store is poisoned by an earlier failed write; reopen it")]
     Poisoned,
+    /// The store was opened read-only, for an audit ([`RocksDbStore::open_for_audit`]).
+    #[error("store is open read-only")]
+    ReadOnly,
     /// The stored state is inconsistent: a missing, extra or wrong entry or node, or a malformed key or value.
     #[error("store is corrupt{}: {detail}", index.map(|i| format!(" at leaf index {i}")).unwrap_or_default())]
     Corrupt {
@@ -164,6 +174,9 @@ pub trait Store {
 
     /// The checkpoint with the largest tree size, with that size, if any is stored.
     fn latest_checkpoint(&self) -> Result<Option<(u64, Vec<u8>)>>;
+
+    /// Every stored checkpoint with its tree size, in increasing size order.
+    fn checkpoints(&self) -> Result<Vec<(u64, Vec<u8>)>>;
 
     /// The Merkle root of the current log; [`merkle::EMPTY_ROOT`] when empty.
     fn root(&self) -> Result<Hash> {
@@ -290,6 +303,10 @@ impl Store for MemoryStore {
     fn latest_checkpoint(&self) -> Result<Option<(u64, Vec<u8>)>> {
         Ok(self.checkpoints.last_key_value().map(|(size, checkpoint)| (*size, checkpoint.clone())))
     }
+
+    fn checkpoints(&self) -> Result<Vec<(u64, Vec<u8>)>> {
+        Ok(self.checkpoints.iter().map(|(size, checkpoint)| (*size, checkpoint.clone())).collect())
+    }
 }
 
 /// A durable [`Store`] on RocksDB.
@@ -326,11 +343,13 @@ pub struct RocksDbStore {
     path: PathBuf,
     size: u64,
     poisoned: bool,
+    /// Opened by [`RocksDbStore::open_for_audit`]: every write is refused.
+    read_only: bool,
     /// Test-only fault injection: the next write goes out with the WAL disabled, which RocksDB rejects for a
     /// synced write ("Sync writes has to enable WAL"). That is a real write error from the real write path, so
     /// tests see exactly what a failed `fsync` would cause.
     #[cfg(test)]
-    fail_next_write: bool,
+    pub(crate) fail_next_write: bool,
 }
 
 impl RocksDbStore {
@@ -348,10 +367,36 @@ impl RocksDbStore {
             path,
             size: 0,
             poisoned: false,
+            read_only: false,
             #[cfg(test)]
             fail_next_write: false,
         };
         store.size = store.check()?;
+        Ok(store)
+    }
+
+    /// Opens the store in directory `path` read-only, for an auditor, *without* checking it: a damaged log
+    /// opens, so that [`crate::audit::verify_store`] can report every damaged entry, node and checkpoint rather
+    /// than the first. Reads of damaged records fail with [`StoreError::Corrupt`]; every write fails with
+    /// [`StoreError::ReadOnly`]. A coordinator may hold the database open meanwhile: the auditor sees the log as
+    /// it was when opened.
+    ///
+    /// Fails if `path` holds no ledger (no database, or one without the ledger's column families), or if the
+    /// stored size is malformed, since without it nothing says where the log ends.
+    pub fn open_for_audit(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref().to_path_buf();
+        let db = DB::open_cf_for_read_only(&Options::default(), &path, COLUMN_FAMILIES, false)
+            .map_err(|source| StoreError::Db { path: path.clone(), source })?;
+        let mut store = Self {
+            db,
+            path,
+            size: 0,
+            poisoned: false,
+            read_only: true,
+            #[cfg(test)]
+            fail_next_write: false,
+        };
+        store.size = store.stored_size()?;
         Ok(store)
     }
 
@@ -365,14 +410,19 @@ impl RocksDbStore {
         self.poisoned
     }
 
+    /// The size kept in `meta`; 0 for a new store.
+    fn stored_size(&self) -> Result<u64> {
+        match self.db.get_cf(self.cf(CF_META), SIZE_KEY).map_err(|e| self.db_error(e))? {
+            None => Ok(0),
+            Some(bytes) => {
+                decode_u64(&bytes).ok_or_else(|| corrupt(None, format!("size is {} bytes, not 8", bytes.len())))
+            }
+        }
+    }
+
     /// Checks the stored log and returns its size.
     fn check(&self) -> Result<u64> {
-        let size = match self.db.get_cf(self.cf(CF_META), SIZE_KEY).map_err(|e| self.db_error(e))? {
-            None => 0,
-            Some(bytes) => {
-                decode_u64(&bytes).ok_or_else(|| corrupt(None, format!("size is {} bytes, not 8", bytes.len())))?
-            }
-        };
+        let size = self.stored_size()?;
 
         let mut tree = MerkleTree::new();
         for item in self.db.iterator_cf(self.cf(CF_ENTRIES), IteratorMode::Start) {
@@ -454,11 +504,20 @@ impl RocksDbStore {
             .map_err(|_| corrupt(leaf, format!("node ({level}, {index}) is {} bytes", value.len())))
     }
 
+    /// [`StoreError::ReadOnly`] or [`StoreError::Poisoned`] when the store refuses writes.
+    fn check_writable(&self) -> Result<()> {
+        if self.read_only {
+            Err(StoreError::ReadOnly)
+        } else if self.poisoned {
+            Err(StoreError::Poisoned)
+        } else {
+            Ok(())
+        }
+    }
+
     /// Writes `batch` synchronously, poisoning the store if that fails.
     fn write(&mut self, batch: WriteBatch) -> Result<()> {
-        if self.poisoned {
-            return Err(StoreError::Poisoned);
-        }
+        self.check_writable()?;
         let mut options = WriteOptions::default();
         options.set_sync(true);
         #[cfg(test)]
@@ -478,9 +537,7 @@ impl Store for RocksDbStore {
     }
 
     fn append(&mut self, entries: &[Vec<u8>]) -> Result<u64> {
-        if self.poisoned {
-            return Err(StoreError::Poisoned);
-        }
+        self.check_writable()?;
         if entries.is_empty() {
             return Ok(self.size);
         }
@@ -527,9 +584,7 @@ impl Store for RocksDbStore {
     }
 
     fn put_checkpoint(&mut self, size: u64, checkpoint: &[u8]) -> Result<()> {
-        if self.poisoned {
-            return Err(StoreError::Poisoned);
-        }
+        self.check_writable()?;
         check_size(size, self.size)?;
         match self.checkpoint(size)? {
             Some(existing) if existing == checkpoint => Ok(()),
@@ -553,6 +608,17 @@ impl Store for RocksDbStore {
         let (key, value) = item.map_err(|e| self.db_error(e))?;
         let size = decode_u64(&key).ok_or_else(|| corrupt(None, format!("checkpoint key {}", hex::encode(&key))))?;
         Ok(Some((size, value.into_vec())))
+    }
+
+    fn checkpoints(&self) -> Result<Vec<(u64, Vec<u8>)>> {
+        let mut checkpoints = Vec::new();
+        for item in self.db.iterator_cf(self.cf(CF_CHECKPOINTS), IteratorMode::Start) {
+            let (key, value) = item.map_err(|e| self.db_error(e))?;
+            let size =
+                decode_u64(&key).ok_or_else(|| corrupt(None, format!("checkpoint key {}", hex::encode(&key))))?;
+            checkpoints.push((size, value.into_vec()));
+        }
+        Ok(checkpoints)
     }
 }
 

@@ -1,0 +1,366 @@
+//! The audit's rules and checkpoint checks: an honest study passes, and each violation is reported under its
+//! rule with the entry indices (or checkpoint sizes) involved.
+
+use pdc_ledger::Identity;
+use pdc_ledger::audit::{self, AuditKeys, AuditReport, Failure, Rule};
+use pdc_ledger::entry::Entry;
+use pdc_ledger::signing::ConsentAction;
+use pdc_ledger::store::MemoryStore;
+
+use crate::support::*;
+
+/// Audits `entries` sealed by one honest checkpoint at the end, so only the rules can fail.
+fn audit_entries(entries: &[Entry]) -> AuditReport {
+    let (bytes, notes) = sealed_parts(entries, &[entries.len() as u64]);
+    audit::verify_parts(&bytes, &notes, &keys())
+}
+
+/// The entry lists of the report's failures, asserting that every failure is of `rule`.
+fn only(report: &AuditReport, rule: Rule) -> Vec<Vec<u64>> {
+    assert!(!report.passed(), "expected a failure of {rule}");
+    for failure in &report.failures {
+        assert_eq!(failure.rule, rule, "unexpected failure in\n{report}");
+    }
+    report.failures.iter().map(|failure| failure.entries.clone()).collect()
+}
+
+fn has(report: &AuditReport, rule: Rule, entries: &[u64]) -> bool {
+    report.failures.iter().any(|failure| failure.rule == rule && failure.entries == entries)
+}
+
+fn is_contribution(round: u32, pdc_id: &str) -> impl Fn(&Entry) -> bool {
+    move |entry| matches!(entry, Entry::ContributionAccepted { contribution, .. } if contribution.round == round && contribution.pdc_id == pdc_id)
+}
+
+fn is_spend(round: u32, pdc_id: &'static str) -> impl Fn(&Entry) -> bool {
+    move |entry| matches!(entry, Entry::PrivacySpent { round: r, pdc_id: p, .. } if *r == round && p == pdc_id)
+}
+
+fn is_round_opened(round: u32) -> impl Fn(&Entry) -> bool {
+    move |entry| matches!(entry, Entry::RoundOpened { round: r, .. } if *r == round)
+}
+
+#[test]
+fn an_honest_study_passes_as_parts_and_as_a_store() {
+    let (entries, notes) = study_parts();
+    let report = audit::verify_parts(&entries, &notes, &keys());
+    assert!(report.passed(), "{report}");
+    assert_eq!(report.size, study_entries().len() as u64);
+    assert_eq!(report.checkpoints, ROUNDS as usize + 2);
+    assert!(report.to_string().starts_with("PASS\nsize: "), "{report}");
+
+    let mut store = MemoryStore::new();
+    write_study(&mut store);
+    let from_store = audit::verify_store(&store, &keys());
+    assert!(from_store.passed(), "{from_store}");
+    assert_eq!(from_store, report);
+}
+
+#[test]
+fn a_contribution_without_consent_in_force_is_reported() {
+    // h2 withdraws before round 3; its contributions to rounds 3 and 4 have no consent behind them.
+    let mut entries = study_entries();
+    let at = find(&entries, is_round_opened(3)) as usize;
+    entries.insert(at, consent(ConsentAction::Revoke, "h2"));
+    let report = audit_entries(&entries);
+    let expected = [find(&entries, is_contribution(3, "h2")), find(&entries, is_contribution(4, "h2"))];
+    assert_eq!(only(&report, Rule::ConsentBeforeContribution), [[expected[0]], [expected[1]]], "{report}");
+
+    // h3 never consents at all.
+    let mut entries = study_entries();
+    entries.retain(|entry| !matches!(entry, Entry::ConsentGranted { pdc_id, .. } if pdc_id == "h3"));
+    let report = audit_entries(&entries);
+    let expected: Vec<Vec<u64>> =
+        (1..=ROUNDS).map(|round| vec![find(&entries, is_contribution(round, "h3"))]).collect();
+    assert_eq!(only(&report, Rule::ConsentBeforeContribution), expected);
+}
+
+#[test]
+fn a_consent_signed_by_another_key_does_not_count() {
+    let mut entries = study_entries();
+    let at = find(&entries, |e| matches!(e, Entry::ConsentGranted { pdc_id, .. } if pdc_id == "h1")) as usize;
+    let Entry::ConsentGranted { study_id, pdc_id, manifest_hash, .. } = entries[at].clone() else { unreachable!() };
+    let message = pdc_ledger::signing::consent_message(ConsentAction::Grant, &study_id, &manifest_hash);
+    let signature = hospital("h2").sign(&message);
+    entries[at] = Entry::ConsentGranted { study_id, pdc_id, manifest_hash, signature };
+    let report = audit_entries(&entries);
+    assert!(has(&report, Rule::Signature, &[at as u64]), "{report}");
+    for round in 1..=ROUNDS {
+        assert!(has(&report, Rule::ConsentBeforeContribution, &[find(&entries, is_contribution(round, "h1"))]));
+    }
+}
+
+#[test]
+fn a_contribution_signed_by_another_key_is_reported() {
+    let mut entries = study_entries();
+    let at = find(&entries, is_contribution(2, "h1"));
+    entries[at as usize] = contribution(2, "h1", &hospital("h2"));
+    let report = audit_entries(&entries);
+    assert_eq!(only(&report, Rule::Signature), [[at]], "{report}");
+    assert!(report.failures[0].message.contains("h1"), "{report}");
+}
+
+#[test]
+fn signatures_follow_key_rotation() {
+    let new_key = Identity::from_seed([99; 32]);
+    let rotation = Entry::KeyRotated {
+        pdc_id: "h1".into(),
+        old_key: hospital("h1").public_key().to_bytes(),
+        new_key: new_key.public_key().to_bytes(),
+    };
+    let mut entries = study_entries();
+    let at = find(&entries, is_round_opened(3)) as usize;
+    entries.insert(at, rotation.clone());
+    // Rounds 3 and 4 are still signed with the old key.
+    let report = audit_entries(&entries);
+    let stale = [find(&entries, is_contribution(3, "h1")), find(&entries, is_contribution(4, "h1"))];
+    assert_eq!(only(&report, Rule::Signature), [[stale[0]], [stale[1]]], "{report}");
+
+    for index in stale {
+        entries[index as usize] = contribution(if index == stale[0] { 3 } else { 4 }, "h1", &new_key);
+    }
+    let report = audit_entries(&entries);
+    assert!(report.passed(), "{report}");
+
+    // Rotating from a key that is not the current one is a membership failure.
+    entries.insert(at + 1, rotation);
+    let report = audit_entries(&entries);
+    assert_eq!(only(&report, Rule::Membership), [[at as u64, at as u64 + 1]], "{report}");
+}
+
+#[test]
+fn a_decreasing_privacy_spend_is_reported() {
+    let mut entries = study_entries();
+    let at = find(&entries, is_spend(3, "h1"));
+    let Entry::PrivacySpent { epsilon, .. } = &mut entries[at as usize] else { unreachable!() };
+    *epsilon = 0.5;
+    let report = audit_entries(&entries);
+    assert_eq!(only(&report, Rule::PrivacyBudget), [[find(&entries, is_spend(2, "h1")), at]], "{report}");
+}
+
+#[test]
+fn a_privacy_spend_beyond_the_budget_is_reported() {
+    let mut entries = study_entries();
+    let at = find(&entries, is_spend(4, "h3"));
+    let Entry::PrivacySpent { epsilon, .. } = &mut entries[at as usize] else { unreachable!() };
+    *epsilon = EPSILON_BUDGET + 0.25;
+    let report = audit_entries(&entries);
+    let declared = find(&entries, |e| matches!(e, Entry::BudgetDeclared { pdc_id, .. } if pdc_id == "h3"));
+    assert_eq!(only(&report, Rule::PrivacyBudget), [[declared, at]], "{report}");
+
+    // δ is held to its budget too.
+    let mut entries = study_entries();
+    let Entry::PrivacySpent { delta, .. } = &mut entries[at as usize] else { unreachable!() };
+    *delta = 2.0 * DELTA_BUDGET;
+    assert_eq!(only(&audit_entries(&entries), Rule::PrivacyBudget), [[declared, at]]);
+}
+
+#[test]
+fn a_privacy_spend_without_a_declared_budget_is_reported() {
+    let mut entries = study_entries();
+    entries.retain(|entry| !matches!(entry, Entry::BudgetDeclared { pdc_id, .. } if pdc_id == "h2"));
+    let report = audit_entries(&entries);
+    let expected: Vec<Vec<u64>> = (1..=ROUNDS).map(|round| vec![find(&entries, is_spend(round, "h2"))]).collect();
+    assert_eq!(only(&report, Rule::PrivacyBudget), expected, "{report}");
+}
+
+#[test]
+fn rewards_that_do_not_sum_to_the_round_budget_are_reported() {
+    let mut entries = study_entries();
+    let is_payment = |round: u32| move |e: &Entry| matches!(e, Entry::RewardPaid { round: r, .. } if *r == round);
+    let first_payment = find(&entries, is_payment(2));
+    let Entry::RewardPaid { amount, .. } = &mut entries[first_payment as usize + 2] else { unreachable!() };
+    *amount += 1e-3;
+    let report = audit_entries(&entries);
+    let allotted = find(&entries, |e| matches!(e, Entry::RewardsAllotted { round: 2, .. }));
+    assert_eq!(
+        only(&report, Rule::Rewards),
+        [[allotted, first_payment, first_payment + 1, first_payment + 2]],
+        "{report}"
+    );
+
+    // Within the relative tolerance is fine.
+    let mut entries = study_entries();
+    let Entry::RewardPaid { amount, .. } = &mut entries[first_payment as usize] else { unreachable!() };
+    *amount += ROUND_BUDGET * 1e-12;
+    assert!(audit_entries(&entries).passed());
+}
+
+#[test]
+fn a_carried_over_budget_with_payments_and_payments_without_allotment_are_reported() {
+    let mut entries = study_entries();
+    let allotted = find(&entries, |e| matches!(e, Entry::RewardsAllotted { round: 1, .. }));
+    let Entry::RewardsAllotted { carried_over, .. } = &mut entries[allotted as usize] else { unreachable!() };
+    *carried_over = true;
+    let report = audit_entries(&entries);
+    let paid: Vec<Vec<u64>> = (1..=3).map(|offset| vec![allotted, allotted + offset]).collect();
+    assert_eq!(only(&report, Rule::Rewards), paid, "{report}");
+
+    let mut entries = study_entries();
+    entries.remove(allotted as usize);
+    let report = audit_entries(&entries);
+    let paid: Vec<Vec<u64>> = (0..3).map(|offset| vec![allotted + offset]).collect();
+    assert_eq!(only(&report, Rule::Rewards), paid, "{report}");
+}
+
+#[test]
+fn rounds_out_of_order_are_reported() {
+    // Round 2 is opened a second time, where round 3 should start.
+    let mut entries = study_entries();
+    let round_2 = find(&entries, is_round_opened(2));
+    let at = find(&entries, is_round_opened(3));
+    let mut reopened = entries[round_2 as usize].clone();
+    let Entry::RoundOpened { round, .. } = &mut reopened else { unreachable!() };
+    *round = 2;
+    entries.insert(at as usize, reopened);
+    let report = audit_entries(&entries);
+    assert_eq!(only(&report, Rule::RoundOrder), [[round_2, at]], "{report}");
+
+    // A contribution to round 3 arrives while round 2 is still the open one.
+    let mut entries = study_entries();
+    let early = find(&entries, is_contribution(3, "h1"));
+    let moved = entries.remove(early as usize);
+    let target = find(&entries, |e| matches!(e, Entry::RoundAggregated { round: 2, .. }));
+    entries.insert(target as usize, moved);
+    let report = audit_entries(&entries);
+    assert!(has(&report, Rule::RoundOrder, &[target]), "{report}");
+
+    // A contribution after its round was aggregated.
+    let mut entries = study_entries();
+    let late = find(&entries, is_contribution(1, "h2"));
+    let moved = entries.remove(late as usize);
+    let aggregated = find(&entries, |e| matches!(e, Entry::RoundAggregated { round: 1, .. }));
+    entries.insert(aggregated as usize + 1, moved);
+    let report = audit_entries(&entries);
+    assert!(has(&report, Rule::RoundOrder, &[aggregated, aggregated + 1]), "{report}");
+}
+
+#[test]
+fn nothing_may_follow_the_close_and_studies_must_exist() {
+    let mut entries = study_entries();
+    let closed = entries.len() as u64 - 1;
+    entries.push(contribution(4, "h1", &hospital("h1")));
+    let report = audit_entries(&entries);
+    assert_eq!(only(&report, Rule::RoundOrder), [[closed, closed + 1]], "{report}");
+
+    let mut entries = study_entries();
+    let Entry::StudyClosed { study_id, .. } = entries.last_mut().expect("entries") else { unreachable!() };
+    *study_id = "unknown".into();
+    let report = audit_entries(&entries);
+    assert_eq!(only(&report, Rule::Study), [[closed]], "{report}");
+}
+
+#[test]
+fn checkpoints_under_wrong_keys_or_below_quorum_are_reported() {
+    let (entries, notes) = study_parts();
+    let sizes: Vec<u64> = notes.iter().map(|note| size_of(note)).collect();
+
+    let other_origin = AuditKeys { origin: "elsewhere/ledger/sha3-256".into(), ..keys() };
+    let report = audit::verify_parts(&entries, &notes, &other_origin);
+    assert_eq!(checkpoints_of(&report, Rule::CheckpointOrigin), sizes, "{report}");
+    assert_eq!(report.failures.len(), sizes.len());
+
+    let other_key = AuditKeys { log_key: Identity::from_seed([3; 32]).public_key(), ..keys() };
+    let report = audit::verify_parts(&entries, &notes, &other_key);
+    assert_eq!(checkpoints_of(&report, Rule::CheckpointSignature), sizes, "{report}");
+
+    let mut two_witnesses = keys();
+    two_witnesses.witnesses.push(("witness.test/w2".into(), Identity::from_seed([4; 32]).public_key()));
+    two_witnesses.quorum = 2;
+    let report = audit::verify_parts(&entries, &notes, &two_witnesses);
+    assert_eq!(checkpoints_of(&report, Rule::WitnessQuorum), sizes, "{report}");
+    assert_eq!(report.failures.len(), sizes.len());
+}
+
+#[test]
+fn a_broken_chain_reordered_checkpoints_and_a_checkpoint_beyond_the_log_are_reported() {
+    let (entries, notes) = study_parts();
+    let sizes: Vec<u64> = notes.iter().map(|note| size_of(note)).collect();
+
+    let mut gap = notes.clone();
+    gap.remove(2);
+    let report = audit::verify_parts(&entries, &gap, &keys());
+    assert_eq!(report.failures.len(), 1, "{report}");
+    assert_eq!(report.failures[0].rule, Rule::CheckpointChain);
+    assert_eq!(report.failures[0].checkpoints, [sizes[1], sizes[3]]);
+
+    let mut swapped = notes.clone();
+    swapped.swap(3, 4);
+    let report = audit::verify_parts(&entries, &swapped, &keys());
+    assert!(report.failures_of(Rule::CheckpointOrder).any(|f| f.checkpoints == [sizes[3], sizes[4]]), "{report}");
+    assert!(report.failures_of(Rule::CheckpointChain).count() >= 2, "{report}");
+
+    let shorter = &entries[..entries.len() - 1];
+    let report = audit::verify_parts(shorter, &notes, &keys());
+    assert_eq!(only_checkpoints(&report), [(Rule::CheckpointRoot, vec![*sizes.last().expect("sizes")])]);
+
+    let mut garbled = notes.clone();
+    garbled[1] = "not a note".into();
+    let report = audit::verify_parts(&entries, &garbled, &keys());
+    assert_eq!(report.failures.len(), 1, "{report}");
+    assert_eq!(report.failures[0].rule, Rule::CheckpointMalformed);
+    assert!(report.failures[0].message.contains("#1"), "{report}");
+}
+
+#[test]
+fn a_malformed_entry_is_reported_and_the_report_reads_and_serialises() {
+    let (mut entries, notes) = study_parts();
+    entries[5].push(0);
+    let report = audit::verify_parts(&entries, &notes, &keys());
+    assert!(has(&report, Rule::EntryMalformed, &[5]), "{report}");
+    // The root changed too, so every checkpoint after entry 5 fails its root check.
+    assert!(report.failures_of(Rule::CheckpointRoot).count() >= 1);
+
+    let text = report.to_string();
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some(format!("FAIL ({} failures)", report.failures.len()).as_str()));
+    assert!(lines.next().expect("size line").starts_with(&format!("size: {} entries, root ", entries.len())));
+    assert_eq!(lines.next(), Some(format!("checkpoints checked: {}", notes.len()).as_str()));
+    assert!(text.contains("\n  entry_malformed entries 5: entry 5 does not decode"), "{text}");
+    assert_eq!(text.lines().count(), 3 + report.failures.len());
+
+    let json = serde_json::to_string(&report).expect("serialises");
+    assert!(json.contains("\"rule\":\"entry_malformed\""), "{json}");
+    let back: AuditReport = serde_json::from_str(&json).expect("deserialises");
+    assert_eq!(back, report);
+}
+
+#[test]
+fn rule_codes_are_stable_and_are_the_serde_names() {
+    let codes: Vec<&str> = Rule::ALL.iter().map(|rule| rule.code()).collect();
+    let mut unique = codes.clone();
+    unique.sort_unstable();
+    unique.dedup();
+    assert_eq!(unique.len(), codes.len());
+    for rule in Rule::ALL {
+        assert_eq!(serde_json::to_string(&rule).expect("serialises"), format!("\"{}\"", rule.code()));
+    }
+    let failure = Failure { rule: Rule::Rewards, entries: vec![1, 2], checkpoints: vec![], message: "m".into() };
+    assert_eq!(
+        serde_json::to_string(&failure).expect("serialises"),
+        r#"{"rule":"rewards","entries":[1,2],"checkpoints":[],"message":"m"}"#
+    );
+}
+
+fn size_of(note: &str) -> u64 {
+    pdc_ledger::checkpoint::SignedCheckpoint::parse(note).expect("note").checkpoint.size
+}
+
+fn checkpoints_of(report: &AuditReport, rule: Rule) -> Vec<u64> {
+    report.failures_of(rule).flat_map(|failure| failure.checkpoints.clone()).collect()
+}
+
+fn only_checkpoints(report: &AuditReport) -> Vec<(Rule, Vec<u64>)> {
+    report.failures.iter().map(|failure| (failure.rule, failure.checkpoints.clone())).collect()
+}
+
+#[test]
+fn a_round_opened_again_before_it_was_aggregated_is_a_retry_and_in_order() {
+    // Round 2 is abandoned at its deadline and opened again under its number, before any contribution.
+    let mut entries = study_entries();
+    let round_2 = find(&entries, is_round_opened(2));
+    let again = entries[round_2 as usize].clone();
+    entries.insert(round_2 as usize + 1, again);
+    let report = audit_entries(&entries);
+    assert!(report.passed(), "{report}");
+}

@@ -1,0 +1,9 @@
+//! pdc-ledger's integration tests, one binary: the audit's rules, tamper detection on RocksDB, crash safety under
+//! SIGKILL, group commit on RocksDB, and the export file.
+
+mod audit_rules;
+mod crash;
+mod export_file;
+mod group_commit;
+mod support;
+mod tamper;
