@@ -61,12 +61,26 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let validation_path = dir.join("researcher/validation.csv");
     write_csv(&validation_path, &validation, &schema)?;
 
-    // The coordinator, on a free port.
+    // Two witnesses, each with its own key and state, which the coordinator needs both of to finalise a round.
     let coordinator_dir = dir.join("coordinator");
+    std::fs::create_dir_all(&coordinator_dir)?;
+    let coordinator_key = pdc_ledger::Identity::load_or_create(&coordinator_dir.join("coordinator.key"))?;
+    let mut settings = pdc_coordinator::ledger::LedgerSettings::default();
+    let mut witness_servers = Vec::new();
+    for name in ["witness-a", "witness-b"] {
+        let (endpoint, server) = start_witness(&dir.join(name), name, &settings, &coordinator_key).await?;
+        settings.witnesses.push(endpoint);
+        witness_servers.push(server);
+    }
+    settings.quorum = settings.witnesses.len();
+
+    // The coordinator, on a free port.
     let mut config = pdc_coordinator::CoordinatorConfig::new(coordinator_dir);
     config.tick_interval = Duration::from_millis(20);
+    config.ledger = settings;
     let coordinator = pdc_coordinator::Coordinator::new(config)?;
     let driver = coordinator.spawn_driver();
+    let ledger_coordinator = std::sync::Arc::clone(&coordinator);
     let (listener, address) = pdc_coordinator::server::bind(([127, 0, 0, 1], 0).into()).await?;
     let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(pdc_coordinator::server::serve(coordinator, listener, async {
@@ -166,7 +180,23 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     for agent in agents {
         agent.abort();
     }
+
+    // The governance board's view: seal what is left, then audit the whole ledger over the AuditService.
+    ledger_coordinator.seal_ledger().await.context("cannot seal the ledger")?;
+    // The board pins the log key it was given out of band (here: the key file the demo made).
+    let log_key = hex::encode(coordinator_key.public_key().to_bytes());
+    let audit = crate::audit::verify_remote(&url, Some(log_key)).await.context("the audit failed to run")?;
+    println!("\naudit of the ledger ({} entries, {} checkpoints): {}", audit.size, audit.checkpoints, audit.verdict());
+    for line in audit.failure_lines() {
+        println!("  {line}");
+    }
+    if let Some(note) = &audit.latest_checkpoint {
+        println!("final checkpoint:\n{}", indent(note));
+    }
     let _ = stop_server.send(());
+    for server in witness_servers {
+        server.abort();
+    }
     // Graceful shutdown waits for open streams; the aborted agents' connections close with them, and a bound
     // keeps a stuck peer from holding the demo open.
     if tokio::time::timeout(Duration::from_secs(5), server).await.is_err() {
@@ -186,7 +216,50 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     if status.state != pb::StudyState::Finished as i32 {
         bail!("the study did not finish: {}", status.detail);
     }
+    if !audit.passed() {
+        bail!("the ledger audit failed");
+    }
     Ok(())
+}
+
+/// Starts an in-process witness that follows the coordinator's log; returns how the coordinator reaches it.
+async fn start_witness(
+    folder: &std::path::Path,
+    name: &str,
+    settings: &pdc_coordinator::ledger::LedgerSettings,
+    coordinator_key: &pdc_ledger::Identity,
+) -> anyhow::Result<(pdc_coordinator::ledger::WitnessEndpoint, tokio::task::JoinHandle<()>)> {
+    use pdc_ledger::witness::{TrustedLog, Witness, WitnessConfig};
+    std::fs::create_dir_all(folder)?;
+    let identity = pdc_ledger::Identity::load_or_create(&folder.join("witness.key"))?;
+    let public_key = identity.public_key();
+    let state_path = folder.join("witness.state");
+    let config = WitnessConfig {
+        name: name.to_owned(),
+        logs: vec![TrustedLog {
+            origin: settings.origin.clone(),
+            key_name: settings.key_name.clone(),
+            public_key: coordinator_key.public_key(),
+        }],
+    };
+    let witness = Witness::new(config, identity, pdc_ledger::witness::load_state(&state_path)?);
+    let api = pdc_coordinator::audit_server::WitnessApi::new(witness, state_path);
+    let (listener, address) = pdc_coordinator::server::bind(([127, 0, 0, 1], 0).into()).await?;
+    let server = tokio::spawn(async move {
+        if let Err(error) = pdc_coordinator::server::serve_witness(api, listener, std::future::pending()).await {
+            tracing::error!(%error, "witness server failed");
+        }
+    });
+    let endpoint = pdc_coordinator::ledger::WitnessEndpoint {
+        name: name.to_owned(),
+        url: format!("http://{address}"),
+        public_key,
+    };
+    Ok((endpoint, server))
+}
+
+fn indent(text: &str) -> String {
+    text.lines().map(|line| format!("  {line}\n")).collect()
 }
 
 fn is_terminal(state: i32) -> bool {

@@ -1,9 +1,12 @@
 //! `pdc`: the command-line entry point. Wiring only: parse arguments, set up logging, call the crates.
 
+mod audit;
 mod data;
 mod demo;
 mod study;
+mod witness;
 
+use std::io::Write as _;
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -38,6 +41,17 @@ enum Command {
         #[command(subcommand)]
         command: study::StudyCommand,
     },
+    /// Audits a coordinator's ledger (governance boards): verify, prove, consistency, show, export.
+    Audit {
+        #[command(subcommand)]
+        command: audit::AuditCommand,
+    },
+    /// Runs a witness that co-signs a coordinator's checkpoints consistent with the last one it co-signed.
+    Witness {
+        /// The witness's config file (see examples/witness.toml).
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// Prepares data files.
     Data {
         #[command(subcommand)]
@@ -63,7 +77,7 @@ fn init_logging(filter: &str) {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let default_filter = match cli.command {
-        Command::Demo(_) | Command::Study { .. } | Command::Data { .. } => "warn",
+        Command::Demo(_) | Command::Study { .. } | Command::Data { .. } | Command::Audit { .. } => "warn",
         _ => "info",
     };
     init_logging(cli.log.as_deref().unwrap_or(default_filter));
@@ -71,6 +85,8 @@ async fn main() -> anyhow::Result<()> {
         Command::Coordinator { config } => run_coordinator(config).await,
         Command::Hospital { config } => run_hospital(config).await,
         Command::Study { command } => study::run(command).await,
+        Command::Audit { command } => audit::run(command).await,
+        Command::Witness { config } => witness::run(&config).await,
         Command::Data { command: DataCommand::Split(args) } => data::split(args),
         Command::Demo(args) => demo::run(args).await,
     }
@@ -78,7 +94,7 @@ async fn main() -> anyhow::Result<()> {
 
 async fn run_coordinator(config_path: PathBuf) -> anyhow::Result<()> {
     let config = pdc_coordinator::config::ConfigFile::load(&config_path)?;
-    let coordinator = pdc_coordinator::Coordinator::new(config.coordinator_config())
+    let coordinator = pdc_coordinator::Coordinator::new(config.coordinator_config()?)
         .with_context(|| format!("cannot open the data folder {}", config.data_dir.display()))?;
     let _driver = coordinator.spawn_driver();
     let (listener, address) = pdc_coordinator::server::bind(config.listen)
@@ -86,6 +102,12 @@ async fn run_coordinator(config_path: PathBuf) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     // Tests and scripts read this line to learn the port when the config asks for port 0.
     println!("pdc coordinator listening on {address}");
+    // A second line for operators; a reader that only wanted the first may have closed the pipe already.
+    let info = coordinator.ledger().info();
+    let key = hex::encode(info.public_key.to_bytes());
+    let mut stdout = std::io::stdout();
+    let _ = writeln!(stdout, "pdc coordinator ledger {} key {} {key}", info.origin, info.key_name);
+    let _ = stdout.flush();
     tracing::info!(%address, data_dir = %config.data_dir.display(), "coordinator started");
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;

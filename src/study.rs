@@ -218,11 +218,20 @@ pub fn print_status(status: &pb::StudyStatus) {
         println!("  {}", round_line(round));
     }
     if !status.hospitals.is_empty() {
-        println!("  {:<16} {:>9} {:>13} {:>9}", "hospital", "examples", "rounds joined", "rejected");
+        println!(
+            "  {:<16} {:>9} {:>13} {:>9} {:>9} {:>10} {:>8}",
+            "hospital", "examples", "rounds joined", "rejected", "utility", "reward", "strikes"
+        );
         for hospital in &status.hospitals {
             println!(
-                "  {:<16} {:>9} {:>13} {:>9}",
-                hospital.pdc_id, hospital.examples, hospital.rounds_joined, hospital.updates_rejected
+                "  {:<16} {:>9} {:>13} {:>9} {:>9.4} {:>10.3} {:>8}",
+                hospital.pdc_id,
+                hospital.examples,
+                hospital.rounds_joined,
+                hospital.updates_rejected,
+                hospital.utility,
+                hospital.reward,
+                hospital.strikes
             );
         }
     }

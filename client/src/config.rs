@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::attack::Attack;
 use crate::{Error, Result};
 
 /// A hospital's configuration (see `examples/hospital-a.toml`).
@@ -27,6 +28,9 @@ pub struct HospitalConfig {
     /// Failure injection for tests and drills.
     #[serde(default)]
     pub simulate: Simulation,
+    /// Misbehaviour for robustness tests and benchmarks (the `[attack]` table); absent for an honest hospital.
+    #[serde(default)]
+    pub attack: Option<Attack>,
 }
 
 /// Which studies a PDC consents to. Either way, it consents only when its table has every column the study
@@ -105,6 +109,9 @@ impl HospitalConfig {
         if retry.initial_ms == 0 || retry.max_ms < retry.initial_ms || retry.poll_ms == 0 {
             return Err("retry: need 0 < initial_ms <= max_ms and poll_ms > 0".into());
         }
+        if let Some(attack) = &self.attack {
+            attack.validate()?;
+        }
         Ok(())
     }
 }
@@ -129,5 +136,33 @@ mod tests {
         std::fs::write(&path, "pdc_id = \"a\"\ncoordinater = \"x\"\n").unwrap();
         let error = HospitalConfig::load(&path).unwrap_err().to_string();
         assert!(error.contains("unknown field `coordinater`"), "{error}");
+    }
+
+    #[test]
+    fn an_attack_table_is_parsed_strictly_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("h.toml");
+        let base = "pdc_id = \"a\"\ncoordinator = \"http://127.0.0.1:1\"\nkey_file = \"a.key\"\ndata = \"a.csv\"\n";
+        std::fs::write(&path, base).unwrap();
+        assert_eq!(HospitalConfig::load(&path).unwrap().attack, None);
+
+        std::fs::write(&path, format!("{base}[attack]\nkind = \"sign_flip\"\nscale = 4.0\n")).unwrap();
+        assert_eq!(HospitalConfig::load(&path).unwrap().attack, Some(Attack::SignFlip { scale: 4.0 }));
+
+        std::fs::write(&path, format!("{base}[attack]\nkind = \"crash_mid_upload\"\nafter_bytes = 4096\n")).unwrap();
+        let attack = HospitalConfig::load(&path).unwrap().attack.unwrap();
+        assert_eq!(attack.crash_after_bytes(), Some(4096));
+
+        std::fs::write(&path, format!("{base}[attack]\nkind = \"sign_flip\"\nfactor = 4.0\n")).unwrap();
+        let error = HospitalConfig::load(&path).unwrap_err().to_string();
+        assert!(error.contains("unknown field `factor`"), "{error}");
+
+        std::fs::write(&path, format!("{base}[attack]\nkind = \"gaussian_noise\"\nstd = -1.0\n")).unwrap();
+        let error = HospitalConfig::load(&path).unwrap_err().to_string();
+        assert!(error.ends_with("attack.std must be finite and positive, got -1"), "{error}");
+
+        std::fs::write(&path, format!("{base}[attack]\nkind = \"teleport\"\n")).unwrap();
+        let error = HospitalConfig::load(&path).unwrap_err().to_string();
+        assert!(error.contains("unknown variant `teleport`"), "{error}");
     }
 }

@@ -27,6 +27,9 @@ pub enum Error {
         /// What is wrong.
         detail: String,
     },
+    /// The configured attack simulation is invalid or does not fit the study's data.
+    #[error("simulated attack: {0}")]
+    Attack(String),
     /// The coordinator refused a call.
     #[error("coordinator refused {call}: {status}")]
     Refused {

@@ -3,9 +3,10 @@
 //! model delta does.
 //!
 //! [`training`] is the pure part (task + model + local data → update); [`agent`] is the gRPC edge with its
-//! reconnect loop; [`config`] reads `hospital.toml`.
+//! reconnect loop; [`config`] reads `hospital.toml`; [`attack`] makes a hospital misbehave for robustness tests.
 
 pub mod agent;
+pub mod attack;
 pub mod config;
 mod error;
 pub mod training;

@@ -6,6 +6,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use pdc_ledger::PublicKey;
+
+use crate::ledger::{LedgerSettings, WitnessEndpoint};
 use crate::{CoordinatorConfig, Error, Result};
 
 /// `coordinator.toml` (see `examples/coordinator.toml`).
@@ -22,6 +25,40 @@ pub struct ConfigFile {
     /// Failed attempts at one round before its study fails.
     #[serde(default = "default_max_round_attempts")]
     pub max_round_attempts: u32,
+    /// The ledger's name, signing key and witnesses.
+    #[serde(default)]
+    pub ledger: LedgerSection,
+}
+
+/// `[ledger]`: how checkpoints are named, signed and witnessed.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LedgerSection {
+    /// The log's origin; must contain `sha3-256`. Default `pdc.local/ledger/sha3-256`.
+    pub origin: Option<String>,
+    /// The key name checkpoints are signed under. Default `pdc.local/coordinator`.
+    pub key_name: Option<String>,
+    /// The coordinator's signing key file, created on first start; relative to the config file. Default
+    /// `<data_dir>/coordinator.key`.
+    pub key_file: Option<PathBuf>,
+    /// Co-signatures each checkpoint needs before its round is final. Default 0.
+    #[serde(default)]
+    pub quorum: usize,
+    /// The witnesses asked to co-sign.
+    #[serde(default)]
+    pub witnesses: Vec<WitnessSection>,
+}
+
+/// One `[[ledger.witnesses]]` entry.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct WitnessSection {
+    /// The key name the witness co-signs under.
+    pub name: String,
+    /// Its WitnessService address, e.g. `http://127.0.0.1:50061`.
+    pub url: String,
+    /// Its Ed25519 public key, 64 hex digits.
+    pub public_key: String,
 }
 
 fn default_tick_ms() -> u64 {
@@ -48,18 +85,55 @@ impl ConfigFile {
         if config.tick_ms == 0 || config.tick_ms > 60_000 {
             return Err(Error::InvalidArgument { field: "tick_ms", detail: "must be between 1 and 60000".into() });
         }
+        if let Some(key_file) = &config.ledger.key_file
+            && key_file.is_relative()
+        {
+            let base = path.parent().unwrap_or(Path::new("."));
+            config.ledger.key_file = Some(base.join(key_file));
+        }
+        config.ledger_settings()?.validate()?;
         if config.max_round_attempts == 0 {
             return Err(Error::InvalidArgument { field: "max_round_attempts", detail: "must be at least 1".into() });
         }
         Ok(config)
     }
 
+    /// The ledger settings the `[ledger]` section describes.
+    pub fn ledger_settings(&self) -> Result<LedgerSettings> {
+        let section = &self.ledger;
+        let defaults = LedgerSettings::default();
+        let witnesses = section
+            .witnesses
+            .iter()
+            .map(|witness| {
+                let bytes = hex::decode(&witness.public_key).map_err(|e| Error::InvalidArgument {
+                    field: "ledger.witnesses.public_key",
+                    detail: format!("witness {}: {e}", witness.name),
+                })?;
+                let public_key = PublicKey::from_bytes(&bytes).map_err(|e| Error::InvalidArgument {
+                    field: "ledger.witnesses.public_key",
+                    detail: format!("witness {}: {e}", witness.name),
+                })?;
+                Ok(WitnessEndpoint { name: witness.name.clone(), url: witness.url.clone(), public_key })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(LedgerSettings {
+            origin: section.origin.clone().unwrap_or(defaults.origin),
+            key_name: section.key_name.clone().unwrap_or(defaults.key_name),
+            key_file: section.key_file.clone(),
+            witnesses,
+            quorum: section.quorum,
+            witness_timeout: defaults.witness_timeout,
+        })
+    }
+
     /// The runtime settings.
-    pub fn coordinator_config(&self) -> CoordinatorConfig {
-        CoordinatorConfig {
+    pub fn coordinator_config(&self) -> Result<CoordinatorConfig> {
+        Ok(CoordinatorConfig {
             data_dir: self.data_dir.clone(),
             tick_interval: Duration::from_millis(self.tick_ms),
             max_round_attempts: self.max_round_attempts,
-        }
+            ledger: self.ledger_settings()?,
+        })
     }
 }

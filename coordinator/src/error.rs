@@ -49,6 +49,9 @@ pub enum Error {
     /// The update archive could not be read or written.
     #[error("update archive: {0}")]
     Archive(#[source] std::io::Error),
+    /// The ledger could not be read or written; the change it was to record did not happen.
+    #[error("ledger: {0}")]
+    Ledger(String),
     /// A model could not be trained or evaluated.
     #[error(transparent)]
     Model(#[from] pdc_models::Error),
@@ -78,7 +81,7 @@ pub fn to_status(error: &Error) -> tonic::Status {
         Error::AlreadyExists(_) => Code::AlreadyExists,
         Error::FailedPrecondition(_) => Code::FailedPrecondition,
         Error::TooLarge(_) => Code::ResourceExhausted,
-        Error::Archive(_) | Error::Model(_) => Code::Internal,
+        Error::Archive(_) | Error::Model(_) | Error::Ledger(_) => Code::Internal,
     };
     tonic::Status::new(code, error.to_string())
 }

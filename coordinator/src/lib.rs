@@ -5,9 +5,12 @@
 
 pub mod aggregation;
 pub mod archive;
+pub mod audit_server;
 pub mod config;
 mod error;
+pub mod ledger;
 pub mod manifest;
+pub mod rewards;
 pub mod round;
 pub mod server;
 pub mod service;

@@ -3,6 +3,9 @@
 use pdc_models::{Dataset, ModelKind, ModelSpec, Schema, Task, TrainConfig};
 use serde::{Deserialize, Serialize};
 
+use crate::aggregation::AggregationConfig;
+use crate::aggregation::rule::RuleKind;
+use crate::rewards::ValuationSettings;
 use crate::{Error, Result};
 
 /// A study manifest (see `examples/study.toml`). Unknown keys are errors, so a typo never silently falls back
@@ -26,6 +29,37 @@ pub struct Manifest {
     /// Checks applied to every update before aggregation.
     #[serde(default)]
     pub validation: UpdateChecks,
+    /// The aggregation rule, its server optimiser and anomaly thresholds; plain FedAvg when absent (and then left
+    /// out of the canonical form, so manifests without it keep their hash).
+    #[serde(default, skip_serializing_if = "AggregationConfig::is_default")]
+    pub aggregation: AggregationConfig,
+    /// Each round's reward budget; no valuation runs without one (and the table is then left out of the
+    /// canonical form).
+    #[serde(default, skip_serializing_if = "RewardsSection::is_default")]
+    pub rewards: RewardsSection,
+    /// How utilities are measured and shared out.
+    #[serde(default, skip_serializing_if = "is_default_valuation")]
+    pub valuation: ValuationSettings,
+}
+
+/// `[rewards]`: what each round pays, split by positive Shapley value.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RewardsSection {
+    /// The amount each round pays out (plus whatever a round without measurable gain carried over); 0 runs no
+    /// valuation.
+    #[serde(default)]
+    pub budget_per_round: f64,
+}
+
+impl RewardsSection {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+fn is_default_valuation(settings: &ValuationSettings) -> bool {
+    *settings == ValuationSettings::default()
 }
 
 /// The data schema.
@@ -132,6 +166,30 @@ impl Manifest {
         if !(norm.is_finite() && norm > 0.0) {
             return invalid("validation.max_update_norm must be finite and positive".into());
         }
+        self.aggregation.validate(participants.max).map_err(|e| Error::InvalidManifest(error_detail(&e)))?;
+        if self.aggregation.rule == RuleKind::FlTrust {
+            return invalid(
+                "aggregation.rule = \"fltrust\" needs the coordinator's own update on its root data, which studies \
+                 do not compute yet; choose another rule"
+                    .into(),
+            );
+        }
+        let needed = self.aggregation.rule().map(|rule| rule.min_updates()).unwrap_or(1);
+        if participants.min < needed {
+            return invalid(format!(
+                "aggregation.rule = \"{}\" needs at least {needed} updates per round, but participants.min is {}",
+                self.aggregation.rule, participants.min
+            ));
+        }
+        let budget = self.rewards.budget_per_round;
+        if !(budget.is_finite() && budget >= 0.0) {
+            return invalid("rewards.budget_per_round must be finite and at least 0".into());
+        }
+        self.valuation.validate().map_err(|e| Error::InvalidManifest(format!("valuation: {}", error_detail(&e))))?;
+        self.valuation
+            .metric_for(self.data.task)
+            .check_task(self.data.task)
+            .map_err(|e| Error::InvalidManifest(format!("valuation: {}", error_detail(&e))))?;
         let has = |column: &str| validation_header.iter().any(|c| c == column);
         if !has(&self.data.label) {
             return invalid(format!("label column `{}` is not in the validation set", self.data.label));
@@ -180,6 +238,15 @@ impl Manifest {
             learning_rate: self.training.learning_rate,
             seed,
         }
+    }
+}
+
+/// The message of an error without the variant's prefix, so a nested manifest error reads once.
+fn error_detail(error: &Error) -> String {
+    match error {
+        Error::InvalidManifest(detail) => detail.clone(),
+        Error::InvalidArgument { field, detail } => format!("{field}: {detail}"),
+        other => other.to_string(),
     }
 }
 

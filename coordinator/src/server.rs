@@ -8,13 +8,16 @@ use std::sync::Arc;
 
 use futures::{Stream, StreamExt};
 use pdc_ledger::signing::{ConsentAction, Contribution};
+use pdc_proto::pb::audit_service_server::AuditServiceServer;
 use pdc_proto::pb::federation_service_server::{FederationService, FederationServiceServer};
 use pdc_proto::pb::study_service_server::{StudyService, StudyServiceServer};
+use pdc_proto::pb::witness_service_server::WitnessServiceServer;
 use pdc_proto::{MAX_CHUNK_BYTES, MAX_MESSAGE_BYTES, pb};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::audit_server::{AuditApi, WitnessApi};
 use crate::service::{
     Coordinator, ModelSnapshot, RequestAuth, RoundRecord, StudyEvent, StudyState, StudyStatus, TaskSpec, UpdateHeader,
 };
@@ -31,12 +34,28 @@ pub async fn serve(
     let study = StudyServiceServer::new(StudyApi { coordinator: Arc::clone(&coordinator) })
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let audit = AuditServiceServer::new(AuditApi::new(Arc::clone(coordinator.ledger())))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let federation = FederationServiceServer::new(FederationApi { coordinator })
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     tonic::transport::Server::builder()
         .add_service(study)
         .add_service(federation)
+        .add_service(audit)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await
+}
+
+/// Serves a witness's WitnessService on `listener` until `shutdown` completes.
+pub async fn serve_witness(
+    witness: WitnessApi,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> std::result::Result<(), tonic::transport::Error> {
+    tonic::transport::Server::builder()
+        .add_service(WitnessServiceServer::new(witness))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await
 }
@@ -361,6 +380,9 @@ fn status_to_pb(status: &StudyStatus) -> pb::StudyStatus {
                 examples: stats.examples,
                 rounds_joined: stats.rounds_joined,
                 updates_rejected: stats.updates_rejected,
+                utility: stats.utility,
+                reward: stats.reward,
+                strikes: stats.strikes,
             })
             .collect(),
         detail: status.detail.clone(),

@@ -10,14 +10,17 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use pdc_ledger::entry::{Entry, Role};
 use pdc_ledger::signing::{self, ConsentAction, Contribution};
-use pdc_ledger::{Hash, PublicKey, sha3_256};
+use pdc_ledger::{Hash, Identity, PublicKey, sha3_256};
 use pdc_models::{Dataset, Layout, Metrics, ModelSpec, Standardizer};
 use tokio::sync::{broadcast, mpsc};
 
-use crate::aggregation::{FedAvg, apply_delta};
+use crate::aggregation::{AggregationConfig, FedAvg, RoundInputs, ServerOptimizer, aggregate_round, apply_delta};
 use crate::archive::{IncomingUpdate, UpdateArchive};
+use crate::ledger::{Ledger, LedgerSettings};
 use crate::manifest::{self, Manifest};
+use crate::rewards::{RoundUpdate, RoundValuation, ValuationSettings};
 use crate::round::{AcceptedUpdate, Action, Event, Phase, RoundMachine, RoundPolicy};
 use crate::{Error, Result};
 
@@ -39,12 +42,19 @@ pub struct CoordinatorConfig {
     pub tick_interval: Duration,
     /// Failed attempts at one round before its study fails.
     pub max_round_attempts: u32,
+    /// The ledger's name, key and witnesses.
+    pub ledger: LedgerSettings,
 }
 
 impl CoordinatorConfig {
     /// Defaults with state under `data_dir`.
     pub fn new(data_dir: PathBuf) -> Self {
-        Self { data_dir, tick_interval: Duration::from_millis(100), max_round_attempts: 3 }
+        Self {
+            data_dir,
+            tick_interval: Duration::from_millis(100),
+            max_round_attempts: 3,
+            ledger: LedgerSettings::default(),
+        }
     }
 }
 
@@ -93,6 +103,12 @@ pub struct HospitalStats {
     pub rounds_joined: u32,
     /// Updates it sent that failed validation.
     pub updates_rejected: u32,
+    /// Sum of its per-round utilities (Shapley values).
+    pub utility: f64,
+    /// Sum of the rewards it was paid.
+    pub reward: f64,
+    /// Rounds it was struck in (free rider, near-copy, flagged) and paid nothing.
+    pub strikes: u32,
 }
 
 /// A study's lifecycle state, as reported.
@@ -240,6 +256,10 @@ struct Study {
     events: broadcast::Sender<StudyEvent>,
     round_participants: Vec<String>,
     round_deadline_ms: u64,
+    /// The study's server optimiser and its moments, when the manifest names one.
+    optimizer: Arc<Mutex<Option<ServerOptimizer>>>,
+    /// Reward budget carried over from rounds without measurable gain.
+    carried: f64,
 }
 
 impl Study {
@@ -304,19 +324,40 @@ pub struct Coordinator {
     config: CoordinatorConfig,
     state: Mutex<State>,
     archive: UpdateArchive,
+    ledger: Arc<Ledger>,
     started: Instant,
 }
 
 impl Coordinator {
-    /// A coordinator keeping its state under `config.data_dir`.
+    /// A coordinator keeping its state under `config.data_dir`: the update archive in `updates/`, the ledger in
+    /// `ledger/`, and its signing key in `coordinator.key` unless the ledger settings name another file.
     pub fn new(config: CoordinatorConfig) -> Result<Arc<Self>> {
         let archive = UpdateArchive::open(&config.data_dir.join("updates"))?;
-        Ok(Arc::new(Self { config, state: Mutex::new(State::default()), archive, started: Instant::now() }))
+        let key_file = config.ledger.key_file.clone().unwrap_or_else(|| config.data_dir.join("coordinator.key"));
+        let identity = Identity::load_or_create(&key_file).map_err(|e| Error::Ledger(e.to_string()))?;
+        let ledger = Ledger::open(&config.data_dir.join("ledger"), identity, config.ledger.clone())?;
+        Ok(Arc::new(Self {
+            config,
+            state: Mutex::new(State::default()),
+            archive,
+            ledger: Arc::new(ledger),
+            started: Instant::now(),
+        }))
     }
 
     /// The update archive.
     pub fn archive(&self) -> &UpdateArchive {
         &self.archive
+    }
+
+    /// The ledger.
+    pub fn ledger(&self) -> &Arc<Ledger> {
+        &self.ledger
+    }
+
+    /// Seals the ledger now: a checkpoint over every entry so far, co-signed by the witness quorum.
+    pub async fn seal_ledger(&self) -> Result<String> {
+        self.ledger.seal(Self::wall_clock_ms()).await
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -363,6 +404,20 @@ impl Coordinator {
         for action in actions {
             match action {
                 Action::OpenRound { round, attempt, participants, deadline_ms } => {
+                    let entry = Entry::RoundOpened {
+                        study_id: study.id.clone(),
+                        round,
+                        participants: participants.clone(),
+                        model_hash: study.global_hash,
+                    };
+                    if let Err(error) = self.ledger.record(&[entry]) {
+                        // A round the ledger does not show must not run.
+                        tracing::error!(study = %study.id, round, %error, "cannot record the round; stopping");
+                        let reason = format!("cannot record round {round} on the ledger: {error}");
+                        let more = study.machine.handle(now, Event::Stop { reason }).unwrap_or_default();
+                        self.execute(pdcs, study, now, more);
+                        return;
+                    }
                     tracing::info!(study = %study.id, round, attempt, ?participants, "round opened");
                     let deadline_in_ms = deadline_ms.saturating_sub(now);
                     study.round_participants = participants.clone();
@@ -387,6 +442,21 @@ impl Coordinator {
                 }
                 Action::Ended => {
                     tracing::info!(study = %study.id, phase = ?study.machine.phase(), "study ended");
+                    let state = match study.machine.phase() {
+                        Phase::Finished => "finished",
+                        Phase::Stopped { .. } => "stopped",
+                        _ => "failed",
+                    };
+                    let entry = Entry::StudyClosed { study_id: study.id.clone(), state: state.into() };
+                    if let Err(error) = self.ledger.record(&[entry]) {
+                        tracing::error!(study = %study.id, %error, "cannot record the study's end");
+                    }
+                    let coordinator = Arc::clone(self);
+                    tokio::spawn(async move {
+                        if let Err(error) = coordinator.seal_ledger().await {
+                            tracing::error!(%error, "cannot seal the ledger");
+                        }
+                    });
                     study.emit(StudyEvent::Status(study.status()));
                 }
             }
@@ -400,46 +470,149 @@ impl Coordinator {
         let validation = Arc::clone(&study.validation);
         let spec = study.spec.clone();
         let participants = study.round_participants.clone();
-        tokio::task::spawn_blocking(move || {
-            let result = aggregate(&coordinator.archive, &global, &contributions)
-                .and_then(|model| Ok((pdc_models::evaluate(&spec, &model, &validation)?, model)));
+        let config = study.manifest.aggregation.clone();
+        let optimizer = Arc::clone(&study.optimizer);
+        let budget = study.manifest.rewards.budget_per_round;
+        let settings = study.manifest.valuation.clone();
+        let seed = crate::rewards::round_seed(study.manifest.seed, round);
+        let carried_in = study.carried;
+        tokio::spawn(async move {
+            let archive = coordinator.archive.clone();
+            let work = contributions.clone();
+            let result = tokio::task::spawn_blocking(move || {
+                let mut aggregated = aggregate(&archive, &global, &work, &config, &optimizer)?;
+                if budget > 0.0 {
+                    let valuation = ValuationInputs { round, budget, carried_in, seed, settings: &settings };
+                    aggregated.valuation = Some(value_contributions(
+                        &archive,
+                        &spec,
+                        &global,
+                        &validation,
+                        &work,
+                        &aggregated,
+                        valuation,
+                    )?);
+                }
+                Ok((pdc_models::evaluate(&spec, &aggregated.model, &validation)?, aggregated))
+            })
+            .await
+            .map(|result: Result<_>| result.map_err(|error| error.to_string()))
+            .unwrap_or_else(|panic| Err(format!("the aggregation task panicked: {panic}")));
+            let recorded = coordinator.finish_aggregation(&study_id, round, participants, &contributions, result);
+            if !recorded {
+                return;
+            }
+            // The round is final once its checkpoint is signed and the witness quorum has co-signed it; only then
+            // does the next round open.
+            if let Err(error) = coordinator.seal_ledger().await {
+                tracing::error!(study = %study_id, round, %error, "cannot seal the round");
+                let now = coordinator.now_ms();
+                let mut state = coordinator.lock();
+                let state = &mut *state;
+                if let Some(study) = state.studies.get_mut(&study_id) {
+                    let reason = format!("cannot seal round {round} on the ledger: {error}");
+                    let actions = study.machine.handle(now, Event::Stop { reason }).unwrap_or_default();
+                    coordinator.execute(&mut state.pdcs, study, now, actions);
+                }
+                return;
+            }
             let now = coordinator.now_ms();
             let mut state = coordinator.lock();
             let state = &mut *state;
             let Some(study) = state.studies.get_mut(&study_id) else { return };
-            match result {
-                Ok((validation, model)) => {
-                    let model_hash = pdc_ledger::hash::parameters_hash(&model);
-                    study.global = Arc::new(model);
-                    study.global_hash = model_hash;
-                    for (pdc_id, update) in &contributions {
-                        let stats = study.hospitals.entry(pdc_id.clone()).or_default();
-                        stats.rounds_joined += 1;
-                        stats.examples = update.n_examples;
-                    }
-                    let record = RoundRecord {
+            let actions = study.machine.handle(now, Event::Aggregated { round }).unwrap_or_default();
+            coordinator.execute(&mut state.pdcs, study, now, actions);
+        });
+    }
+
+    /// Records a round's aggregate on the ledger and installs it as the study's model; returns whether the round
+    /// can be sealed (false when it failed and the study was stopped).
+    fn finish_aggregation(
+        self: &Arc<Self>,
+        study_id: &str,
+        round: u32,
+        participants: Vec<String>,
+        contributions: &[(String, AcceptedUpdate)],
+        result: std::result::Result<(Metrics, Aggregated), String>,
+    ) -> bool {
+        let now = self.now_ms();
+        let mut state = self.lock();
+        let state = &mut *state;
+        let Some(study) = state.studies.get_mut(study_id) else { return false };
+        let failure = match result {
+            Ok((validation, Aggregated { model, excluded, valuation })) => {
+                let model_hash = pdc_ledger::hash::parameters_hash(&model);
+                let contributors: Vec<String> = contributions
+                    .iter()
+                    .map(|(id, _)| id.clone())
+                    .filter(|id| !excluded.iter().any(|(left_out, _)| left_out == id))
+                    .collect();
+                let mut entries: Vec<Entry> = excluded
+                    .iter()
+                    .map(|(pdc_id, reason)| Entry::UpdateRejected {
+                        study_id: study_id.to_owned(),
                         round,
-                        participants,
-                        contributors: contributions.iter().map(|(id, _)| id.clone()).collect(),
-                        validation,
-                        model_hash,
-                    };
-                    tracing::info!(study = %study_id, round, auroc = ?record.validation.auroc,
-                        accuracy = ?record.validation.accuracy, "round aggregated");
-                    study.rounds.push(record.clone());
-                    study.emit(StudyEvent::RoundClosed(record));
-                    let actions = study.machine.handle(now, Event::Aggregated { round }).unwrap_or_default();
-                    coordinator.execute(&mut state.pdcs, study, now, actions);
+                        pdc_id: pdc_id.clone(),
+                        reason: reason.clone(),
+                    })
+                    .collect();
+                entries.push(Entry::RoundAggregated {
+                    study_id: study_id.to_owned(),
+                    round,
+                    model_hash,
+                    contributors: contributors.clone(),
+                    metrics: metric_pairs(&validation),
+                });
+                if let Some(valuation) = &valuation {
+                    entries.extend(reward_entries(study_id, valuation));
                 }
-                Err(error) => {
-                    // Only a coordinator fault (a damaged archive) gets here; stopping beats a wrong model.
-                    tracing::error!(study = %study_id, round, %error, "aggregation failed");
-                    let reason = format!("aggregation of round {round} failed: {error}");
-                    let actions = study.machine.handle(now, Event::Stop { reason }).unwrap_or_default();
-                    coordinator.execute(&mut state.pdcs, study, now, actions);
+                match self.ledger.record(&entries) {
+                    Ok(_) => {
+                        study.global = Arc::new(model);
+                        study.global_hash = model_hash;
+                        for (pdc_id, update) in contributions {
+                            let stats = study.hospitals.entry(pdc_id.clone()).or_default();
+                            stats.examples = update.n_examples;
+                            if contributors.contains(pdc_id) {
+                                stats.rounds_joined += 1;
+                            } else {
+                                stats.updates_rejected += 1;
+                            }
+                        }
+                        if let Some(valuation) = &valuation {
+                            study.carried = valuation.carried_over;
+                            for pdc in &valuation.pdcs {
+                                let stats = study.hospitals.entry(pdc.pdc_id.clone()).or_default();
+                                stats.utility += pdc.utility;
+                                stats.reward += pdc.reward;
+                                stats.strikes += u32::from(pdc.strike.is_some());
+                            }
+                        }
+                        for (pdc_id, reason) in &excluded {
+                            tracing::warn!(study = %study_id, round, pdc = %pdc_id, %reason, "update left out");
+                            study.emit(StudyEvent::UpdateRejected {
+                                round,
+                                pdc_id: pdc_id.clone(),
+                                reason: reason.clone(),
+                            });
+                        }
+                        let record = RoundRecord { round, participants, contributors, validation, model_hash };
+                        tracing::info!(study = %study_id, round, auroc = ?record.validation.auroc,
+                            accuracy = ?record.validation.accuracy, "round aggregated");
+                        study.rounds.push(record.clone());
+                        study.emit(StudyEvent::RoundClosed(record));
+                        return true;
+                    }
+                    Err(error) => format!("cannot record the aggregate of round {round} on the ledger: {error}"),
                 }
             }
-        });
+            // Only a coordinator fault (a damaged archive) gets here; stopping beats a wrong model.
+            Err(error) => format!("aggregation of round {round} failed: {error}"),
+        };
+        tracing::error!(study = %study_id, round, reason = %failure, "aggregation failed");
+        let actions = study.machine.handle(now, Event::Stop { reason: failure }).unwrap_or_default();
+        self.execute(&mut state.pdcs, study, now, actions);
+        false
     }
 
     // ---- StudyService -------------------------------------------------------------------------------------
@@ -463,6 +636,7 @@ impl Coordinator {
         let study_id = format!("{}-{}", slug(&manifest.name), &hex::encode(manifest_hash)[..8]);
         let spec = manifest.model_spec();
         let global = spec.init_parameters(manifest.seed);
+        let optimizer = manifest.aggregation.new_server_optimizer(global.len())?;
         let policy = RoundPolicy {
             rounds: manifest.training.rounds,
             min_participants: manifest.participants.min,
@@ -478,6 +652,7 @@ impl Coordinator {
         if state.studies.values().any(|s| s.manifest.name == manifest.name) {
             return Err(Error::AlreadyExists(format!("a study named `{}` exists already", manifest.name)));
         }
+        self.ledger.record(&[Entry::StudyCreated { study_id: study_id.clone(), manifest_hash }])?;
         let (events, _) = broadcast::channel(1024);
         tracing::info!(study = %study_id, name = %manifest.name, "study created");
         state.studies.insert(
@@ -498,6 +673,8 @@ impl Coordinator {
                 events,
                 round_participants: Vec::new(),
                 round_deadline_ms: 0,
+                optimizer: Arc::new(Mutex::new(optimizer)),
+                carried: 0.0,
                 manifest,
             },
         );
@@ -563,6 +740,12 @@ impl Coordinator {
             Some(existing) if existing.key == key => Ok(false),
             Some(_) => Err(Error::AlreadyExists(format!("PDC {pdc_id} is registered with another key"))),
             None => {
+                let entry = Entry::MemberRegistered {
+                    pdc_id: pdc_id.to_owned(),
+                    role: Role::Hospital,
+                    public_key: key.to_bytes(),
+                };
+                self.ledger.record(&[entry])?;
                 tracing::info!(pdc = %pdc_id, "PDC registered");
                 state.pdcs.insert(pdc_id.to_owned(), Pdc { key, task_streams: Vec::new() });
                 Ok(true)
@@ -615,15 +798,23 @@ impl Coordinator {
         let study = state.studies.get_mut(study_id).ok_or_else(|| Error::UnknownStudy(study_id.to_owned()))?;
         let message = signing::consent_message(action, study_id, &study.manifest_hash);
         pdc.key.verify(&message, signature, pdc_id).map_err(|e| Error::Unauthenticated(e.to_string()))?;
+        let signature: [u8; 64] = signature.try_into().expect("a verified Ed25519 signature has 64 bytes");
+        let (study_id, pdc, manifest_hash) = (study_id.to_owned(), pdc_id.to_owned(), study.manifest_hash);
+        // Only a change is recorded: granting twice, or revoking what was never granted, changes nothing.
         match action {
-            ConsentAction::Grant => {
-                tracing::info!(study = %study_id, pdc = %pdc_id, "consent granted");
+            ConsentAction::Grant if !study.consents.contains(pdc_id) => {
+                let entry = Entry::ConsentGranted { study_id, pdc_id: pdc, manifest_hash, signature };
+                self.ledger.record(&[entry])?;
+                tracing::info!(study = %study.id, pdc = %pdc_id, "consent granted");
                 study.consents.insert(pdc_id.to_owned());
             }
-            ConsentAction::Revoke => {
-                tracing::info!(study = %study_id, pdc = %pdc_id, "consent revoked");
+            ConsentAction::Revoke if study.consents.contains(pdc_id) => {
+                let entry = Entry::ConsentRevoked { study_id, pdc_id: pdc, manifest_hash, signature };
+                self.ledger.record(&[entry])?;
+                tracing::info!(study = %study.id, pdc = %pdc_id, "consent revoked");
                 study.consents.remove(pdc_id);
             }
+            _ => {}
         }
         Ok(())
     }
@@ -734,8 +925,13 @@ impl Coordinator {
             .get_mut(&contribution.study_id)
             .ok_or_else(|| Error::UnknownStudy(contribution.study_id.clone()))?;
         let update = AcceptedUpdate { n_examples: contribution.n_examples, update_hash: id };
+        // The round may have closed while the body was arriving: the machine decides, before anything is recorded.
+        study.machine.check_update(&contribution.pdc_id, contribution.round)?;
+        let signature: [u8; 64] = header.signature.as_slice().try_into().map_err(|_| {
+            Error::Unauthenticated(format!("signature of {} has {} bytes", contribution.pdc_id, header.signature.len()))
+        })?;
+        self.ledger.record(&[Entry::ContributionAccepted { contribution: contribution.clone(), signature }])?;
         let event = Event::UpdateAccepted { round: contribution.round, pdc_id: contribution.pdc_id.clone(), update };
-        // The round may have closed while the body was arriving: the machine decides.
         let actions = study.machine.handle(now, event)?;
         tracing::info!(study = %study.id, round = contribution.round, pdc = %contribution.pdc_id,
             update = %hex::encode(id), "update accepted");
@@ -758,6 +954,15 @@ impl Coordinator {
     fn record_rejection(&self, study_id: &str, round: u32, pdc_id: &str, reason: &str) {
         let mut state = self.lock();
         if let Some(study) = state.studies.get_mut(study_id) {
+            let entry = Entry::UpdateRejected {
+                study_id: study_id.to_owned(),
+                round,
+                pdc_id: pdc_id.to_owned(),
+                reason: reason.to_owned(),
+            };
+            if let Err(error) = self.ledger.record(&[entry]) {
+                tracing::error!(study = %study_id, %error, "cannot record a rejection");
+            }
             tracing::warn!(study = %study_id, round, pdc = %pdc_id, %reason, "update rejected");
             study.hospitals.entry(pdc_id.to_owned()).or_default().updates_rejected += 1;
             study.emit(StudyEvent::UpdateRejected { round, pdc_id: pdc_id.to_owned(), reason: reason.to_owned() });
@@ -803,17 +1008,154 @@ struct ModelSection<'a> {
     model: &'a pdc_models::ModelKind,
 }
 
-/// FedAvg of the contributions' deltas, read from the archive in the given order, applied to `global`.
-fn aggregate(archive: &UpdateArchive, global: &[f32], contributions: &[(String, AcceptedUpdate)]) -> Result<Vec<f32>> {
-    let mut average = FedAvg::new(global.len());
-    for (_, update) in contributions {
-        let weight = update.n_examples as f64;
-        archive.read_pieces(&update.update_hash, AGGREGATION_PIECE, |offset, values| {
-            average.add_slice(offset, weight, values)
-        })?;
-        average.commit(weight)?;
+/// What a round's aggregation produced: the new model, and the updates its anomaly check left out (with why).
+struct Aggregated {
+    model: Vec<f32>,
+    excluded: Vec<(String, String)>,
+    /// The round's utilities and rewards, when the study pays rewards.
+    valuation: Option<RoundValuation>,
+}
+
+/// What valuing a round needs besides its updates.
+struct ValuationInputs<'a> {
+    round: u32,
+    budget: f64,
+    carried_in: f64,
+    seed: u64,
+    settings: &'a ValuationSettings,
+}
+
+/// Values every contribution of the round (Shapley values of the validation metric over coalitions aggregated
+/// with FedAvg from `global`) and splits the round's budget; updates left out by the anomaly check count as
+/// flagged and are paid nothing.
+fn value_contributions(
+    archive: &UpdateArchive,
+    spec: &ModelSpec,
+    global: &[f32],
+    validation: &Dataset,
+    contributions: &[(String, AcceptedUpdate)],
+    aggregated: &Aggregated,
+    inputs: ValuationInputs<'_>,
+) -> Result<RoundValuation> {
+    let deltas =
+        contributions.iter().map(|(_, update)| archive.read(&update.update_hash)).collect::<Result<Vec<Vec<f32>>>>()?;
+    let updates: Vec<RoundUpdate<'_>> = contributions
+        .iter()
+        .zip(&deltas)
+        .map(|((pdc_id, update), delta)| RoundUpdate {
+            pdc_id,
+            n_examples: update.n_examples,
+            delta,
+            flagged: aggregated.excluded.iter().any(|(id, _)| id == pdc_id),
+        })
+        .collect();
+    let round = crate::rewards::RoundInput {
+        round: inputs.round,
+        seed: inputs.seed,
+        spec,
+        global,
+        validation,
+        updates: &updates,
+        settings: inputs.settings,
+        aggregator: None,
+        budget: inputs.budget,
+        carried_in: inputs.carried_in,
+    };
+    crate::rewards::value_round(&round)
+}
+
+/// The ledger entries of a round's valuation: the utilities with how they were computed, the allotment, and one
+/// payment per rewarded PDC (none when the budget was carried over).
+fn reward_entries(study_id: &str, valuation: &RoundValuation) -> Vec<Entry> {
+    let round = valuation.round;
+    let mut entries = vec![
+        Entry::UtilityScores {
+            study_id: study_id.to_owned(),
+            round,
+            scores: valuation.utilities(),
+            method: valuation.method.name().to_owned(),
+            seed: valuation.seed,
+        },
+        Entry::RewardsAllotted {
+            study_id: study_id.to_owned(),
+            round,
+            budget: valuation.budget + valuation.carried_in,
+            carried_over: valuation.truncated,
+        },
+    ];
+    if !valuation.truncated {
+        entries.extend(valuation.rewards().into_iter().map(|(pdc_id, amount)| Entry::RewardPaid {
+            study_id: study_id.to_owned(),
+            round,
+            pdc_id,
+            amount,
+        }));
     }
-    apply_delta(global, &average.finish()?)
+    entries
+}
+
+/// Aggregates the contributions' deltas, read from the archive in the given (sorted) order, and applies them to
+/// `global`. Plain FedAvg streams (memory O(model)); any other rule or a server optimiser holds the round's updates
+/// in memory, scores them, and steps the study's server optimiser.
+fn aggregate(
+    archive: &UpdateArchive,
+    global: &[f32],
+    contributions: &[(String, AcceptedUpdate)],
+    config: &AggregationConfig,
+    optimizer: &Mutex<Option<ServerOptimizer>>,
+) -> Result<Aggregated> {
+    if config.is_default() {
+        let mut average = FedAvg::new(global.len());
+        for (_, update) in contributions {
+            let weight = update.n_examples as f64;
+            archive.read_pieces(&update.update_hash, AGGREGATION_PIECE, |offset, values| {
+                average.add_slice(offset, weight, values)
+            })?;
+            average.commit(weight)?;
+        }
+        return Ok(Aggregated {
+            model: apply_delta(global, &average.finish()?)?,
+            excluded: Vec::new(),
+            valuation: None,
+        });
+    }
+    let deltas =
+        contributions.iter().map(|(_, update)| archive.read(&update.update_hash)).collect::<Result<Vec<Vec<f32>>>>()?;
+    let rows: Vec<(&str, f64, &[f32])> = contributions
+        .iter()
+        .zip(&deltas)
+        .map(|((pdc_id, update), delta)| (pdc_id.as_str(), update.n_examples as f64, delta.as_slice()))
+        .collect();
+    let round = aggregate_round(config, &rows, &RoundInputs::default())?;
+    let excluded = round
+        .excluded
+        .iter()
+        .map(|pdc_id| {
+            let why = round.scores.iter().find(|(id, _)| id == pdc_id).map(|(_, score)| score.describe());
+            (pdc_id.clone(), format!("flagged and left out of aggregation: {}", why.unwrap_or_default()))
+        })
+        .collect();
+    let mut optimizer = optimizer.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let model = match optimizer.as_mut() {
+        Some(optimizer) => {
+            let mut model = global.to_vec();
+            optimizer.step(&mut model, &round.delta)?;
+            model
+        }
+        None => apply_delta(global, &round.delta)?,
+    };
+    Ok(Aggregated { model, excluded, valuation: None })
+}
+
+/// A model's validation figures as named pairs for the ledger; absent figures are left out.
+fn metric_pairs(metrics: &Metrics) -> Vec<(String, f64)> {
+    let named =
+        [("loss", Some(metrics.loss)), ("accuracy", metrics.accuracy), ("auroc", metrics.auroc), ("mse", metrics.mse)];
+    named
+        .into_iter()
+        .filter_map(|(name, value)| Some((name.to_owned(), value?)))
+        .filter(|(_, v)| v.is_finite())
+        .collect()
 }
 
 fn check_pdc_id(pdc_id: &str) -> Result<()> {

@@ -6,14 +6,15 @@
 //!
 //! * [`exact_shapley`] / [`try_exact_shapley`]: the Shapley value, evaluating all 2ⁿ coalitions once each;
 //! * [`gtg_shapley`]: GTG-Shapley (Liu et al. 2022), a truncated, guided Monte Carlo estimate of the Shapley value
-//!   for rounds with too many participants for the exact form;
+//!   for rounds with too many participants for the exact form ([`gtg_shapley_batched`] evaluates several
+//!   permutations' coalitions at once, for parallel evaluation, with the same result);
 //! * [`leave_one_out`]: v(N) − v(N∖{i}), n + 1 evaluations, which misses credit that is shared (two hospitals with
 //!   the same data each get nothing).
 //!
 //! [`split_rewards`] turns values into a split of the budget. Everything here is pure and deterministic: randomness
 //! comes only from a seeded ChaCha8 generator.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
@@ -220,12 +221,48 @@ pub struct GtgOutcome {
 /// assert!(!outcome.truncated);
 /// ```
 pub fn gtg_shapley(n: usize, value: impl Fn(&[usize]) -> f64, config: &GtgConfig) -> GtgOutcome {
+    let evaluate = |batch: &[Vec<usize>]| batch.iter().map(|coalition| value(coalition)).collect();
+    gtg_shapley_batched(n, evaluate, config, 1)
+}
+
+/// [`gtg_shapley`] scanning `group` permutations in lockstep, so that their next prefixes can be evaluated together
+/// (in parallel, by the caller): `evaluate` receives batches of distinct, not yet evaluated coalitions (sorted
+/// member indices) and returns their values in the same order.
+///
+/// The values, permutations and truncation are exactly [`gtg_shapley`]'s for any `group`: the permutations are
+/// drawn from the generator in the same order, each is scanned and truncated on its own, and the estimates are
+/// updated permutation by permutation with the same stopping rule. Only the evaluations differ: when sampling stops
+/// inside a group, the coalitions already evaluated for the rest of the group (at most `group − 1` permutations'
+/// worth) are counted but their marginals are not used. Keep `group` fixed (not the number of cores) where the set of
+/// evaluated coalitions is recorded, so that it is the same on every machine. A `group` of 0 counts as 1.
+///
+/// # Panics
+///
+/// If `evaluate` returns a different number of values than it was given coalitions.
+///
+/// # Examples
+///
+/// ```
+/// use pdc_coordinator::valuation::{GtgConfig, gtg_shapley, gtg_shapley_batched};
+/// let value = |coalition: &[usize]| (coalition.len() as f64).sqrt() + coalition.first().map_or(0.0, |&m| m as f64);
+/// let config = GtgConfig { eps_within_round: 0.0, ..GtgConfig::default() };
+/// let batched = gtg_shapley_batched(6, |batch| batch.iter().map(|c| value(c)).collect(), &config, 4);
+/// assert_eq!(batched.values, gtg_shapley(6, value, &config).values);
+/// ```
+pub fn gtg_shapley_batched(
+    n: usize,
+    mut evaluate: impl FnMut(&[Vec<usize>]) -> Vec<f64>,
+    config: &GtgConfig,
+    group: usize,
+) -> GtgOutcome {
     if n == 0 {
         return GtgOutcome { values: Vec::new(), evaluations: 0, permutations: 0, truncated: false };
     }
-    let mut game = CachedGame::new(n, value);
-    let empty_value = game.value(&[]);
+    let group = group.max(1);
+    let mut game = BatchCache::new(n);
     let everyone: Vec<usize> = (0..n).collect();
+    game.fetch(vec![Vec::new(), everyone.clone()], &mut evaluate);
+    let empty_value = game.value(&[]);
     let grand_value = game.value(&everyone);
     let mut values = vec![0.0; n];
     if (grand_value - empty_value).abs() <= config.eps_between_round {
@@ -233,56 +270,98 @@ pub fn gtg_shapley(n: usize, value: impl Fn(&[usize]) -> f64, config: &GtgConfig
     }
 
     let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
-    let mut permutation: Vec<usize> = Vec::with_capacity(n);
-    let mut prefix: Vec<usize> = Vec::with_capacity(n);
-    let mut marginals = vec![0.0; n];
+    let mut scans: Vec<Scan> = Vec::with_capacity(group);
     let mut settled_streak = 0;
     let mut permutations = 0;
-    while permutations < config.max_permutations {
-        let first = permutations % n;
-        permutation.clear();
-        permutation.push(first);
-        permutation.extend((0..n).filter(|&member| member != first));
-        permutation[1..].shuffle(&mut rng);
-
-        marginals.fill(0.0);
-        prefix.clear();
-        let mut previous = empty_value;
-        for &member in &permutation {
-            if (grand_value - previous).abs() <= config.eps_within_round {
-                // Truncated: the prefix already does as well as everyone, so later marginals stay 0.
+    'sampling: while permutations < config.max_permutations {
+        scans.clear();
+        for k in permutations..permutations + group.min(config.max_permutations - permutations) {
+            let first = k % n;
+            let mut order = Vec::with_capacity(n);
+            order.push(first);
+            order.extend((0..n).filter(|&member| member != first));
+            order[1..].shuffle(&mut rng);
+            scans.push(Scan::new(order, empty_value));
+        }
+        loop {
+            let mut requests = Vec::new();
+            for scan in scans.iter_mut().filter(|scan| !scan.done) {
+                if scan.position == n || (grand_value - scan.previous).abs() <= config.eps_within_round {
+                    // Truncated (or complete): the prefix already does as well as everyone, so later marginals
+                    // stay 0.
+                    scan.done = true;
+                    continue;
+                }
+                // Kept sorted by insertion, since the value function is promised sorted coalitions.
+                let member = scan.order[scan.position];
+                let at = scan.prefix.partition_point(|&other| other < member);
+                scan.prefix.insert(at, member);
+                requests.push(scan.prefix.clone());
+            }
+            if requests.is_empty() {
                 break;
             }
-            // Kept sorted by insertion, since the value function is promised sorted coalitions.
-            let at = prefix.partition_point(|&other| other < member);
-            prefix.insert(at, member);
-            let current = game.value(&prefix);
-            marginals[member] = current - previous;
-            previous = current;
+            game.fetch(requests, &mut evaluate);
+            for scan in scans.iter_mut().filter(|scan| !scan.done) {
+                let member = scan.order[scan.position];
+                let current = game.value(&scan.prefix);
+                scan.marginals[member] = current - scan.previous;
+                scan.previous = current;
+                scan.position += 1;
+            }
         }
 
-        permutations += 1;
-        let weight = 1.0 / permutations as f64;
-        let mut change = 0.0;
-        let mut magnitude = 0.0;
-        for (estimate, marginal) in values.iter_mut().zip(&marginals) {
-            let step = (marginal - *estimate) * weight;
-            *estimate += step;
-            change += step.abs();
-            magnitude += estimate.abs();
-        }
-        let relative_change = if change == 0.0 { 0.0 } else { change / magnitude };
-        // The first permutation moves the estimates from nothing, so it can never count as settled.
-        if permutations > 1 && relative_change < config.convergence_tolerance {
-            settled_streak += 1;
-        } else {
-            settled_streak = 0;
-        }
-        if permutations >= n && settled_streak >= config.convergence_window {
-            break;
+        for scan in &scans {
+            permutations += 1;
+            let weight = 1.0 / permutations as f64;
+            let mut change = 0.0;
+            let mut magnitude = 0.0;
+            for (estimate, marginal) in values.iter_mut().zip(&scan.marginals) {
+                let step = (marginal - *estimate) * weight;
+                *estimate += step;
+                change += step.abs();
+                magnitude += estimate.abs();
+            }
+            let relative_change = if change == 0.0 { 0.0 } else { change / magnitude };
+            // The first permutation moves the estimates from nothing, so it can never count as settled.
+            if permutations > 1 && relative_change < config.convergence_tolerance {
+                settled_streak += 1;
+            } else {
+                settled_streak = 0;
+            }
+            if permutations >= n && settled_streak >= config.convergence_window {
+                break 'sampling;
+            }
         }
     }
     GtgOutcome { values, evaluations: game.evaluations(), permutations, truncated: false }
+}
+
+/// One permutation being scanned by [`gtg_shapley_batched`].
+struct Scan {
+    order: Vec<usize>,
+    /// How many members of `order` are in `prefix`.
+    position: usize,
+    /// The first `position` members of `order`, sorted.
+    prefix: Vec<usize>,
+    /// v(prefix).
+    previous: f64,
+    marginals: Vec<f64>,
+    done: bool,
+}
+
+impl Scan {
+    fn new(order: Vec<usize>, empty_value: f64) -> Self {
+        let n = order.len();
+        Self {
+            order,
+            position: 0,
+            prefix: Vec::with_capacity(n),
+            previous: empty_value,
+            marginals: vec![0.0; n],
+            done: false,
+        }
+    }
 }
 
 /// Splits `budget` in proportion to the positive values: rewardᵢ = B·max(φᵢ, 0) / Σⱼ max(φⱼ, 0).
@@ -335,29 +414,52 @@ fn shapley_from_table(n: usize, table: &[f64]) -> Vec<f64> {
         .collect()
 }
 
-/// A value function with a cache keyed by the coalition's member bitset, counting distinct evaluations.
-struct CachedGame<F> {
-    value: F,
-    cache: HashMap<Vec<u64>, f64>,
+/// Coalition values keyed by the member bitset, filled by batches; its size is the number of distinct evaluations.
+struct BatchCache {
+    values: HashMap<Vec<u64>, f64>,
     words: usize,
 }
 
-impl<F: Fn(&[usize]) -> f64> CachedGame<F> {
-    fn new(n: usize, value: F) -> Self {
-        Self { value, cache: HashMap::new(), words: n.div_ceil(64) }
+impl BatchCache {
+    fn new(n: usize) -> Self {
+        Self { values: HashMap::new(), words: n.div_ceil(64) }
     }
 
-    /// v(coalition); `coalition` is sorted.
-    fn value(&mut self, coalition: &[usize]) -> f64 {
+    fn key(&self, coalition: &[usize]) -> Vec<u64> {
         let mut key = vec![0u64; self.words];
         for &member in coalition {
             key[member / 64] |= 1 << (member % 64);
         }
-        *self.cache.entry(key).or_insert_with(|| (self.value)(coalition))
+        key
+    }
+
+    /// Evaluates, in one call of `evaluate`, those of `coalitions` (sorted) not evaluated yet, each once.
+    fn fetch(&mut self, coalitions: Vec<Vec<usize>>, evaluate: &mut impl FnMut(&[Vec<usize>]) -> Vec<f64>) {
+        let mut keys = Vec::new();
+        let mut pending = Vec::new();
+        let mut seen = HashSet::new();
+        for coalition in coalitions {
+            let key = self.key(&coalition);
+            if !self.values.contains_key(&key) && seen.insert(key.clone()) {
+                keys.push(key);
+                pending.push(coalition);
+            }
+        }
+        if pending.is_empty() {
+            return;
+        }
+        let values = evaluate(&pending);
+        assert_eq!(values.len(), pending.len(), "a batch of {} coalitions got {} values", pending.len(), values.len());
+        self.values.extend(keys.into_iter().zip(values));
+    }
+
+    /// v(coalition) of a coalition already fetched.
+    fn value(&self, coalition: &[usize]) -> f64 {
+        self.values[&self.key(coalition)]
     }
 
     fn evaluations(&self) -> usize {
-        self.cache.len()
+        self.values.len()
     }
 }
 
@@ -650,6 +752,45 @@ mod tests {
         let additive = |coalition: &[usize]| coalition.iter().map(|&member| 1.0 + member as f64).sum::<f64>();
         let settled = GtgConfig { convergence_window: 3, ..Default::default() };
         assert_eq!(gtg_shapley(6, additive, &settled).permutations, 6);
+    }
+
+    /// Lockstep scanning changes nothing but the evaluations: same values, permutations and truncation for every
+    /// group size, with each batch made of distinct coalitions never evaluated before.
+    #[test]
+    fn gtg_shapley_batched_matches_sequential_for_every_group() {
+        for (n, eps_within_round) in [(6, 0.0), (9, 0.0), (9, 0.05), (12, 0.02)] {
+            let game = InteractionGame::random(n, n as u64);
+            let config = GtgConfig { eps_within_round, convergence_window: 3, ..Default::default() };
+            let sequential = gtg_shapley(n, |coalition| game.value(coalition), &config);
+            for group in [0, 1, 2, 3, 8, 64] {
+                let mut seen = std::collections::HashSet::new();
+                let mut batches = 0;
+                let batched = gtg_shapley_batched(
+                    n,
+                    |batch| {
+                        batches += 1;
+                        assert!(!batch.is_empty());
+                        for coalition in batch {
+                            assert!(coalition.windows(2).all(|pair| pair[0] < pair[1]));
+                            assert!(seen.insert(coalition.clone()), "{coalition:?} evaluated twice");
+                        }
+                        batch.iter().map(|coalition| game.value(coalition)).collect()
+                    },
+                    &config,
+                    group,
+                );
+                assert_eq!(batched.values, sequential.values, "n {n}, group {group}");
+                assert_eq!((batched.permutations, batched.truncated), (sequential.permutations, sequential.truncated));
+                assert_eq!(batched.evaluations, seen.len());
+                assert!(batched.evaluations >= sequential.evaluations);
+                assert!(batched.evaluations <= sequential.evaluations + group.saturating_sub(1) * (n - 1));
+                if group <= 1 {
+                    assert_eq!(batched.evaluations, sequential.evaluations);
+                } else {
+                    assert!(batches < sequential.evaluations, "group {group}: {batches} batches");
+                }
+            }
+        }
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! binary.
 
 mod bad_input;
+mod ledger;
 mod processes;
 mod retry;
 mod support;

@@ -34,14 +34,24 @@ pub async fn start_coordinator_at(
 ) -> (String, tokio::sync::oneshot::Sender<()>) {
     let mut config = CoordinatorConfig::new(dir.join("coordinator"));
     config.tick_interval = Duration::from_millis(20);
+    let (url, stop, _) = serve_coordinator(config, address).await;
+    (url, stop)
+}
+
+/// Serves a coordinator made from `config` on `address` until the returned sender is dropped; returns its URL
+/// and the coordinator itself.
+pub async fn serve_coordinator(
+    config: CoordinatorConfig,
+    address: std::net::SocketAddr,
+) -> (String, tokio::sync::oneshot::Sender<()>, std::sync::Arc<Coordinator>) {
     let coordinator = Coordinator::new(config).unwrap();
     coordinator.spawn_driver();
     let (listener, address) = pdc_coordinator::server::bind(address).await.unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(pdc_coordinator::server::serve(coordinator, listener, async {
+    tokio::spawn(pdc_coordinator::server::serve(std::sync::Arc::clone(&coordinator), listener, async {
         let _ = stopped.await;
     }));
-    (format!("http://{address}"), stop)
+    (format!("http://{address}"), stop, coordinator)
 }
 
 pub async fn researcher(url: &str) -> StudyServiceClient<Channel> {

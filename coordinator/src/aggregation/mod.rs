@@ -4,8 +4,20 @@
 //! accumulator, so memory is O(model size) whatever the number of PDCs and the result is bit-for-bit
 //! reproducible. An update may itself arrive in pieces ([`FedAvg::add_slice`]), so a coordinator can aggregate
 //! updates straight from its archive without holding any of them whole.
+//!
+//! The robust rules ([`robust`]) need every update at once. [`rule`] is what a study chooses in its manifest's
+//! `[aggregation]` table and dispatches a round to the right rule; [`anomaly`] scores each update against the
+//! round's robust centre, detects free riders and suspends PDCs flagged round after round; [`optimizer`] holds
+//! the server optimisers (FedAvgM, FedAdam, FedYogi, FedAdagrad) applied to whichever rule's output.
 
+pub mod anomaly;
+pub mod optimizer;
 pub mod robust;
+pub mod rule;
+
+pub use anomaly::{AnomalyConfig, AnomalyReason, AnomalyScore, SuspensionTracker};
+pub use optimizer::{ServerOptimizer, ServerOptimizerSpec};
+pub use rule::{AggregationConfig, RoundAggregate, RoundInputs, aggregate, aggregate_round, aggregate_with};
 
 use ndarray::{Array1, ArrayView1, Zip};
 

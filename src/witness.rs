@@ -1,0 +1,96 @@
+//! `pdc witness`: a witness node that co-signs a coordinator's checkpoints when they are consistent with the last
+//! one it co-signed. Wiring only: the rules are `pdc_ledger::witness`, the service `pdc_coordinator::audit_server`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use pdc_ledger::witness::{TrustedLog, Witness, WitnessConfig};
+use pdc_ledger::{Identity, PublicKey};
+use serde::Deserialize;
+
+/// `witness.toml` (see examples/witness.toml).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WitnessFile {
+    /// Address to listen on; port 0 picks a free one.
+    pub listen: SocketAddr,
+    /// The key name this witness co-signs under.
+    pub name: String,
+    /// Its signing key, created on first start; relative to this file.
+    pub key_file: PathBuf,
+    /// Where it remembers what it co-signed; relative to this file.
+    pub state_file: PathBuf,
+    /// The logs it follows.
+    pub logs: Vec<LogSection>,
+}
+
+/// One `[[logs]]` entry.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSection {
+    /// The log's origin.
+    pub origin: String,
+    /// The key name the log signs under.
+    pub key_name: String,
+    /// The log's public key, 64 hex digits.
+    pub public_key: String,
+}
+
+impl WitnessFile {
+    /// Reads a witness config; relative paths are relative to the file.
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let mut file: Self =
+            toml::from_str(&text).with_context(|| format!("{} is not a witness config", path.display()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for p in [&mut file.key_file, &mut file.state_file] {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+        if file.logs.is_empty() {
+            bail!("{}: a witness must follow at least one log ([[logs]])", path.display());
+        }
+        Ok(file)
+    }
+
+    /// The witness's rules: its name and the logs it trusts.
+    pub fn config(&self) -> anyhow::Result<WitnessConfig> {
+        let logs = self
+            .logs
+            .iter()
+            .map(|log| {
+                let bytes = hex::decode(&log.public_key)
+                    .with_context(|| format!("log {}: public_key is not hex", log.origin))?;
+                let public_key = PublicKey::from_bytes(&bytes).with_context(|| format!("log {}", log.origin))?;
+                Ok(TrustedLog { origin: log.origin.clone(), key_name: log.key_name.clone(), public_key })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(WitnessConfig { name: self.name.clone(), logs })
+    }
+}
+
+/// Runs a witness until Ctrl-C.
+pub async fn run(config_path: &Path) -> anyhow::Result<()> {
+    let file = WitnessFile::load(config_path)?;
+    let config = file.config()?;
+    let identity = Identity::load_or_create(&file.key_file)
+        .with_context(|| format!("cannot load the witness key {}", file.key_file.display()))?;
+    if let Some(folder) = file.state_file.parent() {
+        std::fs::create_dir_all(folder).with_context(|| format!("cannot create {}", folder.display()))?;
+    }
+    let state = pdc_ledger::witness::load_state(&file.state_file)?;
+    let public_key = hex::encode(identity.public_key().to_bytes());
+    let witness = Witness::new(config, identity, state);
+    let api = pdc_coordinator::audit_server::WitnessApi::new(witness, file.state_file.clone());
+    let (listener, address) = pdc_coordinator::server::bind(file.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", file.listen))?;
+    // Tests and scripts read this line for the port and the key to configure in the coordinator.
+    println!("pdc witness {} key {public_key} listening on {address}", file.name);
+    let shutdown = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    pdc_coordinator::server::serve_witness(api, listener, shutdown).await.context("the witness server failed")
+}
