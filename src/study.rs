@@ -53,6 +53,13 @@ pub enum StudyCommand {
         /// The study id.
         study_id: String,
     },
+    /// Prints the utilities and rewards of every round and each hospital's totals, as the ledger records them.
+    Rewards {
+        #[command(flatten)]
+        target: Target,
+        /// The study id.
+        study_id: String,
+    },
     /// Writes the current global model (little-endian f32) and prints its hash.
     Download {
         #[command(flatten)]
@@ -102,6 +109,17 @@ pub async fn run(command: StudyCommand) -> anyhow::Result<()> {
                 .into_inner();
             println!("{}", response.study_id);
             eprintln!("manifest hash {}", response.manifest_hash);
+        }
+        StudyCommand::Rewards { target, study_id } => {
+            let channel = tonic::transport::Endpoint::from_shared(target.coordinator.clone())
+                .with_context(|| format!("invalid coordinator URL {}", target.coordinator))?
+                .connect()
+                .await
+                .with_context(|| format!("cannot reach the coordinator at {}", target.coordinator))?;
+            let mut audit = pdc_proto::pb::audit_service_client::AuditServiceClient::new(channel);
+            let report =
+                audit.get_rewards(pb::StudyQuery { study_id: study_id.clone() }).await.map_err(status_error)?;
+            print_rewards(&study_id, &report.into_inner());
         }
         StudyCommand::Start { target, study_id } => {
             let status = connect(&target.coordinator).await?.start_study(pb::StudyRef { study_id }).await;
@@ -234,5 +252,27 @@ pub fn print_status(status: &pb::StudyStatus) {
                 hospital.strikes
             );
         }
+    }
+}
+
+/// The rewards table: one line per round and hospital, then each hospital's totals.
+pub fn print_rewards(study_id: &str, report: &pb::RewardsReport) {
+    if report.rewards.is_empty() {
+        println!("study {study_id}: no rewards recorded");
+        return;
+    }
+    println!("study {study_id}: rewards by round");
+    println!("  {:>5}  {:<16} {:>10} {:>12}", "round", "hospital", "utility", "reward");
+    let mut totals: std::collections::BTreeMap<&str, (f64, f64, u32)> = std::collections::BTreeMap::new();
+    for reward in &report.rewards {
+        println!("  {:>5}  {:<16} {:>10.4} {:>12.4}", reward.round, reward.pdc_id, reward.utility, reward.amount);
+        let total = totals.entry(&reward.pdc_id).or_default();
+        total.0 += reward.utility;
+        total.1 += reward.amount;
+        total.2 += 1;
+    }
+    println!("  {:<16} {:>8} {:>12} {:>12}", "hospital", "rounds", "utility", "reward");
+    for (pdc_id, (utility, amount, rounds)) in totals {
+        println!("  {pdc_id:<16} {rounds:>8} {utility:>12.4} {amount:>12.4}");
     }
 }

@@ -30,10 +30,10 @@
 //! - [`Rule::ConsentBeforeContribution`]: a `ContributionAccepted` for `(study, pdc)` follows a valid
 //!   `ConsentGranted` for the study's manifest, not revoked since.
 //! - [`Rule::RoundOrder`]: `RoundOpened` round numbers increase per study (a round not yet aggregated may be
-//!   opened again under its number: a retry); contributions, rejections and
-//!   aggregations name the study's currently open round and come after its `RoundOpened` (contributions from
-//!   its participants, once each, before the aggregation; the aggregation only of accepted contributors);
-//!   utility, rewards and spends name a round that was opened; nothing names a study after its `StudyClosed`.
+//!   opened again under its number: a retry); contributions, rejections and aggregations name the study's
+//!   currently open round and come after its `RoundOpened` (contributions from its participants, once each,
+//!   before the aggregation; the aggregation only of accepted contributors); utility, rewards and spends name a
+//!   round that was opened; nothing names a study after its `StudyClosed`.
 //! - [`Rule::PrivacyBudget`]: a `PrivacySpent` follows its PDC's `BudgetDeclared`; per PDC the cumulative ε and
 //!   δ never decrease and never exceed the declared budget (see [`crate::entry`] for the figures' meaning).
 //! - [`Rule::Rewards`]: each round's `RewardPaid` entries follow its `RewardsAllotted`, go to PDCs with an

@@ -282,6 +282,22 @@ async fn a_study_is_recorded_sealed_witnessed_and_audited() {
     merkle::verify_consistency(first.checkpoint.size, size, &first.checkpoint.root, &last.checkpoint.root, &proof)
         .unwrap();
 
+    // The researcher's view of the same payments.
+    let (ok, stdout, stderr) = pdc_run(&["study", "rewards", "--coordinator", &url, &study_id]);
+    assert!(ok, "{stderr}");
+    if payments > 0 {
+        assert!(stdout.contains("rewards by round"), "{stdout}");
+        for bytes in &entries {
+            if let Entry::RewardPaid { round, pdc_id, amount, .. } = Entry::decode(bytes).unwrap() {
+                let line = format!("{round:>5}  {pdc_id:<16}");
+                let row = stdout.lines().find(|l| l.contains(&line)).unwrap_or_else(|| panic!("no {line}: {stdout}"));
+                assert!(row.ends_with(&format!("{amount:>12.4}")), "{row}");
+            }
+        }
+    } else {
+        assert!(stdout.contains("no rewards recorded"), "{stdout}");
+    }
+
     // The same through `pdc audit`, with the log key pinned.
     let log_key = hex::encode(key.public_key().to_bytes());
     let (ok, stdout, stderr) = pdc_run(&["audit", "verify", "--coordinator", &url, "--log-key", &log_key]);
