@@ -111,16 +111,7 @@ impl RemoteAudit {
     pub fn passed(&self) -> bool {
         self.report.passed()
     }
-}
 
-impl std::ops::Deref for RemoteAudit {
-    type Target = AuditReport;
-    fn deref(&self) -> &AuditReport {
-        &self.report
-    }
-}
-
-impl RemoteAudit {
     /// One line per failure, as the report prints them.
     pub fn failure_lines(&self) -> Vec<String> {
         self.report.to_string().lines().skip(3).map(|line| line.trim().to_owned()).collect()
@@ -203,20 +194,10 @@ fn pin(keys: AuditKeys, source: &Source) -> anyhow::Result<AuditKeys> {
     }
 }
 
-fn keys_of(info: &LogInfo) -> AuditKeys {
-    AuditKeys {
-        origin: info.origin.clone(),
-        log_key_name: info.key_name.clone(),
-        log_key: info.public_key,
-        witnesses: info.witnesses.clone(),
-        quorum: info.quorum,
-    }
-}
-
 fn folder_keys(store: &dyn Store) -> anyhow::Result<AuditKeys> {
     let text = store.meta(LOG_INFO_KEY)?.context("the ledger folder does not say whose log it is (no log-info)")?;
     let text = String::from_utf8(text).context("the ledger folder's log-info is not UTF-8")?;
-    Ok(keys_of(&LogInfo::from_text(&text)?))
+    Ok(LogInfo::from_text(&text)?.audit_keys())
 }
 
 async fn connect(url: &str) -> anyhow::Result<AuditServiceClient<Channel>> {
@@ -499,10 +480,12 @@ fn describe(index: u64, entry: &Entry) -> Row {
             row(study_id, Some(*round), pdc_id, format!("cumulative ε {epsilon:.4} at δ {delta:e}"))
         }
         Entry::StudyClosed { study_id, state } => row(study_id, None, "", state.clone()),
-        other => row(crate_study(other).unwrap_or(""), None, "", format!("{other:?}").chars().take(120).collect()),
+        Entry::BudgetDeclared { pdc_id, dataset, epsilon, delta } => {
+            row("", None, pdc_id, format!("budget ε {epsilon} at δ {delta:e} for {dataset}"))
+        }
+        Entry::RewardsAllotted { study_id, round, budget, carried_over } => {
+            let note = if *carried_over { " (carried over)" } else { "" };
+            row(study_id, Some(*round), "", format!("{budget:.6}{note}"))
+        }
     }
-}
-
-fn crate_study(entry: &Entry) -> Option<&str> {
-    pdc_coordinator::audit_server::entry_study(entry)
 }

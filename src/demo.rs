@@ -186,7 +186,12 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     // The board pins the log key it was given out of band (here: the key file the demo made).
     let log_key = hex::encode(coordinator_key.public_key().to_bytes());
     let audit = crate::audit::verify_remote(&url, Some(log_key)).await.context("the audit failed to run")?;
-    println!("\naudit of the ledger ({} entries, {} checkpoints): {}", audit.size, audit.checkpoints, audit.verdict());
+    println!(
+        "\naudit of the ledger ({} entries, {} checkpoints): {}",
+        audit.report.size,
+        audit.report.checkpoints,
+        audit.verdict()
+    );
     for line in audit.failure_lines() {
         println!("  {line}");
     }

@@ -45,29 +45,11 @@ impl AuditApi {
     /// The decoded entries of `study_id`, or `NotFound` when no such study was ever created.
     fn study_entries(&self, study_id: &str) -> Result<Vec<(u64, Entry)>> {
         let entries: Vec<(u64, Entry)> =
-            self.ledger.entries()?.into_iter().filter(|(_, entry)| entry_study(entry) == Some(study_id)).collect();
+            self.ledger.entries()?.into_iter().filter(|(_, entry)| entry.study_id() == Some(study_id)).collect();
         if !entries.iter().any(|(_, entry)| matches!(entry, Entry::StudyCreated { .. })) {
             return Err(Error::UnknownStudy(study_id.to_owned()));
         }
         Ok(entries)
-    }
-}
-
-/// The study an entry belongs to, if any.
-pub fn entry_study(entry: &Entry) -> Option<&str> {
-    match entry {
-        Entry::StudyCreated { study_id, .. }
-        | Entry::ConsentGranted { study_id, .. }
-        | Entry::ConsentRevoked { study_id, .. }
-        | Entry::RoundOpened { study_id, .. }
-        | Entry::UpdateRejected { study_id, .. }
-        | Entry::RoundAggregated { study_id, .. }
-        | Entry::UtilityScores { study_id, .. }
-        | Entry::RewardPaid { study_id, .. }
-        | Entry::PrivacySpent { study_id, .. }
-        | Entry::StudyClosed { study_id, .. } => Some(study_id),
-        Entry::ContributionAccepted { contribution, .. } => Some(&contribution.study_id),
-        _ => None,
     }
 }
 

@@ -118,6 +118,17 @@ pub struct LogInfo {
 }
 
 impl LogInfo {
+    /// The keys an audit checks this log against.
+    pub fn audit_keys(&self) -> pdc_ledger::audit::AuditKeys {
+        pdc_ledger::audit::AuditKeys {
+            origin: self.origin.clone(),
+            log_key_name: self.key_name.clone(),
+            log_key: self.public_key,
+            witnesses: self.witnesses.clone(),
+            quorum: self.quorum,
+        }
+    }
+
     /// One `name value` line per field: `origin`, `key_name`, `public_key` (hex), `quorum`, then one
     /// `witness <name> <hex key>` line per witness.
     pub fn to_text(&self) -> String {
@@ -245,13 +256,7 @@ impl Ledger {
 
     /// The keys an audit of this ledger checks against (as the coordinator states them; an auditor pins its own).
     pub fn audit_keys(&self) -> pdc_ledger::audit::AuditKeys {
-        pdc_ledger::audit::AuditKeys {
-            origin: self.settings.origin.clone(),
-            log_key_name: self.settings.key_name.clone(),
-            log_key: self.identity.public_key(),
-            witnesses: self.settings.witnesses.iter().map(|w| (w.name.clone(), w.public_key)).collect(),
-            quorum: self.settings.quorum,
-        }
+        self.info().audit_keys()
     }
 
     /// Appends `entries` durably, batched with concurrent appends (group commit); returns the index of the first.

@@ -373,6 +373,25 @@ impl Entry {
         }
     }
 
+    /// The study the entry belongs to; `None` for membership and budget entries, which concern a party.
+    pub fn study_id(&self) -> Option<&str> {
+        match self {
+            Entry::StudyCreated { study_id, .. }
+            | Entry::ConsentGranted { study_id, .. }
+            | Entry::ConsentRevoked { study_id, .. }
+            | Entry::RoundOpened { study_id, .. }
+            | Entry::UpdateRejected { study_id, .. }
+            | Entry::RoundAggregated { study_id, .. }
+            | Entry::UtilityScores { study_id, .. }
+            | Entry::RewardsAllotted { study_id, .. }
+            | Entry::RewardPaid { study_id, .. }
+            | Entry::PrivacySpent { study_id, .. }
+            | Entry::StudyClosed { study_id, .. } => Some(study_id),
+            Entry::ContributionAccepted { contribution, .. } => Some(&contribution.study_id),
+            Entry::MemberRegistered { .. } | Entry::KeyRotated { .. } | Entry::BudgetDeclared { .. } => None,
+        }
+    }
+
     /// The entry kind's name, as in the enum.
     pub fn kind(&self) -> &'static str {
         match self {
