@@ -19,6 +19,8 @@ use crate::study::{self, print_status, state_name};
 const BREAST_CANCER_CSV: &str = include_str!("../data/breast_cancer_wisconsin.csv");
 /// The demo's study manifest.
 const DEMO_MANIFEST: &str = include_str!("../examples/demo-study.toml");
+/// Each demo hospital's privacy budget ε (at δ = 1e-5), over every study its table is used in.
+const DEMO_BUDGET_EPSILON: f64 = 4.0;
 
 #[derive(clap::Args)]
 pub struct DemoArgs {
@@ -113,8 +115,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         write_csv(&folder.join("data.csv"), part, &schema)?;
         let positives = part.labels.iter().filter(|&&y| y > 0.5).count();
         println!("{name:<12} {:>9} {:>10}", part.n_rows(), positives);
+        // Each hospital promises its patients at most ε = 4 at δ = 1e-5 on its table, over every study.
         let config_text = format!(
-            "pdc_id = \"{name}\"\ncoordinator = \"{url}\"\nkey_file = \"{name}.key\"\ndata = \"data.csv\"\n\n[retry]\npoll_ms = 100\n"
+            "pdc_id = \"{name}\"\ncoordinator = \"{url}\"\nkey_file = \"{name}.key\"\ndata = \"data.csv\"\n\n[retry]\npoll_ms = 100\n\n\
+             [privacy]\ndataset = \"{name}/breast-cancer\"\nepsilon = {DEMO_BUDGET_EPSILON}\ndelta = 1e-5\n"
         );
         let config_path = folder.join("hospital.toml");
         std::fs::write(&config_path, config_text)?;

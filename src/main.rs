@@ -3,6 +3,7 @@
 mod audit;
 mod data;
 mod demo;
+mod hospital;
 mod study;
 mod witness;
 
@@ -30,11 +31,14 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
-    /// Runs a hospital's PDC agent.
+    /// Runs a hospital's PDC agent; `pdc hospital budget` shows its privacy spend.
+    #[command(args_conflicts_with_subcommands = true)]
     Hospital {
         /// The hospital's config file (see examples/hospital-a.toml).
         #[arg(long)]
-        config: PathBuf,
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        command: Option<hospital::HospitalCommand>,
     },
     /// Manages studies (researchers).
     Study {
@@ -77,13 +81,21 @@ fn init_logging(filter: &str) {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let default_filter = match cli.command {
-        Command::Demo(_) | Command::Study { .. } | Command::Data { .. } | Command::Audit { .. } => "warn",
+        Command::Demo(_)
+        | Command::Study { .. }
+        | Command::Data { .. }
+        | Command::Audit { .. }
+        | Command::Hospital { command: Some(_), .. } => "warn",
         _ => "info",
     };
     init_logging(cli.log.as_deref().unwrap_or(default_filter));
     match cli.command {
         Command::Coordinator { config } => run_coordinator(config).await,
-        Command::Hospital { config } => run_hospital(config).await,
+        Command::Hospital { command: Some(command), .. } => hospital::run(command),
+        Command::Hospital { config: Some(config), command: None } => run_hospital(config).await,
+        Command::Hospital { config: None, command: None } => {
+            anyhow::bail!("pdc hospital needs --config <file> to run the agent, or a subcommand such as `budget`")
+        }
         Command::Study { command } => study::run(command).await,
         Command::Audit { command } => audit::run(command).await,
         Command::Witness { config } => witness::run(&config).await,

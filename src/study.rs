@@ -208,7 +208,19 @@ pub fn round_line(round: &pb::RoundSummary) -> String {
     if let Some(mse) = metrics.mse {
         line += &format!(", MSE {mse:.4}");
     }
-    line + &format!(", loss {:.4}", metrics.loss)
+    line += &format!(", loss {:.4}", metrics.loss);
+    if !round.privacy.is_empty() {
+        // Each contributor's cumulative ε after the round, as it signed it.
+        let spends: Vec<String> = round
+            .privacy
+            .iter()
+            .map(|spend| {
+                format!("{} {:.3}", spend.pdc_id.strip_prefix("hospital-").unwrap_or(&spend.pdc_id), spend.epsilon)
+            })
+            .collect();
+        line += &format!(", ε {}", spends.join(" "));
+    }
+    line
 }
 
 pub fn state_name(state: i32) -> &'static str {
@@ -237,19 +249,26 @@ pub fn print_status(status: &pb::StudyStatus) {
     }
     if !status.hospitals.is_empty() {
         println!(
-            "  {:<16} {:>9} {:>13} {:>9} {:>9} {:>10} {:>8}",
-            "hospital", "examples", "rounds joined", "rejected", "utility", "reward", "strikes"
+            "  {:<16} {:>9} {:>13} {:>9} {:>9} {:>10} {:>8} {:>9}",
+            "hospital", "examples", "rounds joined", "rejected", "utility", "reward", "strikes", "ε spent"
         );
         for hospital in &status.hospitals {
+            // ε is the table's cumulative spend after its latest update here; "-" for a study without local DP.
+            let epsilon = match (hospital.epsilon, hospital.budget_exhausted) {
+                (e, true) => format!("{e:.3} (out)"),
+                (e, false) if e > 0.0 => format!("{e:.3}"),
+                _ => "-".to_owned(),
+            };
             println!(
-                "  {:<16} {:>9} {:>13} {:>9} {:>9.4} {:>10.3} {:>8}",
+                "  {:<16} {:>9} {:>13} {:>9} {:>9.4} {:>10.3} {:>8} {:>9}",
                 hospital.pdc_id,
                 hospital.examples,
                 hospital.rounds_joined,
                 hospital.updates_rejected,
                 hospital.utility,
                 hospital.reward,
-                hospital.strikes
+                hospital.strikes,
+                epsilon
             );
         }
     }

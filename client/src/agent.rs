@@ -5,7 +5,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use pdc_ledger::hash::{StreamHasher, f32_bytes, parameters_hash};
-use pdc_ledger::signing::{self, ConsentAction, Contribution};
+use pdc_ledger::signing::{self, ConsentAction, Contribution, PrivacyClaim};
 use pdc_ledger::{Identity, sha3_256};
 use pdc_models::Dataset;
 use pdc_proto::pb::federation_service_client::FederationServiceClient;
@@ -13,7 +13,8 @@ use pdc_proto::{MAX_CHUNK_BYTES, MAX_MESSAGE_BYTES, pb};
 use rand::Rng;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::training::{self, StudyTerms};
+use crate::spend::SpendStore;
+use crate::training::{self, LocalUpdate, StudyTerms};
 use crate::{Error, HospitalConfig, Result};
 
 type Client = FederationServiceClient<Channel>;
@@ -26,13 +27,30 @@ pub struct Agent {
     tables: HashMap<String, Dataset>,
     /// Studies this PDC decided not to join, so it says why only once.
     declined: BTreeSet<String>,
+    /// The table's privacy spend, when the PDC declared a budget.
+    spend: Option<SpendStore>,
+}
+
+/// What a task produced: the update and, under local DP, the signed claim of what it spent.
+struct Trained {
+    update: LocalUpdate,
+    privacy: Option<PrivacyClaim>,
 }
 
 impl Agent {
     /// An agent for `config`, loading (or creating) its identity key.
     pub fn new(config: HospitalConfig) -> Result<Self> {
         let identity = Identity::load_or_create(&config.key_file)?;
-        Ok(Self { config, identity, tables: HashMap::new(), declined: BTreeSet::new() })
+        let spend = match &config.privacy {
+            Some(privacy) => {
+                let limit = pdc_privacy::PrivacyBudget::new(privacy.epsilon, privacy.delta)
+                    .map_err(|e| Error::Config { path: config.data.clone(), detail: format!("privacy: {e}") })?;
+                let path = privacy.spend_file.clone().unwrap_or_else(|| format!("{}.spend.json", config.pdc_id).into());
+                Some(SpendStore::open(&path, &privacy.dataset, limit)?)
+            }
+            None => None,
+        };
+        Ok(Self { config, identity, tables: HashMap::new(), declined: BTreeSet::new(), spend })
     }
 
     /// The PDC's id.
@@ -74,6 +92,7 @@ impl Agent {
     async fn session(&mut self, delay: &mut u64) -> Result<()> {
         let mut client = self.connect().await?;
         self.register(&mut client).await?;
+        self.declare_budget(&mut client).await?;
         *delay = self.config.retry.initial_ms;
         self.consent_pass(&mut client).await?;
         let request = self.signed("WaitTasks");
@@ -101,6 +120,23 @@ impl Agent {
             signature: signature.to_vec(),
         };
         client.register(request).await.map_err(|s| Error::refused("Register", s))?;
+        Ok(())
+    }
+
+    /// Declares the table's privacy budget, if the PDC has one (again on every connection: the same declaration
+    /// changes nothing).
+    async fn declare_budget(&self, client: &mut Client) -> Result<()> {
+        let Some(spend) = &self.spend else { return Ok(()) };
+        let (dataset, limit) = (spend.dataset(), spend.limit());
+        let message = signing::budget_message(&self.config.pdc_id, dataset, limit.epsilon(), limit.delta());
+        let request = pb::BudgetDeclaration {
+            pdc_id: self.config.pdc_id.clone(),
+            dataset: dataset.to_owned(),
+            epsilon: limit.epsilon(),
+            delta: limit.delta(),
+            signature: self.identity.sign(&message).to_vec(),
+        };
+        client.declare_budget(request).await.map_err(|s| Error::refused("DeclareBudget", s))?;
         Ok(())
     }
 
@@ -134,6 +170,20 @@ impl Agent {
                     continue;
                 }
             };
+            match (&terms.privacy, &self.spend) {
+                (Some(_), None) => {
+                    self.decline(&study.study_id, "the study trains with local DP and this PDC declared no budget");
+                    continue;
+                }
+                (None, Some(_)) => {
+                    self.decline(
+                        &study.study_id,
+                        "this PDC's table has a privacy budget; it joins only local-DP studies",
+                    );
+                    continue;
+                }
+                _ => {}
+            }
             let allowed = &self.config.consent.studies;
             if !allowed.is_empty() && !allowed.contains(&terms.name) {
                 self.decline(&study.study_id, "not in this hospital's consent policy");
@@ -177,15 +227,20 @@ impl Agent {
             std::process::abort();
         }
         match self.train_task(client, &task).await {
-            Ok(update) => self.upload(client, &task, update).await,
+            Ok(trained) => self.upload(client, &task, trained).await,
             Err(error) if error.is_transient() => Err(error),
             Err(error) => {
                 tracing::warn!(pdc = %self.config.pdc_id, study = %study_id, round, %error, "task failed");
+                let kind = match error {
+                    Error::BudgetExhausted { .. } => pb::FailureKind::BudgetExhausted,
+                    _ => pb::FailureKind::Unspecified,
+                };
                 let report = pb::FailureReport {
                     study_id,
                     round,
                     reason: error.to_string(),
                     auth: Some(self.signed("ReportFailure")),
+                    kind: kind as i32,
                 };
                 if let Err(status) = client.report_failure(report).await {
                     tracing::warn!(pdc = %self.config.pdc_id, %status, "failure report refused");
@@ -195,7 +250,7 @@ impl Agent {
         }
     }
 
-    async fn train_task(&mut self, client: &mut Client, task: &pb::Task) -> Result<training::LocalUpdate> {
+    async fn train_task(&mut self, client: &mut Client, task: &pb::Task) -> Result<Trained> {
         let bad = |detail: String| Error::BadTask { study_id: task.study_id.clone(), round: task.round, detail };
         let terms = StudyTerms::parse(&task.manifest_toml).map_err(|e| bad(format!("unreadable manifest: {e}")))?;
         let standardizer = training::standardizer(
@@ -205,12 +260,64 @@ impl Agent {
             task.feature_mean.clone(),
             task.feature_std.clone(),
         )?;
-        let global = self.download(client, task).await?;
         let table = self.table(&task.study_id, &terms)?.clone();
-        let seed = task.training_seed;
-        tokio::task::spawn_blocking(move || training::train_round(&terms, &global, &table, &standardizer, seed))
+        let Some(dp) = training::dp_config(&terms, table.n_rows())? else {
+            let global = self.download(client, task).await?;
+            let (seed, attack) = (task.training_seed, self.config.attack.clone());
+            let update = tokio::task::spawn_blocking(move || match attack {
+                Some(attack) => {
+                    training::train_round_attacked(&terms, &global, &table, &standardizer, seed, &attack, None)
+                }
+                None => training::train_round(&terms, &global, &table, &standardizer, seed),
+            })
             .await
-            .map_err(|e| bad(format!("training panicked: {e}")))?
+            .map_err(|e| bad(format!("training panicked: {e}")))??;
+            return Ok(Trained { update, privacy: None });
+        };
+        if self.config.attack.is_some() {
+            return Err(Error::Attack("attack simulation runs only in studies without local DP".into()));
+        }
+        let spend = self
+            .spend
+            .as_ref()
+            .ok_or_else(|| bad("the study trains with local DP and this PDC declared no budget".into()))?;
+        let (sampling_rate, steps) = (dp.sampling_rate(table.n_rows()), dp.steps(table.n_rows()));
+        // Refuse before downloading anything: the round would take the table past its budget.
+        if let Err(unaffordable) = spend.plan(sampling_rate, dp.noise_multiplier, steps)? {
+            return Err(Error::BudgetExhausted {
+                study_id: task.study_id.clone(),
+                round: task.round,
+                detail: unaffordable.to_string(),
+            });
+        }
+        let global = self.download(client, task).await?;
+        let private = tokio::task::spawn_blocking(move || {
+            training::train_round_private(&terms, &global, &table, &standardizer, &dp)
+        })
+        .await
+        .map_err(|e| bad(format!("training panicked: {e}")))??;
+        // The spend is on disk before the update can leave the PDC.
+        let spend = self.spend.as_mut().expect("checked above");
+        let epsilon = spend.commit(
+            &task.study_id,
+            task.round,
+            private.sampling_rate,
+            private.config.noise_multiplier,
+            private.steps,
+        )?;
+        tracing::info!(pdc = %self.config.pdc_id, study = %task.study_id, round = task.round, epsilon,
+            noise_multiplier = private.config.noise_multiplier, steps = private.steps,
+            local_loss = private.local_loss, "trained with DP-SGD");
+        let claim = PrivacyClaim {
+            dataset: spend.dataset().to_owned(),
+            noise_multiplier: private.config.noise_multiplier,
+            sampling_rate: private.sampling_rate,
+            steps: private.steps,
+            clip_norm: private.config.clip_norm,
+            epsilon,
+            delta: spend.limit().delta(),
+        };
+        Ok(Trained { update: private.update, privacy: Some(claim) })
     }
 
     async fn download(&self, client: &mut Client, task: &pb::Task) -> Result<Vec<f32>> {
@@ -251,7 +358,8 @@ impl Agent {
         Ok(bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
     }
 
-    async fn upload(&self, client: &mut Client, task: &pb::Task, update: training::LocalUpdate) -> Result<()> {
+    async fn upload(&self, client: &mut Client, task: &pb::Task, trained: Trained) -> Result<()> {
+        let Trained { update, privacy } = trained;
         let contribution = Contribution {
             study_id: task.study_id.clone(),
             round: task.round,
@@ -260,6 +368,7 @@ impl Agent {
             n_parameters: update.delta.len() as u64,
             update_hash: parameters_hash(&update.delta),
             train_loss: update.train_loss,
+            privacy,
         };
         let signature = self.identity.sign(&contribution.signing_bytes());
         let header = pb::UpdatePart {
@@ -272,8 +381,19 @@ impl Agent {
                 update_hash: contribution.update_hash.to_vec(),
                 train_loss: contribution.train_loss,
                 signature: signature.to_vec(),
+                privacy: contribution.privacy.as_ref().map(|claim| pb::PrivacyClaim {
+                    dataset: claim.dataset.clone(),
+                    noise_multiplier: claim.noise_multiplier,
+                    sampling_rate: claim.sampling_rate,
+                    steps: claim.steps,
+                    clip_norm: claim.clip_norm,
+                    epsilon: claim.epsilon,
+                    delta: claim.delta,
+                }),
             })),
         };
+        // A hospital simulating a crash mid-upload dies once this many bytes of the update are on their way.
+        let crash_after = self.config.attack.as_ref().and_then(|attack| attack.crash_after_bytes());
         // Chunks are encoded one at a time as tonic sends them, so an upload never holds a second copy of the model.
         let values_per_chunk = MAX_CHUNK_BYTES / 4;
         let delta = std::sync::Arc::new(update.delta);
@@ -281,6 +401,10 @@ impl Agent {
         let chunks = (0..n_chunks).map(move |index| {
             let start = index * values_per_chunk;
             let end = (start + values_per_chunk).min(delta.len());
+            if crash_after.is_some_and(|limit| (start * 4) as u64 >= limit) {
+                tracing::error!(bytes_sent = start * 4, "simulated crash mid-upload");
+                std::process::abort();
+            }
             pb::UpdatePart {
                 part: Some(pb::update_part::Part::Chunk(pb::Chunk {
                     offset: (start * 4) as u64,

@@ -31,6 +31,25 @@ pub struct HospitalConfig {
     /// Misbehaviour for robustness tests and benchmarks (the `[attack]` table); absent for an honest hospital.
     #[serde(default)]
     pub attack: Option<Attack>,
+    /// The differential-privacy budget of the local table. With it the PDC joins only studies that train with
+    /// local DP; without it, only studies that do not.
+    #[serde(default)]
+    pub privacy: Option<PrivacyConfig>,
+}
+
+/// `[privacy]`: the most the PDC will ever spend on its table, over every study, and where it keeps its spend.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PrivacyConfig {
+    /// The table's name, as declared on the ledger with the budget.
+    pub dataset: String,
+    /// The budget's ε.
+    pub epsilon: f64,
+    /// The budget's δ.
+    pub delta: f64,
+    /// The spend file; relative to the config file. Defaults to `<pdc_id>.spend.json` next to it.
+    #[serde(default)]
+    pub spend_file: Option<PathBuf>,
 }
 
 /// Which studies a PDC consents to. Either way, it consents only when its table has every column the study
@@ -93,6 +112,10 @@ impl HospitalConfig {
         let base = path.parent().unwrap_or(Path::new("."));
         config.key_file = base.join(&config.key_file);
         config.data = base.join(&config.data);
+        if let Some(privacy) = &mut config.privacy {
+            let file = privacy.spend_file.clone().unwrap_or_else(|| format!("{}.spend.json", config.pdc_id).into());
+            privacy.spend_file = Some(base.join(file));
+        }
         config.check().map_err(error)?;
         Ok(config)
     }
@@ -111,6 +134,12 @@ impl HospitalConfig {
         }
         if let Some(attack) = &self.attack {
             attack.validate()?;
+        }
+        if let Some(privacy) = &self.privacy {
+            if privacy.dataset.is_empty() || privacy.dataset.len() > 128 || privacy.dataset.contains('\0') {
+                return Err("privacy.dataset must be 1 to 128 bytes without NUL".into());
+            }
+            pdc_privacy::PrivacyBudget::new(privacy.epsilon, privacy.delta).map_err(|e| format!("privacy: {e}"))?;
         }
         Ok(())
     }
@@ -136,6 +165,23 @@ mod tests {
         std::fs::write(&path, "pdc_id = \"a\"\ncoordinater = \"x\"\n").unwrap();
         let error = HospitalConfig::load(&path).unwrap_err().to_string();
         assert!(error.contains("unknown field `coordinater`"), "{error}");
+    }
+
+    #[test]
+    fn a_privacy_budget_is_checked_and_its_spend_file_defaults_next_to_the_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("h.toml");
+        let base = "pdc_id = \"a\"\ncoordinator = \"http://127.0.0.1:1\"\nkey_file = \"a.key\"\ndata = \"a.csv\"\n";
+        std::fs::write(&path, format!("{base}[privacy]\ndataset = \"icu\"\nepsilon = 8.0\ndelta = 1e-5\n")).unwrap();
+        let privacy = HospitalConfig::load(&path).unwrap().privacy.unwrap();
+        assert_eq!(privacy.spend_file, Some(dir.path().join("a.spend.json")));
+        assert_eq!((privacy.dataset.as_str(), privacy.epsilon, privacy.delta), ("icu", 8.0, 1e-5));
+
+        std::fs::write(&path, format!("{base}[privacy]\ndataset = \"icu\"\nepsilon = -1.0\ndelta = 1e-5\n")).unwrap();
+        let error = HospitalConfig::load(&path).unwrap_err().to_string();
+        assert!(error.contains("privacy: "), "{error}");
+        std::fs::write(&path, format!("{base}[privacy]\ndataset = \"icu\"\nepsilon = 1.0\ndelta = 1.0\n")).unwrap();
+        assert!(HospitalConfig::load(&path).is_err());
     }
 
     #[test]

@@ -30,6 +30,24 @@ pub enum Error {
     /// The configured attack simulation is invalid or does not fit the study's data.
     #[error("simulated attack: {0}")]
     Attack(String),
+    /// The privacy spend file is unreadable, inconsistent or cannot be written.
+    #[error("spend file {path}: {detail}")]
+    Spend {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong.
+        detail: String,
+    },
+    /// A round would take the table past its privacy budget; the PDC does not train.
+    #[error("study {study_id} round {round}: {detail}")]
+    BudgetExhausted {
+        /// The study.
+        study_id: String,
+        /// The round.
+        round: u32,
+        /// The figures.
+        detail: String,
+    },
     /// The coordinator refused a call.
     #[error("coordinator refused {call}: {status}")]
     Refused {

@@ -9,6 +9,7 @@ pub mod agent;
 pub mod attack;
 pub mod config;
 mod error;
+pub mod spend;
 pub mod training;
 
 pub use agent::Agent;

@@ -4,7 +4,7 @@
 //! the data loss plus `μ/2·‖w − w_global‖²`. A configured [`Attack`] poisons the table before training and
 //! rewrites the delta after it ([`train_round_attacked`]).
 
-use pdc_models::{Dataset, ModelSpec, Schema, Standardizer, TrainConfig};
+use pdc_models::{Dataset, DpTrainConfig, LocalDpSettings, ModelSpec, Schema, Standardizer, TrainConfig};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -24,6 +24,9 @@ pub struct StudyTerms {
     pub data: DataTerms,
     /// Local training.
     pub training: TrainingTerms,
+    /// Local DP-SGD, when the study asks for it.
+    #[serde(default)]
+    pub privacy: Option<LocalDpSettings>,
 }
 
 /// The schema.
@@ -40,6 +43,8 @@ pub struct DataTerms {
 /// Local training settings.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 pub struct TrainingTerms {
+    /// Rounds in the study (a target ε is spread over all of them).
+    pub rounds: u32,
     /// Epochs per round.
     pub local_epochs: u32,
     /// Mini-batch size.
@@ -78,6 +83,57 @@ pub struct LocalUpdate {
     pub n_examples: u64,
     /// Mean training loss.
     pub train_loss: f64,
+}
+
+/// The DP-SGD configuration of this study's rounds on `n_rows` local rows, if it trains with local DP.
+pub fn dp_config(terms: &StudyTerms, n_rows: usize) -> Result<Option<DpTrainConfig>> {
+    let Some(privacy) = &terms.privacy else { return Ok(None) };
+    let training = &terms.training;
+    let config = privacy.train_config(
+        training.local_epochs,
+        training.batch_size,
+        training.learning_rate,
+        training.rounds,
+        n_rows,
+    )?;
+    Ok(Some(config))
+}
+
+/// An update trained with DP-SGD, and what the round spent.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PrivateUpdate {
+    /// The update; its `train_loss` is 0, since the loss on private rows is not released.
+    pub update: LocalUpdate,
+    /// The mechanism's parameters, for the accountant and the signed claim.
+    pub config: DpTrainConfig,
+    /// The Poisson sampling rate.
+    pub sampling_rate: f64,
+    /// The steps taken.
+    pub steps: u64,
+    /// The training loss over the sampled rows: for the hospital's own logs only.
+    pub local_loss: f64,
+}
+
+/// Trains `global` on `data` with DP-SGD at `config` for one round (FedProx's proximal term does not apply: the
+/// private path is plain DP-SGD).
+pub fn train_round_private(
+    terms: &StudyTerms,
+    global: &[f32],
+    data: &Dataset,
+    standardizer: &Standardizer,
+    config: &DpTrainConfig,
+) -> Result<PrivateUpdate> {
+    let mut data = data.clone();
+    standardizer.apply(&mut data)?;
+    let outcome = pdc_models::train_dp(&terms.model_spec(), global, &data, config)?;
+    let delta = outcome.parameters.iter().zip(global).map(|(trained, start)| trained - start).collect();
+    Ok(PrivateUpdate {
+        update: LocalUpdate { delta, n_examples: outcome.n_examples as u64, train_loss: 0.0 },
+        config: config.clone(),
+        sampling_rate: outcome.sampling_rate,
+        steps: outcome.steps,
+        local_loss: outcome.mean_loss,
+    })
 }
 
 /// Trains `global` on `data` (already in the study's schema) for one round and returns the delta.
@@ -270,7 +326,8 @@ mod tests {
                 label: "y".into(),
                 features: data.feature_names.clone(),
             },
-            training: TrainingTerms { local_epochs: 2, batch_size, learning_rate: 0.5, proximal_mu },
+            training: TrainingTerms { rounds: 3, local_epochs: 2, batch_size, learning_rate: 0.5, proximal_mu },
+            privacy: None,
         }
     }
 

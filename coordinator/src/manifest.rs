@@ -1,6 +1,6 @@
 //! Study manifests: the TOML a researcher writes, parsed strictly and validated before a study exists.
 
-use pdc_models::{Dataset, ModelKind, ModelSpec, Schema, Task, TrainConfig};
+use pdc_models::{Dataset, LocalDpSettings, ModelKind, ModelSpec, Schema, Task, TrainConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::aggregation::AggregationConfig;
@@ -40,6 +40,11 @@ pub struct Manifest {
     /// How utilities are measured and shared out.
     #[serde(default, skip_serializing_if = "is_default_valuation")]
     pub valuation: ValuationSettings,
+    /// Local differential privacy: when present, every PDC trains with DP-SGD at these settings, signs its spend
+    /// with each update, and the coordinator records it; absent, training is not private (and the table is left
+    /// out of the canonical form).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub privacy: Option<LocalDpSettings>,
 }
 
 /// `[rewards]`: what each round pays, split by positive Shapley value.
@@ -190,6 +195,9 @@ impl Manifest {
             .metric_for(self.data.task)
             .check_task(self.data.task)
             .map_err(|e| Error::InvalidManifest(format!("valuation: {}", error_detail(&e))))?;
+        if let Some(privacy) = &self.privacy {
+            privacy.validate().map_err(|e| Error::InvalidManifest(e.to_string()))?;
+        }
         let has = |column: &str| validation_header.iter().any(|c| c == column);
         if !has(&self.data.label) {
             return invalid(format!("label column `{}` is not in the validation set", self.data.label));

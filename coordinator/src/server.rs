@@ -7,7 +7,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use futures::{Stream, StreamExt};
-use pdc_ledger::signing::{ConsentAction, Contribution};
+use pdc_ledger::signing::{ConsentAction, Contribution, PrivacyClaim};
 use pdc_proto::pb::audit_service_server::AuditServiceServer;
 use pdc_proto::pb::federation_service_server::{FederationService, FederationServiceServer};
 use pdc_proto::pb::study_service_server::{StudyService, StudyServiceServer};
@@ -19,7 +19,8 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::audit_server::{AuditApi, WitnessApi};
 use crate::service::{
-    Coordinator, ModelSnapshot, RequestAuth, RoundRecord, StudyEvent, StudyState, StudyStatus, TaskSpec, UpdateHeader,
+    Coordinator, FailureKind, ModelSnapshot, RequestAuth, RoundRecord, StudyEvent, StudyState, StudyStatus, TaskSpec,
+    UpdateHeader,
 };
 use crate::{Error, Result};
 
@@ -251,8 +252,30 @@ impl FederationService for FederationApi {
     async fn report_failure(&self, request: Request<pb::FailureReport>) -> Result<Response<pb::FailureAck>, Status> {
         let request = request.into_inner();
         let auth = auth_from_pb(request.auth)?;
-        self.coordinator.report_failure(&auth, &request.study_id, request.round, &request.reason)?;
+        let kind = match pb::FailureKind::try_from(request.kind) {
+            Ok(pb::FailureKind::Unspecified) => FailureKind::Other,
+            Ok(pb::FailureKind::BudgetExhausted) => FailureKind::BudgetExhausted,
+            Err(_) => {
+                return Err(Status::invalid_argument(format!("unknown failure kind {}", request.kind)));
+            }
+        };
+        self.coordinator.report_failure(&auth, &request.study_id, request.round, &request.reason, kind)?;
         Ok(Response::new(pb::FailureAck {}))
+    }
+
+    async fn declare_budget(
+        &self,
+        request: Request<pb::BudgetDeclaration>,
+    ) -> Result<Response<pb::BudgetResponse>, Status> {
+        let request = request.into_inner();
+        let newly_declared = self.coordinator.declare_budget(
+            &request.pdc_id,
+            &request.dataset,
+            request.epsilon,
+            request.delta,
+            &request.signature,
+        )?;
+        Ok(Response::new(pb::BudgetResponse { newly_declared }))
     }
 }
 
@@ -277,6 +300,15 @@ fn header_from_pb(header: pb::UpdateHeader) -> Result<UpdateHeader, Status> {
             n_parameters: header.n_parameters,
             update_hash,
             train_loss: header.train_loss,
+            privacy: header.privacy.map(|claim| PrivacyClaim {
+                dataset: claim.dataset,
+                noise_multiplier: claim.noise_multiplier,
+                sampling_rate: claim.sampling_rate,
+                steps: claim.steps,
+                clip_norm: claim.clip_norm,
+                epsilon: claim.epsilon,
+                delta: claim.delta,
+            }),
         },
         signature: header.signature,
     })
@@ -361,6 +393,11 @@ fn round_to_pb(record: &RoundRecord) -> pb::RoundSummary {
         contributors: record.contributors.clone(),
         validation: Some(metrics_to_pb(&record.validation)),
         model_hash: hex::encode(record.model_hash),
+        privacy: record
+            .privacy
+            .iter()
+            .map(|(pdc_id, epsilon, delta)| pb::PdcEpsilon { pdc_id: pdc_id.clone(), epsilon: *epsilon, delta: *delta })
+            .collect(),
     }
 }
 
@@ -383,6 +420,8 @@ fn status_to_pb(status: &StudyStatus) -> pb::StudyStatus {
                 utility: stats.utility,
                 reward: stats.reward,
                 strikes: stats.strikes,
+                epsilon: stats.epsilon,
+                budget_exhausted: stats.budget_exhausted,
             })
             .collect(),
         detail: status.detail.clone(),

@@ -92,6 +92,8 @@ pub struct RoundRecord {
     pub validation: Metrics,
     /// SHA3-256 of the new global model.
     pub model_hash: Hash,
+    /// Each contributor's cumulative `(ε, δ)` after the round, as it signed it (local DP studies only).
+    pub privacy: Vec<(String, f64, f64)>,
 }
 
 /// One hospital's part in a study.
@@ -109,6 +111,10 @@ pub struct HospitalStats {
     pub reward: f64,
     /// Rounds it was struck in (free rider, near-copy, flagged) and paid nothing.
     pub strikes: u32,
+    /// Its table's cumulative ε after its latest accepted update in this study (local DP studies only).
+    pub epsilon: f64,
+    /// Whether it stopped training for this study because a round would exceed its privacy budget.
+    pub budget_exhausted: bool,
 }
 
 /// A study's lifecycle state, as reported.
@@ -260,6 +266,10 @@ struct Study {
     optimizer: Arc<Mutex<Option<ServerOptimizer>>>,
     /// Reward budget carried over from rounds without measurable gain.
     carried: f64,
+    /// The open round's signed spends, by PDC: cumulative `(ε, δ)`.
+    round_spend: BTreeMap<String, (f64, f64)>,
+    /// PDCs whose budget cannot afford another round of this study; never selected again.
+    exhausted: BTreeSet<String>,
 }
 
 impl Study {
@@ -317,6 +327,18 @@ impl Study {
 struct State {
     pdcs: BTreeMap<String, Pdc>,
     studies: BTreeMap<String, Study>,
+    /// Declared privacy budgets, by PDC.
+    budgets: BTreeMap<String, DeclaredBudget>,
+    /// Each PDC's latest recorded cumulative spend `(ε, δ)`, over all studies.
+    spent: BTreeMap<String, (f64, f64)>,
+}
+
+/// A PDC's privacy budget, as declared on the ledger.
+#[derive(Clone, Debug, PartialEq)]
+struct DeclaredBudget {
+    dataset: String,
+    epsilon: f64,
+    delta: f64,
 }
 
 /// The coordinator: studies, PDCs and rounds.
@@ -394,7 +416,8 @@ impl Coordinator {
         let ids: Vec<String> = state.studies.keys().cloned().collect();
         for id in ids {
             let study = state.studies.get_mut(&id).expect("listed");
-            let available = study.consents.intersection(&connected).cloned().collect();
+            let available =
+                study.consents.intersection(&connected).filter(|id| !study.exhausted.contains(*id)).cloned().collect();
             let actions = study.machine.handle(now, Event::Tick { available }).unwrap_or_default();
             self.execute(&mut state.pdcs, study, now, actions);
         }
@@ -422,6 +445,7 @@ impl Coordinator {
                     let deadline_in_ms = deadline_ms.saturating_sub(now);
                     study.round_participants = participants.clone();
                     study.round_deadline_ms = deadline_ms;
+                    study.round_spend.clear();
                     for pdc_id in &participants {
                         if let Some(pdc) = pdcs.get_mut(pdc_id) {
                             pdc.task_streams.retain(|sender| !sender.is_closed());
@@ -542,30 +566,8 @@ impl Coordinator {
         let failure = match result {
             Ok((validation, Aggregated { model, excluded, valuation })) => {
                 let model_hash = pdc_ledger::hash::parameters_hash(&model);
-                let contributors: Vec<String> = contributions
-                    .iter()
-                    .map(|(id, _)| id.clone())
-                    .filter(|id| !excluded.iter().any(|(left_out, _)| left_out == id))
-                    .collect();
-                let mut entries: Vec<Entry> = excluded
-                    .iter()
-                    .map(|(pdc_id, reason)| Entry::UpdateRejected {
-                        study_id: study_id.to_owned(),
-                        round,
-                        pdc_id: pdc_id.clone(),
-                        reason: reason.clone(),
-                    })
-                    .collect();
-                entries.push(Entry::RoundAggregated {
-                    study_id: study_id.to_owned(),
-                    round,
-                    model_hash,
-                    contributors: contributors.clone(),
-                    metrics: metric_pairs(&validation),
-                });
-                if let Some(valuation) = &valuation {
-                    entries.extend(reward_entries(study_id, valuation));
-                }
+                let (contributors, entries) =
+                    aggregation_entries(study_id, round, contributions, &excluded, model_hash, &validation, &valuation);
                 match self.ledger.record(&entries) {
                     Ok(_) => {
                         study.global = Arc::new(model);
@@ -596,7 +598,11 @@ impl Coordinator {
                                 reason: reason.clone(),
                             });
                         }
-                        let record = RoundRecord { round, participants, contributors, validation, model_hash };
+                        let privacy = contributors
+                            .iter()
+                            .filter_map(|id| study.round_spend.get(id).map(|&(e, d)| (id.clone(), e, d)))
+                            .collect();
+                        let record = RoundRecord { round, participants, contributors, validation, model_hash, privacy };
                         tracing::info!(study = %study_id, round, auroc = ?record.validation.auroc,
                             accuracy = ?record.validation.accuracy, "round aggregated");
                         study.rounds.push(record.clone());
@@ -625,18 +631,9 @@ impl Coordinator {
                 validation_csv.len()
             )));
         }
-        let csv_text = std::str::from_utf8(validation_csv)
-            .map_err(|e| Error::InvalidArgument { field: "validation_csv", detail: format!("not UTF-8: {e}") })?;
-        let manifest = Manifest::parse(manifest_toml)?.resolve(&manifest::csv_header(csv_text))?;
-        let mut validation = manifest::load_validation(&manifest, csv_text)?;
-        let standardizer = Standardizer::fit(&validation);
-        standardizer.apply(&mut validation)?;
-        let canonical = manifest.to_canonical_toml();
-        let manifest_hash = sha3_256(canonical.as_bytes());
+        let PreparedStudy { manifest, canonical, manifest_hash, validation, standardizer, spec, global, optimizer } =
+            prepare_study(manifest_toml, validation_csv)?;
         let study_id = format!("{}-{}", slug(&manifest.name), &hex::encode(manifest_hash)[..8]);
-        let spec = manifest.model_spec();
-        let global = spec.init_parameters(manifest.seed);
-        let optimizer = manifest.aggregation.new_server_optimizer(global.len())?;
         let policy = RoundPolicy {
             rounds: manifest.training.rounds,
             min_participants: manifest.participants.min,
@@ -652,6 +649,8 @@ impl Coordinator {
         if state.studies.values().any(|s| s.manifest.name == manifest.name) {
             return Err(Error::AlreadyExists(format!("a study named `{}` exists already", manifest.name)));
         }
+        // The inputs a replay needs besides the ledger and the update archive, kept before the study exists.
+        archive_study(&self.config.data_dir.join("studies").join(&study_id), &canonical, validation_csv)?;
         self.ledger.record(&[Entry::StudyCreated { study_id: study_id.clone(), manifest_hash }])?;
         let (events, _) = broadcast::channel(1024);
         tracing::info!(study = %study_id, name = %manifest.name, "study created");
@@ -675,6 +674,8 @@ impl Coordinator {
                 round_deadline_ms: 0,
                 optimizer: Arc::new(Mutex::new(optimizer)),
                 carried: 0.0,
+                round_spend: BTreeMap::new(),
+                exhausted: BTreeSet::new(),
                 manifest,
             },
         );
@@ -903,6 +904,7 @@ impl Coordinator {
                 detail: format!("training loss {} is not finite", contribution.train_loss),
             });
         }
+        check_privacy(&state, study, contribution)?;
         self.archive.begin(&contribution.pdc_id, expected, study.manifest.validation.max_update_norm)
     }
 
@@ -930,7 +932,26 @@ impl Coordinator {
         let signature: [u8; 64] = header.signature.as_slice().try_into().map_err(|_| {
             Error::Unauthenticated(format!("signature of {} has {} bytes", contribution.pdc_id, header.signature.len()))
         })?;
-        self.ledger.record(&[Entry::ContributionAccepted { contribution: contribution.clone(), signature }])?;
+        // Another study's upload may have recorded a spend of this PDC since the header was checked.
+        let study = state.studies.get(&contribution.study_id).expect("looked up above");
+        check_privacy(state, study, contribution)?;
+        let mut entries = vec![Entry::ContributionAccepted { contribution: contribution.clone(), signature }];
+        if let Some(claim) = &contribution.privacy {
+            entries.push(Entry::PrivacySpent {
+                study_id: contribution.study_id.clone(),
+                round: contribution.round,
+                pdc_id: contribution.pdc_id.clone(),
+                epsilon: claim.epsilon,
+                delta: claim.delta,
+            });
+        }
+        self.ledger.record(&entries)?;
+        let study = state.studies.get_mut(&contribution.study_id).expect("looked up above");
+        if let Some(claim) = &contribution.privacy {
+            state.spent.insert(contribution.pdc_id.clone(), (claim.epsilon, claim.delta));
+            study.round_spend.insert(contribution.pdc_id.clone(), (claim.epsilon, claim.delta));
+            study.hospitals.entry(contribution.pdc_id.clone()).or_default().epsilon = claim.epsilon;
+        }
         let event = Event::UpdateAccepted { round: contribution.round, pdc_id: contribution.pdc_id.clone(), update };
         let actions = study.machine.handle(now, event)?;
         tracing::info!(study = %study.id, round = contribution.round, pdc = %contribution.pdc_id,
@@ -970,12 +991,16 @@ impl Coordinator {
     }
 
     /// A participant reports it will not deliver its update for `round`.
+    ///
+    /// With [`FailureKind::BudgetExhausted`] the PDC is not selected for the study again, and its refusal is
+    /// recorded on the ledger.
     pub fn report_failure(
         self: &Arc<Self>,
         auth: &RequestAuth,
         study_id: &str,
         round: u32,
         reason: &str,
+        kind: FailureKind,
     ) -> Result<()> {
         let now = self.now_ms();
         let mut state = self.lock();
@@ -983,12 +1008,153 @@ impl Coordinator {
         let state = &mut *state;
         let study = state.studies.get_mut(study_id).ok_or_else(|| Error::UnknownStudy(study_id.to_owned()))?;
         let reason: String = reason.chars().take(512).collect();
-        tracing::warn!(study = %study_id, round, pdc = %auth.pdc_id, %reason, "participant failed");
-        let actions =
-            study.machine.handle(now, Event::ParticipantFailed { round, pdc_id: auth.pdc_id.clone(), reason })?;
+        tracing::warn!(study = %study_id, round, pdc = %auth.pdc_id, %reason, ?kind, "participant failed");
+        let event = Event::ParticipantFailed { round, pdc_id: auth.pdc_id.clone(), reason: reason.clone() };
+        if kind == FailureKind::BudgetExhausted {
+            // Checked before anything is recorded: the round machine refuses reports outside the open round.
+            study.machine.check_update(&auth.pdc_id, round)?;
+            let reason = format!("privacy budget exhausted: {reason}");
+            self.ledger.record(&[Entry::UpdateRejected {
+                study_id: study_id.to_owned(),
+                round,
+                pdc_id: auth.pdc_id.clone(),
+                reason: reason.clone(),
+            }])?;
+            study.exhausted.insert(auth.pdc_id.clone());
+            study.hospitals.entry(auth.pdc_id.clone()).or_default().budget_exhausted = true;
+            study.emit(StudyEvent::UpdateRejected { round, pdc_id: auth.pdc_id.clone(), reason });
+        }
+        let actions = study.machine.handle(now, event)?;
         self.execute(&mut state.pdcs, study, now, actions);
         Ok(())
     }
+
+    /// Declares `pdc_id`'s privacy budget `(epsilon, delta)` for its table `dataset`, proven by its signature over
+    /// [`signing::budget_message`], and records it on the ledger. Returns whether this call declared it: repeating
+    /// the same declaration changes nothing, and a different one is refused, since a budget is declared once.
+    pub fn declare_budget(
+        &self,
+        pdc_id: &str,
+        dataset: &str,
+        epsilon: f64,
+        delta: f64,
+        signature: &[u8],
+    ) -> Result<bool> {
+        if dataset.is_empty() || dataset.len() > 128 || dataset.contains('\0') {
+            return Err(Error::InvalidArgument {
+                field: "dataset",
+                detail: "must be 1 to 128 bytes without NUL".into(),
+            });
+        }
+        if !(epsilon.is_finite() && epsilon > 0.0) {
+            return Err(Error::InvalidArgument {
+                field: "epsilon",
+                detail: format!("{epsilon} is not finite and positive"),
+            });
+        }
+        if !(delta > 0.0 && delta < 1.0) {
+            return Err(Error::InvalidArgument { field: "delta", detail: format!("{delta} is not in (0, 1)") });
+        }
+        let mut state = self.lock();
+        let pdc = state.pdcs.get(pdc_id).ok_or_else(|| Error::UnknownPdc(pdc_id.to_owned()))?;
+        pdc.key
+            .verify(&signing::budget_message(pdc_id, dataset, epsilon, delta), signature, pdc_id)
+            .map_err(|e| Error::Unauthenticated(format!("budget declaration of {pdc_id}: {e}")))?;
+        let declared = DeclaredBudget { dataset: dataset.to_owned(), epsilon, delta };
+        match state.budgets.get(pdc_id) {
+            Some(existing) if *existing == declared => Ok(false),
+            Some(existing) => Err(Error::FailedPrecondition(format!(
+                "{pdc_id} already declared a budget of (ε = {}, δ = {}) for {:?}; a budget is declared once",
+                existing.epsilon, existing.delta, existing.dataset
+            ))),
+            None => {
+                let entry =
+                    Entry::BudgetDeclared { pdc_id: pdc_id.to_owned(), dataset: dataset.to_owned(), epsilon, delta };
+                self.ledger.record(&[entry])?;
+                tracing::info!(pdc = %pdc_id, %dataset, epsilon, delta, "privacy budget declared");
+                state.budgets.insert(pdc_id.to_owned(), declared);
+                Ok(true)
+            }
+        }
+    }
+}
+
+/// Why a PDC gave up a round.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailureKind {
+    /// Training or upload failed; the PDC may take part in later rounds.
+    Other,
+    /// The round would take the PDC's table past its privacy budget: it is not selected for the study again.
+    BudgetExhausted,
+}
+
+/// Checks a contribution's privacy claim against the study and the PDC's declared budget and recorded spend: a
+/// claim exactly when the study trains with local DP, on the declared dataset, with at least the study's noise
+/// and at most its clip norm, a cumulative spend that never decreases and stays within the budget, and no
+/// training loss (which would not be private).
+fn check_privacy(state: &State, study: &Study, contribution: &Contribution) -> Result<()> {
+    let pdc_id = &contribution.pdc_id;
+    let invalid = |detail: String| Err(Error::InvalidUpdate { pdc_id: pdc_id.clone(), detail });
+    let (settings, claim) = match (&study.manifest.privacy, &contribution.privacy) {
+        (None, None) => return Ok(()),
+        (None, Some(_)) => {
+            return invalid(format!("study {} does not train with local DP, yet the update claims it", study.id));
+        }
+        (Some(_), None) => {
+            return invalid(format!("study {} trains with local DP and the update carries no privacy claim", study.id));
+        }
+        (Some(settings), Some(claim)) => (settings, claim),
+    };
+    let Some(budget) = state.budgets.get(pdc_id) else {
+        return Err(Error::FailedPrecondition(format!("{pdc_id} has declared no privacy budget")));
+    };
+    if claim.dataset != budget.dataset {
+        return invalid(format!(
+            "the claim names dataset {:?}, the declared budget is for {:?}",
+            claim.dataset, budget.dataset
+        ));
+    }
+    let finite = [claim.noise_multiplier, claim.sampling_rate, claim.clip_norm, claim.epsilon, claim.delta];
+    if finite.iter().any(|v| !v.is_finite()) {
+        return invalid("the privacy claim holds a non-finite value".into());
+    }
+    if claim.steps == 0 || !(claim.sampling_rate > 0.0 && claim.sampling_rate <= 1.0) {
+        return invalid(format!(
+            "the privacy claim has {} steps at sampling rate {}: need at least one step and a rate in (0, 1]",
+            claim.steps, claim.sampling_rate
+        ));
+    }
+    let least_noise = settings.noise_multiplier.unwrap_or(0.0);
+    if !(claim.noise_multiplier > 0.0 && claim.noise_multiplier >= least_noise) {
+        return invalid(format!(
+            "noise multiplier {} is below the study's {least_noise} (and must be positive)",
+            claim.noise_multiplier
+        ));
+    }
+    if !(claim.clip_norm > 0.0 && claim.clip_norm <= settings.clip_norm) {
+        return invalid(format!(
+            "clip norm {} is not in (0, {}] as the study sets",
+            claim.clip_norm, settings.clip_norm
+        ));
+    }
+    if claim.epsilon > budget.epsilon || claim.delta > budget.delta || claim.epsilon <= 0.0 || claim.delta <= 0.0 {
+        return invalid(format!(
+            "claimed cumulative spend (ε = {}, δ = {}) is not within the declared budget (ε = {}, δ = {})",
+            claim.epsilon, claim.delta, budget.epsilon, budget.delta
+        ));
+    }
+    if let Some(&(epsilon, delta)) = state.spent.get(pdc_id)
+        && (claim.epsilon < epsilon || claim.delta < delta)
+    {
+        return invalid(format!(
+            "claimed cumulative spend (ε = {}, δ = {}) is below the (ε = {epsilon}, δ = {delta}) already recorded",
+            claim.epsilon, claim.delta
+        ));
+    }
+    if contribution.train_loss != 0.0 {
+        return invalid("under local DP the training loss is not released: it must be 0".into());
+    }
+    Ok(())
 }
 
 fn snapshot(study: &Study) -> ModelSnapshot {
@@ -1009,26 +1175,118 @@ struct ModelSection<'a> {
 }
 
 /// What a round's aggregation produced: the new model, and the updates its anomaly check left out (with why).
-struct Aggregated {
-    model: Vec<f32>,
-    excluded: Vec<(String, String)>,
+pub(crate) struct Aggregated {
+    pub(crate) model: Vec<f32>,
+    pub(crate) excluded: Vec<(String, String)>,
     /// The round's utilities and rewards, when the study pays rewards.
-    valuation: Option<RoundValuation>,
+    pub(crate) valuation: Option<RoundValuation>,
 }
 
 /// What valuing a round needs besides its updates.
-struct ValuationInputs<'a> {
+pub(crate) struct ValuationInputs<'a> {
+    pub(crate) round: u32,
+    pub(crate) budget: f64,
+    pub(crate) carried_in: f64,
+    pub(crate) seed: u64,
+    pub(crate) settings: &'a ValuationSettings,
+}
+
+/// The entries that record a round's aggregation, in the order the coordinator appends them: a rejection for each
+/// update the anomaly check left out, the aggregate, then the valuation's entries. Returns the contributors too.
+pub(crate) fn aggregation_entries(
+    study_id: &str,
     round: u32,
-    budget: f64,
-    carried_in: f64,
-    seed: u64,
-    settings: &'a ValuationSettings,
+    contributions: &[(String, AcceptedUpdate)],
+    excluded: &[(String, String)],
+    model_hash: Hash,
+    validation: &Metrics,
+    valuation: &Option<RoundValuation>,
+) -> (Vec<String>, Vec<Entry>) {
+    let contributors: Vec<String> = contributions
+        .iter()
+        .map(|(id, _)| id.clone())
+        .filter(|id| !excluded.iter().any(|(left_out, _)| left_out == id))
+        .collect();
+    let mut entries: Vec<Entry> = excluded
+        .iter()
+        .map(|(pdc_id, reason)| Entry::UpdateRejected {
+            study_id: study_id.to_owned(),
+            round,
+            pdc_id: pdc_id.clone(),
+            reason: reason.clone(),
+        })
+        .collect();
+    entries.push(Entry::RoundAggregated {
+        study_id: study_id.to_owned(),
+        round,
+        model_hash,
+        contributors: contributors.clone(),
+        metrics: metric_pairs(validation),
+    });
+    if let Some(valuation) = valuation {
+        entries.extend(reward_entries(study_id, valuation));
+    }
+    (contributors, entries)
+}
+
+/// A study's inputs as the coordinator derives them from the researcher's manifest and validation set, the same
+/// way at creation and in a replay.
+pub(crate) struct PreparedStudy {
+    pub(crate) manifest: Manifest,
+    pub(crate) canonical: String,
+    pub(crate) manifest_hash: Hash,
+    /// The validation set, standardised with `standardizer`.
+    pub(crate) validation: Dataset,
+    pub(crate) standardizer: Standardizer,
+    pub(crate) spec: ModelSpec,
+    /// The initial global model.
+    pub(crate) global: Vec<f32>,
+    pub(crate) optimizer: Option<ServerOptimizer>,
+}
+
+/// Parses and checks a manifest against its validation set, and derives everything a study starts from.
+pub(crate) fn prepare_study(manifest_toml: &str, validation_csv: &[u8]) -> Result<PreparedStudy> {
+    let csv_text = std::str::from_utf8(validation_csv)
+        .map_err(|e| Error::InvalidArgument { field: "validation_csv", detail: format!("not UTF-8: {e}") })?;
+    let manifest = Manifest::parse(manifest_toml)?.resolve(&manifest::csv_header(csv_text))?;
+    let mut validation = manifest::load_validation(&manifest, csv_text)?;
+    let standardizer = Standardizer::fit(&validation);
+    standardizer.apply(&mut validation)?;
+    let canonical = manifest.to_canonical_toml();
+    let manifest_hash = sha3_256(canonical.as_bytes());
+    let spec = manifest.model_spec();
+    let global = spec.init_parameters(manifest.seed);
+    let optimizer = manifest.aggregation.new_server_optimizer(global.len())?;
+    Ok(PreparedStudy { manifest, canonical, manifest_hash, validation, standardizer, spec, global, optimizer })
+}
+
+/// How the reason of an update the anomaly check left out of aggregation begins.
+pub(crate) const LEFT_OUT_PREFIX: &str = "flagged and left out of aggregation: ";
+
+/// The archived manifest of a study, under its folder in `<data_dir>/studies`.
+pub const ARCHIVED_MANIFEST: &str = "manifest.toml";
+/// The archived validation set of a study.
+pub const ARCHIVED_VALIDATION: &str = "validation.csv";
+
+/// Writes a study's canonical manifest and validation set to `folder`, durably.
+fn archive_study(folder: &std::path::Path, canonical: &str, validation_csv: &[u8]) -> Result<()> {
+    let write = || -> std::io::Result<()> {
+        std::fs::create_dir_all(folder)?;
+        for (name, bytes) in [(ARCHIVED_MANIFEST, canonical.as_bytes()), (ARCHIVED_VALIDATION, validation_csv)] {
+            let path = folder.join(name);
+            let mut file = std::fs::File::create(&path)?;
+            std::io::Write::write_all(&mut file, bytes)?;
+            file.sync_all()?;
+        }
+        std::fs::File::open(folder)?.sync_all()
+    };
+    write().map_err(Error::Archive)
 }
 
 /// Values every contribution of the round (Shapley values of the validation metric over coalitions aggregated
 /// with FedAvg from `global`) and splits the round's budget; updates left out by the anomaly check count as
 /// flagged and are paid nothing.
-fn value_contributions(
+pub(crate) fn value_contributions(
     archive: &UpdateArchive,
     spec: &ModelSpec,
     global: &[f32],
@@ -1066,7 +1324,7 @@ fn value_contributions(
 
 /// The ledger entries of a round's valuation: the utilities with how they were computed, the allotment, and one
 /// payment per rewarded PDC (none when the budget was carried over).
-fn reward_entries(study_id: &str, valuation: &RoundValuation) -> Vec<Entry> {
+pub(crate) fn reward_entries(study_id: &str, valuation: &RoundValuation) -> Vec<Entry> {
     let round = valuation.round;
     let mut entries = vec![
         Entry::UtilityScores {
@@ -1097,7 +1355,7 @@ fn reward_entries(study_id: &str, valuation: &RoundValuation) -> Vec<Entry> {
 /// Aggregates the contributions' deltas, read from the archive in the given (sorted) order, and applies them to
 /// `global`. Plain FedAvg streams (memory O(model)); any other rule or a server optimiser holds the round's updates
 /// in memory, scores them, and steps the study's server optimiser.
-fn aggregate(
+pub(crate) fn aggregate(
     archive: &UpdateArchive,
     global: &[f32],
     contributions: &[(String, AcceptedUpdate)],
@@ -1132,7 +1390,7 @@ fn aggregate(
         .iter()
         .map(|pdc_id| {
             let why = round.scores.iter().find(|(id, _)| id == pdc_id).map(|(_, score)| score.describe());
-            (pdc_id.clone(), format!("flagged and left out of aggregation: {}", why.unwrap_or_default()))
+            (pdc_id.clone(), format!("{LEFT_OUT_PREFIX}{}", why.unwrap_or_default()))
         })
         .collect();
     let mut optimizer = optimizer.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -1148,7 +1406,7 @@ fn aggregate(
 }
 
 /// A model's validation figures as named pairs for the ledger; absent figures are left out.
-fn metric_pairs(metrics: &Metrics) -> Vec<(String, f64)> {
+pub(crate) fn metric_pairs(metrics: &Metrics) -> Vec<(String, f64)> {
     let named =
         [("loss", Some(metrics.loss)), ("accuracy", metrics.accuracy), ("auroc", metrics.auroc), ("mse", metrics.mse)];
     named

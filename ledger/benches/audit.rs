@@ -81,6 +81,7 @@ fn fill(store: &mut dyn Store, target: u64) {
                 n_parameters: 1 << 20,
                 update_hash: sha3_256(format!("{round} {pdc_id}").as_bytes()),
                 train_loss: 0.5,
+                privacy: None,
             };
             let signature = identity.sign(&contribution.signing_bytes());
             batch.push(Entry::ContributionAccepted { contribution, signature });

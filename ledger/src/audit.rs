@@ -35,7 +35,9 @@
 //!   before the aggregation; the aggregation only of accepted contributors); utility, rewards and spends name a
 //!   round that was opened; nothing names a study after its `StudyClosed`.
 //! - [`Rule::PrivacyBudget`]: a `PrivacySpent` follows its PDC's `BudgetDeclared`; per PDC the cumulative ε and
-//!   δ never decrease and never exceed the declared budget (see [`crate::entry`] for the figures' meaning).
+//!   δ never decrease and never exceed the declared budget (see [`crate::entry`] for the figures' meaning); a
+//!   contribution whose PDC signed a privacy claim is followed by a `PrivacySpent` for the same study, round and
+//!   PDC stating exactly the signed cumulative ε and δ, so the coordinator can neither drop nor alter a spend.
 //! - [`Rule::Rewards`]: each round's `RewardPaid` entries follow its `RewardsAllotted`, go to PDCs with an
 //!   accepted contribution in that round, are not negative, and sum to the allotted budget within a relative
 //!   `1e-9`; a carried-over budget has no `RewardPaid` at all.
@@ -736,6 +738,9 @@ struct Rules {
     consents: HashMap<(String, String), u64>,
     budgets: HashMap<String, Budget>,
     spent: HashMap<String, Spent>,
+    /// `(study, round, pdc)` → the contribution entry whose PDC signed a privacy claim, and the claimed `(ε, δ)`;
+    /// removed when the matching `PrivacySpent` is read.
+    claims: BTreeMap<(String, u32, String), (u64, f64, f64)>,
     allotments: BTreeMap<(String, u32), Allotment>,
 }
 
@@ -874,6 +879,10 @@ impl Rules {
                 let pdc_id = &contribution.pdc_id;
                 let study_id = &contribution.study_id;
                 check_signature(&self.members, failures, index, entry, pdc_id);
+                if let Some(claim) = &contribution.privacy {
+                    let key = (study_id.clone(), contribution.round, pdc_id.clone());
+                    self.claims.insert(key, (index, claim.epsilon, claim.delta));
+                }
                 let Some(study) = live_study(studies, failures, index, study_id, kind) else { return };
                 if !self.consents.contains_key(&(study_id.clone(), pdc_id.clone())) {
                     fail(
@@ -1021,6 +1030,21 @@ impl Rules {
                 if let Some(study) = live_study(studies, failures, index, study_id, kind) {
                     opened_round(study, failures, index, study_id, *round, kind);
                 }
+                if let Some((claimed_at, claimed_epsilon, claimed_delta)) =
+                    self.claims.remove(&(study_id.clone(), *round, pdc_id.clone()))
+                    && (claimed_epsilon != *epsilon || claimed_delta != *delta)
+                {
+                    fail(
+                        failures,
+                        Rule::PrivacyBudget,
+                        vec![claimed_at, index],
+                        format!(
+                            "entry {index} records {pdc_id:?}'s cumulative spend after round {round} as (ε = {epsilon}, \
+                             δ = {delta}), but the PDC signed (ε = {claimed_epsilon}, δ = {claimed_delta}) in its \
+                             contribution at entry {claimed_at}"
+                        ),
+                    );
+                }
                 self.check_spend(index, pdc_id, *epsilon, *delta);
             }
             Entry::StudyClosed { study_id, .. } => {
@@ -1115,6 +1139,13 @@ impl Rules {
 
     /// The checks that need the whole log: each round's payments against its allotment.
     fn finish(mut self) -> Vec<Failure> {
+        for ((study_id, round, pdc_id), (index, epsilon, delta)) in &self.claims {
+            let message = format!(
+                "entry {index} accepts {pdc_id:?}'s contribution to round {round} of study {study_id:?} with a signed \
+                 spend of (ε = {epsilon}, δ = {delta}), but no PrivacySpent records it"
+            );
+            self.failures.push(failure(Rule::PrivacyBudget, vec![*index], vec![], message));
+        }
         for ((study_id, round), allotment) in &self.allotments {
             if allotment.carried_over {
                 continue;

@@ -49,7 +49,7 @@
 //! # Ok::<(), pdc_ledger::entry::EntryError>(())
 //! ```
 
-use crate::signing::{self, ConsentAction, Contribution};
+use crate::signing::{self, ConsentAction, Contribution, PrivacyClaim};
 use crate::{Hash, PublicKey};
 
 /// The format version [`Entry::encode`] writes and [`Entry::decode`] accepts.
@@ -457,6 +457,18 @@ impl Entry {
                 writer.bytes(&contribution.update_hash);
                 writer.f64(contribution.train_loss);
                 writer.bytes(signature);
+                // A claim follows the signature, flagged by a 1; without one the entry ends there, as entries of
+                // this kind did before claims existed.
+                if let Some(claim) = &contribution.privacy {
+                    writer.0.push(1);
+                    writer.string(&claim.dataset);
+                    writer.f64(claim.noise_multiplier);
+                    writer.f64(claim.sampling_rate);
+                    writer.u64(claim.steps);
+                    writer.f64(claim.clip_norm);
+                    writer.f64(claim.epsilon);
+                    writer.f64(claim.delta);
+                }
             }
             Entry::UpdateRejected { study_id, round, pdc_id, reason } => {
                 writer.string(study_id);
@@ -552,8 +564,8 @@ impl Entry {
                 participants: reader.strings("participants")?,
                 model_hash: reader.array("model_hash")?,
             },
-            7 => Entry::ContributionAccepted {
-                contribution: Contribution {
+            7 => {
+                let mut contribution = Contribution {
                     study_id: reader.string("study_id")?,
                     round: reader.u32("round")?,
                     pdc_id: reader.string("pdc_id")?,
@@ -561,9 +573,24 @@ impl Entry {
                     n_parameters: reader.u64("n_parameters")?,
                     update_hash: reader.array("update_hash")?,
                     train_loss: reader.f64("train_loss")?,
-                },
-                signature: reader.array("signature")?,
-            },
+                    privacy: None,
+                };
+                let signature = reader.array("signature")?;
+                // Only a 1 starts a claim; any other byte is left for the trailing-bytes check.
+                if reader.bytes.get(reader.offset) == Some(&1) {
+                    reader.offset += 1;
+                    contribution.privacy = Some(PrivacyClaim {
+                        dataset: reader.string("privacy.dataset")?,
+                        noise_multiplier: reader.f64("privacy.noise_multiplier")?,
+                        sampling_rate: reader.f64("privacy.sampling_rate")?,
+                        steps: reader.u64("privacy.steps")?,
+                        clip_norm: reader.f64("privacy.clip_norm")?,
+                        epsilon: reader.f64("privacy.epsilon")?,
+                        delta: reader.f64("privacy.delta")?,
+                    });
+                }
+                Entry::ContributionAccepted { contribution, signature }
+            }
             8 => Entry::UpdateRejected {
                 study_id: reader.string("study_id")?,
                 round: reader.u32("round")?,
@@ -797,6 +824,20 @@ mod tests {
         prop_oneof![".{0,12}", Just(String::new()), Just("hôpital-é".to_owned())]
     }
 
+    fn claim() -> impl Strategy<Value = PrivacyClaim> {
+        (text(), finite(), finite(), any::<u64>(), finite(), finite(), finite()).prop_map(
+            |(dataset, noise_multiplier, sampling_rate, steps, clip_norm, epsilon, delta)| PrivacyClaim {
+                dataset,
+                noise_multiplier,
+                sampling_rate,
+                steps,
+                clip_norm,
+                epsilon,
+                delta,
+            },
+        )
+    }
+
     fn role() -> impl Strategy<Value = Role> {
         prop_oneof![
             Just(Role::Coordinator),
@@ -835,22 +876,30 @@ mod tests {
             (text(), any::<u32>(), names(), hash).prop_map(|(study_id, round, participants, model_hash)| {
                 Entry::RoundOpened { study_id, round, participants, model_hash }
             }),
-            (text(), any::<u32>(), text(), any::<u64>(), any::<u64>(), hash, finite(), signature).prop_map(
-                |(study_id, round, pdc_id, n_examples, n_parameters, update_hash, train_loss, signature)| {
-                    Entry::ContributionAccepted {
-                        contribution: Contribution {
-                            study_id,
-                            round,
-                            pdc_id,
-                            n_examples,
-                            n_parameters,
-                            update_hash,
-                            train_loss,
-                        },
-                        signature,
+            (
+                (text(), any::<u32>(), text(), any::<u64>(), any::<u64>(), hash, finite(), signature),
+                prop::option::of(claim()),
+            )
+                .prop_map(
+                    |(
+                        (study_id, round, pdc_id, n_examples, n_parameters, update_hash, train_loss, signature),
+                        privacy,
+                    )| {
+                        Entry::ContributionAccepted {
+                            contribution: Contribution {
+                                study_id,
+                                round,
+                                pdc_id,
+                                n_examples,
+                                n_parameters,
+                                update_hash,
+                                train_loss,
+                                privacy,
+                            },
+                            signature,
+                        }
                     }
-                }
-            ),
+                ),
             (text(), any::<u32>(), text(), text()).prop_map(|(study_id, round, pdc_id, reason)| {
                 Entry::UpdateRejected { study_id, round, pdc_id, reason }
             }),
@@ -907,6 +956,13 @@ mod tests {
         fn every_truncation_is_rejected(entry in entry()) {
             let bytes = entry.encode();
             for length in 0..bytes.len() {
+                // Cut just before its claim, a private contribution reads as one without a claim; its signature,
+                // which covered the claim, then no longer verifies.
+                if let Ok(Entry::ContributionAccepted { contribution, .. }) = Entry::decode(&bytes[..length]) {
+                    let Entry::ContributionAccepted { contribution: full, .. } = &entry else { unreachable!() };
+                    prop_assert!(full.privacy.is_some() && contribution.privacy.is_none());
+                    continue;
+                }
                 let error = Entry::decode(&bytes[..length]).unwrap_err();
                 prop_assert!(
                     matches!(error, EntryError::Truncated { .. } | EntryError::LengthBeyondInput { .. }),
@@ -917,6 +973,9 @@ mod tests {
 
         #[test]
         fn trailing_bytes_are_rejected(entry in entry(), extra in prop::collection::vec(any::<u8>(), 1..8)) {
+            // A 1 after a contribution without a claim starts one, so it is no longer a trailing byte.
+            let claimless = matches!(&entry, Entry::ContributionAccepted { contribution, .. } if contribution.privacy.is_none());
+            prop_assume!(!(claimless && extra[0] == 1));
             let mut bytes = entry.encode();
             let offset = bytes.len();
             bytes.extend_from_slice(&extra);
@@ -943,6 +1002,7 @@ mod tests {
             n_parameters: 7,
             update_hash: [0xcc; 32],
             train_loss: 0.5,
+            privacy: None,
         };
         vec![
             Entry::MemberRegistered { pdc_id: "h".into(), role: Role::Hospital, public_key: [0xaa; 32] },
@@ -1042,6 +1102,43 @@ mod tests {
         // Every kind appears once, in tag order.
         let tags: Vec<u8> = samples.iter().map(Entry::tag).collect();
         assert_eq!(tags, (1..=15).collect::<Vec<u8>>());
+    }
+
+    #[test]
+    fn a_privacy_claim_follows_the_signature_and_is_signed() {
+        let Entry::ContributionAccepted { mut contribution, .. } = samples().swap_remove(6) else { unreachable!() };
+        let claimless = contribution.signing_bytes();
+        contribution.privacy = Some(PrivacyClaim {
+            dataset: "d".into(),
+            noise_multiplier: 1.5,
+            sampling_rate: 0.25,
+            steps: 3,
+            clip_norm: 1.0,
+            epsilon: 2.0,
+            delta: 1e-5,
+        });
+        let identity = Identity::generate();
+        let entry = Entry::ContributionAccepted {
+            signature: identity.sign(&contribution.signing_bytes()),
+            contribution: contribution.clone(),
+        };
+        let bytes = entry.encode();
+        expect_test::expect![[r#"
+            0107010000007302000000010000006864000000000000000700000000000000cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc000000000000e03f
+            010100000064000000000000f83f000000000000d03f0300000000000000000000000000f03f0000000000000040f168e388b5f8e43e"#]]
+        .assert_eq(&format!("{}\n{}", hex::encode(&bytes[..72]), hex::encode(&bytes[72 + 64..])));
+        assert_eq!(Entry::decode(&bytes).unwrap(), entry);
+        entry.verify_signature(&identity.public_key()).unwrap();
+        // The claim is part of what was signed: the same signature does not cover the claimless contribution.
+        assert_ne!(claimless, contribution.signing_bytes());
+        let Entry::ContributionAccepted { mut contribution, signature } = entry else { unreachable!() };
+        contribution.privacy.as_mut().unwrap().epsilon = 1.0;
+        assert!(
+            Entry::ContributionAccepted { contribution, signature }.verify_signature(&identity.public_key()).is_err()
+        );
+        // A claim cut short is an error naming the field.
+        let error = Entry::decode(&bytes[..bytes.len() - 4]).unwrap_err().to_string();
+        assert!(error.contains("privacy.delta"), "{error}");
     }
 
     #[test]

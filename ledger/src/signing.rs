@@ -44,6 +44,39 @@ pub fn consent_message(action: ConsentAction, study_id: &str, manifest_hash: &Ha
     message
 }
 
+/// What a PDC signs to declare the differential-privacy budget `(epsilon, delta)` of its table `dataset`: the most
+/// it will ever spend on it, across every study.
+pub fn budget_message(pdc_id: &str, dataset: &str, epsilon: f64, delta: f64) -> Vec<u8> {
+    let mut message = b"pdc.v1.budget\0".to_vec();
+    message.extend_from_slice(pdc_id.as_bytes());
+    message.push(0);
+    message.extend_from_slice(dataset.as_bytes());
+    message.push(0);
+    message.extend_from_slice(&epsilon.to_bits().to_le_bytes());
+    message.extend_from_slice(&delta.to_bits().to_le_bytes());
+    message
+}
+
+/// The differential privacy of an update trained with DP-SGD, as the PDC that trained it states it: the mechanism's
+/// parameters for this round and the dataset's cumulative spend after it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PrivacyClaim {
+    /// The local table the update was trained on (the name its budget was declared under).
+    pub dataset: String,
+    /// The noise multiplier σ of every DP-SGD step.
+    pub noise_multiplier: f64,
+    /// The Poisson sampling rate q of every step.
+    pub sampling_rate: f64,
+    /// The number of DP-SGD steps this round.
+    pub steps: u64,
+    /// The clip norm C of every per-example gradient.
+    pub clip_norm: f64,
+    /// The dataset's cumulative ε after this round, over every study it has been used for, at `delta`.
+    pub epsilon: f64,
+    /// The δ `epsilon` is measured at (the budget's δ).
+    pub delta: f64,
+}
+
 /// A PDC's contribution to a round, as it signs it: the coordinator cannot alter any field without the
 /// signature failing.
 #[derive(Clone, Debug, PartialEq)]
@@ -60,8 +93,10 @@ pub struct Contribution {
     pub n_parameters: u64,
     /// SHA3-256 of the update's canonical bytes.
     pub update_hash: Hash,
-    /// The PDC's local training loss.
+    /// The PDC's local training loss; 0 under local DP, where the loss on private rows is not released.
     pub train_loss: f64,
+    /// How the update was made differentially private; `None` for a study without local DP.
+    pub privacy: Option<PrivacyClaim>,
 }
 
 impl Contribution {
@@ -77,6 +112,19 @@ impl Contribution {
         message.extend_from_slice(&self.n_parameters.to_le_bytes());
         message.extend_from_slice(&self.update_hash);
         message.extend_from_slice(&self.train_loss.to_bits().to_le_bytes());
+        // Without a claim the bytes are exactly those of a contribution before claims existed.
+        if let Some(claim) = &self.privacy {
+            message.push(1);
+            message.extend_from_slice(claim.dataset.as_bytes());
+            message.push(0);
+            for value in [claim.noise_multiplier, claim.sampling_rate] {
+                message.extend_from_slice(&value.to_bits().to_le_bytes());
+            }
+            message.extend_from_slice(&claim.steps.to_le_bytes());
+            for value in [claim.clip_norm, claim.epsilon, claim.delta] {
+                message.extend_from_slice(&value.to_bits().to_le_bytes());
+            }
+        }
         message
     }
 }
@@ -106,7 +154,34 @@ mod tests {
             n_parameters: 5,
             update_hash: [1; 32],
             train_loss: 0.5,
+            privacy: None,
         };
+        let claim = PrivacyClaim {
+            dataset: "d".into(),
+            noise_multiplier: 1.1,
+            sampling_rate: 0.1,
+            steps: 20,
+            clip_norm: 1.0,
+            epsilon: 0.5,
+            delta: 1e-5,
+        };
+        let private = Contribution { privacy: Some(claim.clone()), ..base.clone() };
+        let claims = [
+            PrivacyClaim { dataset: "e".into(), ..claim.clone() },
+            PrivacyClaim { noise_multiplier: 1.2, ..claim.clone() },
+            PrivacyClaim { sampling_rate: 0.2, ..claim.clone() },
+            PrivacyClaim { steps: 21, ..claim.clone() },
+            PrivacyClaim { clip_norm: 2.0, ..claim.clone() },
+            PrivacyClaim { epsilon: 0.6, ..claim.clone() },
+            PrivacyClaim { delta: 1e-6, ..claim.clone() },
+        ];
+        for variant in claims {
+            let variant = Contribution { privacy: Some(variant), ..base.clone() };
+            assert_ne!(variant.signing_bytes(), private.signing_bytes(), "{variant:?}");
+        }
+        assert_ne!(private.signing_bytes(), base.signing_bytes());
+        assert_ne!(budget_message("p", "d", 1.0, 1e-5), budget_message("p", "d", 2.0, 1e-5));
+        assert_ne!(budget_message("p", "d", 1.0, 1e-5), budget_message("p", "d", 1.0, 1e-6));
         let variants = [
             Contribution { study_id: "t".into(), ..base.clone() },
             Contribution { round: 2, ..base.clone() },

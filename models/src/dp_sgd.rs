@@ -209,6 +209,103 @@ impl DpTrainOutcome {
     }
 }
 
+/// A study's `[privacy]` table: every PDC trains with DP-SGD at these settings.
+///
+/// The researcher states either the noise multiplier `σ` itself or a `target_epsilon` for the whole study; with a
+/// target, each PDC calibrates the smallest `σ` that keeps `rounds × steps` Poisson-subsampled Gaussian steps at its
+/// own sampling rate within `target_epsilon` at `delta` ([`LocalDpSettings::train_config`]), so PDCs of different
+/// sizes use different `σ` for the same promise.
+///
+/// ```
+/// use pdc_models::{LocalDpSettings, NoiseMode};
+///
+/// let settings: LocalDpSettings = toml::from_str("clip_norm = 1.0\ntarget_epsilon = 3.0\ndelta = 1e-5\n")?;
+/// settings.validate()?;
+/// // 10 rounds of 2 epochs at expected batch 32 on 256 rows: q = 1/8, 160 steps in all.
+/// let config = settings.train_config(2, 32, 0.1, 10, 256)?;
+/// assert_eq!(config.sampling_rate(256), 0.125);
+/// assert!(config.noise_multiplier > 0.5 && config.noise_multiplier < 5.0);
+/// assert_eq!(config.noise_mode, NoiseMode::Fast);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalDpSettings {
+    /// The clip norm `C` of every per-example gradient; finite and positive.
+    pub clip_norm: f64,
+    /// The noise multiplier `σ`; give this or `target_epsilon`, not both.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub noise_multiplier: Option<f64>,
+    /// The ε the whole study may cost each PDC, at `delta`; give this or `noise_multiplier`, not both.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_epsilon: Option<f64>,
+    /// The δ of `target_epsilon`, in (0, 1). A PDC accounts at its own budget's δ.
+    pub delta: f64,
+    /// The noise sampler: `fast` (the default) or `exact`.
+    #[serde(default)]
+    pub noise: NoiseMode,
+}
+
+impl LocalDpSettings {
+    /// Checks the values: a finite, positive clip norm; exactly one of a finite, positive noise multiplier and a
+    /// finite, positive target ε; `0 < delta < 1`.
+    pub fn validate(&self) -> Result<()> {
+        let invalid = |name, reason: String| Err(Error::InvalidArgument { name, reason });
+        if !(self.clip_norm.is_finite() && self.clip_norm > 0.0) {
+            return invalid("privacy.clip_norm", format!("{} is not finite and positive", self.clip_norm));
+        }
+        if !(self.delta > 0.0 && self.delta < 1.0) {
+            return invalid("privacy.delta", format!("{} is not in (0, 1)", self.delta));
+        }
+        match (self.noise_multiplier, self.target_epsilon) {
+            (Some(_), Some(_)) | (None, None) => {
+                invalid("privacy", "give exactly one of noise_multiplier and target_epsilon".to_owned())
+            }
+            (Some(sigma), None) if !(sigma.is_finite() && sigma > 0.0) => {
+                invalid("privacy.noise_multiplier", format!("{sigma} is not finite and positive"))
+            }
+            (None, Some(epsilon)) if !(epsilon.is_finite() && epsilon > 0.0) => {
+                invalid("privacy.target_epsilon", format!("{epsilon} is not finite and positive"))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The DP-SGD configuration of one round on `n_rows` local rows of a study with `rounds` rounds of `epochs`
+    /// epochs at `expected_batch_size` and `learning_rate`; the Poisson sampling is seeded from the operating
+    /// system. With a target ε, `σ` is calibrated over all `rounds` of the study.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] for invalid settings or sizes; [`Error::Privacy`] if no `σ` meets the target.
+    pub fn train_config(
+        &self,
+        epochs: u32,
+        expected_batch_size: usize,
+        learning_rate: f64,
+        rounds: u32,
+        n_rows: usize,
+    ) -> Result<DpTrainConfig> {
+        self.validate()?;
+        let mut config = DpTrainConfig {
+            epochs,
+            expected_batch_size,
+            learning_rate,
+            clip_norm: self.clip_norm,
+            noise_multiplier: self.noise_multiplier.unwrap_or(0.0),
+            noise_mode: self.noise,
+            sampling_seed: None,
+        };
+        if let Some(target) = self.target_epsilon {
+            let steps = config.steps(n_rows).saturating_mul(u64::from(rounds));
+            config.noise_multiplier =
+                pdc_privacy::calibrate_noise_multiplier(target, self.delta, config.sampling_rate(n_rows), steps)?;
+        }
+        config.validate()?;
+        Ok(config)
+    }
+}
+
 /// Trains `initial` parameters on `data` with DP-SGD: Poisson-sampled batches, per-example gradients clipped to
 /// `config.clip_norm`, Gaussian noise of standard deviation `noise_multiplier · clip_norm` on their sum, division
 /// by the expected batch size, then a plain SGD step (see the module docs for the method and for what is private).

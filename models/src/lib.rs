@@ -55,7 +55,7 @@ mod synthetic;
 mod train;
 
 pub use data::{Dataset, Schema, load_csv, parse_csv, read_csv};
-pub use dp_sgd::{DpTrainConfig, DpTrainOutcome, train_dp};
+pub use dp_sgd::{DpTrainConfig, DpTrainOutcome, LocalDpSettings, train_dp};
 pub use error::{Error, Result};
 pub use metrics::{Metrics, auroc, evaluate, predict};
 pub use partition::{MIN_ROWS_PER_PART, partition_dirichlet, partition_iid, train_validation_split};

@@ -46,7 +46,7 @@ fn pdc() -> std::process::Command {
 }
 
 /// Runs `pdc` and returns (success, stdout, stderr).
-fn pdc_run(args: &[&str]) -> (bool, String, String) {
+pub(crate) fn pdc_run(args: &[&str]) -> (bool, String, String) {
     let output = pdc().args(args).output().unwrap();
     let (stdout, stderr) =
         (String::from_utf8_lossy(&output.stdout).into_owned(), String::from_utf8_lossy(&output.stderr).into_owned());
@@ -140,7 +140,7 @@ async fn audit_client(url: &str) -> AuditServiceClient<tonic::transport::Channel
 }
 
 /// The whole ledger over the AuditService: keys, entries, checkpoints.
-async fn fetch(url: &str) -> (AuditKeys, Vec<Vec<u8>>, Vec<String>) {
+pub(crate) async fn fetch(url: &str) -> (AuditKeys, Vec<Vec<u8>>, Vec<String>) {
     let mut client = audit_client(url).await;
     let info = client.get_log_info(pb::LogInfoRequest {}).await.unwrap().into_inner();
     let mut stream = client.get_entries(pb::EntriesRequest { start: 0, end: info.size }).await.unwrap().into_inner();

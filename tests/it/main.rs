@@ -3,6 +3,7 @@
 
 mod bad_input;
 mod ledger;
+mod privacy;
 mod processes;
 mod retry;
 mod support;

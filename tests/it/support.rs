@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use pdc_coordinator::{Coordinator, CoordinatorConfig};
 use pdc_ledger::Identity;
 use pdc_ledger::hash::{f32_bytes, parameters_hash};
-use pdc_ledger::signing::{self, ConsentAction, Contribution};
+use pdc_ledger::signing::{self, ConsentAction, Contribution, PrivacyClaim};
 use pdc_proto::pb;
 use pdc_proto::pb::federation_service_client::FederationServiceClient;
 use pdc_proto::pb::study_service_client::StudyServiceClient;
@@ -141,6 +141,28 @@ pub async fn upload(
     values: &[f32],
     chunk_bytes: usize,
 ) -> Result<pb::UpdateReceipt, tonic::Status> {
+    let update = Upload { study_id, round, values, chunk_bytes, train_loss: 0.5, privacy: None };
+    upload_with(client, pdc_id, signer, update).await
+}
+
+/// An upload's contents, for [`upload_with`].
+pub struct Upload<'a> {
+    pub study_id: &'a str,
+    pub round: u32,
+    pub values: &'a [f32],
+    pub chunk_bytes: usize,
+    pub train_loss: f64,
+    pub privacy: Option<PrivacyClaim>,
+}
+
+/// Uploads `update` as `pdc_id`'s, signed with `signer`, claiming whatever privacy it says.
+pub async fn upload_with(
+    client: &mut FederationServiceClient<Channel>,
+    pdc_id: &str,
+    signer: &Identity,
+    update: Upload<'_>,
+) -> Result<pb::UpdateReceipt, tonic::Status> {
+    let Upload { study_id, round, values, chunk_bytes, train_loss, privacy } = update;
     let contribution = Contribution {
         study_id: study_id.to_owned(),
         round,
@@ -148,7 +170,8 @@ pub async fn upload(
         n_examples: 10,
         n_parameters: values.len() as u64,
         update_hash: parameters_hash(values),
-        train_loss: 0.5,
+        train_loss,
+        privacy,
     };
     let header = pb::UpdateHeader {
         study_id: study_id.to_owned(),
@@ -159,6 +182,15 @@ pub async fn upload(
         update_hash: contribution.update_hash.to_vec(),
         train_loss: contribution.train_loss,
         signature: signer.sign(&contribution.signing_bytes()).to_vec(),
+        privacy: contribution.privacy.as_ref().map(|claim| pb::PrivacyClaim {
+            dataset: claim.dataset.clone(),
+            noise_multiplier: claim.noise_multiplier,
+            sampling_rate: claim.sampling_rate,
+            steps: claim.steps,
+            clip_norm: claim.clip_norm,
+            epsilon: claim.epsilon,
+            delta: claim.delta,
+        }),
     };
     let bytes = f32_bytes(values);
     let chunks = bytes.chunks(chunk_bytes.max(1)).enumerate().map(|(index, data)| pb::UpdatePart {

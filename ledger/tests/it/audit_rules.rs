@@ -4,7 +4,7 @@
 use pdc_ledger::Identity;
 use pdc_ledger::audit::{self, AuditKeys, AuditReport, Failure, Rule};
 use pdc_ledger::entry::Entry;
-use pdc_ledger::signing::ConsentAction;
+use pdc_ledger::signing::{ConsentAction, PrivacyClaim};
 use pdc_ledger::store::MemoryStore;
 
 use crate::support::*;
@@ -153,6 +153,44 @@ fn a_privacy_spend_beyond_the_budget_is_reported() {
     let Entry::PrivacySpent { delta, .. } = &mut entries[at as usize] else { unreachable!() };
     *delta = 2.0 * DELTA_BUDGET;
     assert_eq!(only(&audit_entries(&entries), Rule::PrivacyBudget), [[declared, at]]);
+}
+
+/// The study with h1's round-2 contribution carrying a signed claim of cumulative `(epsilon, 1e-6)`.
+fn with_claim(epsilon: f64) -> (Vec<Entry>, u64) {
+    let mut entries = study_entries();
+    let at = find(&entries, is_contribution(2, "h1"));
+    let Entry::ContributionAccepted { contribution, signature } = &mut entries[at as usize] else { unreachable!() };
+    contribution.privacy = Some(PrivacyClaim {
+        dataset: "h1/icu.csv".into(),
+        noise_multiplier: 1.1,
+        sampling_rate: 0.05,
+        steps: 40,
+        clip_norm: 1.0,
+        epsilon,
+        delta: 1e-6,
+    });
+    *signature = hospital("h1").sign(&contribution.signing_bytes());
+    (entries, at)
+}
+
+#[test]
+fn a_spend_must_state_what_the_pdc_signed_and_must_not_be_dropped() {
+    // The ledger's spend for h1 after round 2 is 2 × 0.75: a claim of exactly that passes.
+    let (entries, _) = with_claim(2.0 * EPSILON_PER_ROUND);
+    let report = audit_entries(&entries);
+    assert!(report.passed(), "{report}");
+
+    // The coordinator recording less than the PDC signed is caught, naming both entries.
+    let (entries, claimed) = with_claim(2.0 * EPSILON_PER_ROUND + 0.125);
+    let spend = find(&entries, is_spend(2, "h1"));
+    assert_eq!(only(&audit_entries(&entries), Rule::PrivacyBudget), [[claimed, spend]]);
+
+    // So is dropping the spend altogether.
+    let (mut entries, claimed) = with_claim(2.0 * EPSILON_PER_ROUND);
+    entries.remove(spend as usize);
+    let report = audit_entries(&entries);
+    assert_eq!(only(&report, Rule::PrivacyBudget), [[claimed]], "{report}");
+    assert!(report.failures[0].message.contains("no PrivacySpent records it"), "{report}");
 }
 
 #[test]

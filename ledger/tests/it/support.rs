@@ -68,6 +68,7 @@ pub fn contribution(round: u32, pdc_id: &str, signer: &Identity) -> Entry {
         n_parameters: 42,
         update_hash: sha3_256(format!("update {round} {pdc_id}").as_bytes()),
         train_loss: 0.5 / f64::from(round),
+        privacy: None,
     };
     let signature = signer.sign(&contribution.signing_bytes());
     Entry::ContributionAccepted { contribution, signature }
