@@ -56,6 +56,19 @@ pub enum AuditCommand {
         #[arg(long)]
         study: Option<String>,
     },
+    /// Recomputes a study's aggregates, metrics, Shapley values and rewards from a copy of the coordinator's data
+    /// folder (its ledger, update archive and study archive) and compares them with the ledger, bit for bit.
+    Replay {
+        /// The coordinator's data folder, or a copy of it: `ledger/`, `updates/` and `studies/`.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// The study to replay.
+        #[arg(long)]
+        study: String,
+        /// The log's public key (hex), obtained independently.
+        #[arg(long)]
+        log_key: Option<String>,
+    },
     /// Writes an offline copy that `pdc audit verify --file` checks with no access to the coordinator.
     Export {
         #[command(flatten)]
@@ -133,6 +146,7 @@ pub async fn run(command: AuditCommand) -> anyhow::Result<()> {
             Ok(())
         }
         AuditCommand::Prove { source, entry } => prove(&source, entry).await,
+        AuditCommand::Replay { data_dir, study, log_key } => replay(&data_dir, &study, log_key).await,
         AuditCommand::Consistency { source, from, to } => consistency(&source, from, to).await,
         AuditCommand::Show { source, json, study } => show(&source, json, study.as_deref()).await,
         AuditCommand::Export { source, out } => {
@@ -148,6 +162,34 @@ pub async fn run(command: AuditCommand) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// `pdc audit replay`: the ledger is verified first, then the study replayed against it.
+async fn replay(data_dir: &std::path::Path, study_id: &str, log_key: Option<String>) -> anyhow::Result<()> {
+    let source = Source { coordinator: String::new(), ledger: Some(data_dir.join("ledger")), file: None, log_key };
+    let copy = load(&source).await?;
+    let audit = audit::verify_parts(&copy.entries, &copy.checkpoints, &copy.keys);
+    println!("ledger: {}", audit.to_string().lines().next().unwrap_or_default());
+    let entries = copy
+        .entries
+        .iter()
+        .enumerate()
+        .map(|(index, bytes)| {
+            pdc_ledger::entry::Entry::decode(bytes).with_context(|| format!("entry {index} does not decode"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let archive = pdc_coordinator::archive::UpdateArchive::open_read_only(&data_dir.join("updates"))?;
+    let study_dir = data_dir.join("studies").join(study_id);
+    let report = pdc_coordinator::replay::replay_study(&entries, study_id, &study_dir, &archive)
+        .with_context(|| format!("cannot replay study {study_id}"))?;
+    print!("{report}");
+    if !audit.passed() {
+        bail!("the ledger failed {} audit checks", audit.failures.len());
+    }
+    if !report.passed() {
+        bail!("the replay of study {study_id} differs from the ledger");
+    }
+    Ok(())
 }
 
 /// Audits a running coordinator over its AuditService; `log_key` pins the log's key when given.

@@ -26,6 +26,17 @@ impl UpdateArchive {
         Ok(Self { dir: dir.to_owned() })
     }
 
+    /// Opens an existing archive for reading only (an auditor's copy), creating nothing.
+    pub fn open_read_only(dir: &Path) -> Result<Self> {
+        if !dir.is_dir() {
+            return Err(Error::Archive(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("{} is not an update archive folder", dir.display()),
+            )));
+        }
+        Ok(Self { dir: dir.to_owned() })
+    }
+
     fn path(&self, id: &Hash) -> PathBuf {
         self.dir.join(format!("{}.f32", hex::encode(id)))
     }

@@ -5,5 +5,6 @@ mod bad_input;
 mod ledger;
 mod privacy;
 mod processes;
+mod replay;
 mod retry;
 mod support;
