@@ -128,6 +128,181 @@ pub enum Error {
         /// The budget's ε limit.
         budget_epsilon: f64,
     },
+
+    /// A noise multiplier for a one-shot DP release was NaN, infinite, zero or negative.
+    #[error("a DP release needs a finite, positive noise multiplier, got {noise_multiplier}")]
+    NonPositiveNoiseMultiplier {
+        /// The rejected noise multiplier.
+        noise_multiplier: f64,
+    },
+
+    /// A feature's clamping bounds were not finite, not increasing, or too close or too far apart to be usable.
+    #[error(
+        "feature bounds must be finite with lower < upper and a finite, non-zero half-width, \
+         got [{lower}, {upper}]"
+    )]
+    InvalidFeatureBounds {
+        /// The rejected lower bound.
+        lower: f64,
+        /// The rejected upper bound.
+        upper: f64,
+    },
+
+    /// A feature summary was asked for with no features.
+    #[error("a feature summary needs at least one feature")]
+    NoFeatures,
+
+    /// A row of a feature table had a different number of values from the number of feature bounds.
+    #[error("row {row} has {found} values, expected one per feature ({expected})")]
+    RowLengthMismatch {
+        /// Position of the offending row.
+        row: usize,
+        /// The number of features (bounds).
+        expected: usize,
+        /// The row's length.
+        found: usize,
+    },
+
+    /// A feature value was NaN or infinite.
+    #[error("feature {feature} of row {row} is not finite ({value})")]
+    NonFiniteFeature {
+        /// Position of the offending row.
+        row: usize,
+        /// Position of the offending feature in the row.
+        feature: usize,
+        /// The offending value.
+        value: f64,
+    },
+
+    /// A table had more rows than a release can sum exactly.
+    #[error("{rows} rows is more than the {max_rows} a DP statistic can sum exactly")]
+    TooManyRows {
+        /// The number of rows given.
+        rows: usize,
+        /// The most rows a release accepts.
+        max_rows: u64,
+    },
+
+    /// A binary label was neither 0 nor 1.
+    #[error("label at index {index} must be 0 or 1, got {value}")]
+    InvalidLabel {
+        /// Position of the offending label.
+        index: usize,
+        /// The offending label.
+        value: f64,
+    },
+
+    /// Feature summaries were to be combined, but none were given.
+    #[error("no feature summaries to combine")]
+    NoSummaries,
+
+    /// A feature summary covered a different number of features from the first one.
+    #[error("summary {summary} has {found} features, but the first summary has {expected}")]
+    FeatureCountMismatch {
+        /// Position of the offending summary.
+        summary: usize,
+        /// The first summary's number of features.
+        expected: usize,
+        /// The offending summary's number of features.
+        found: usize,
+    },
+
+    /// A feature summary clamped a feature to different bounds from the first one, so their sums cannot be pooled.
+    #[error(
+        "summary {summary} clamps feature {feature} to [{found_lower}, {found_upper}], but the first summary \
+         clamps it to [{expected_lower}, {expected_upper}]"
+    )]
+    FeatureBoundsMismatch {
+        /// Position of the offending summary.
+        summary: usize,
+        /// Position of the feature whose bounds differ.
+        feature: usize,
+        /// The first summary's lower bound.
+        expected_lower: f64,
+        /// The first summary's upper bound.
+        expected_upper: f64,
+        /// The offending summary's lower bound.
+        found_lower: f64,
+        /// The offending summary's upper bound.
+        found_upper: f64,
+    },
+
+    /// A deserialised DP release was internally inconsistent (lengths, non-finite values, parameters).
+    #[error("malformed DP release: {reason}")]
+    MalformedRelease {
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// A central-DP clip norm was infinite: the noise is proportional to it, so it must be finite.
+    #[error("central DP needs a finite clip norm (its noise is proportional to it), got {clip_norm}")]
+    ClipNormNotFinite {
+        /// The rejected clip norm.
+        clip_norm: f64,
+    },
+
+    /// An adaptive-clipping target quantile was outside the open interval `(0, 1)`.
+    #[error("the target quantile of adaptive clipping must be in (0, 1), got {target_quantile}")]
+    InvalidTargetQuantile {
+        /// The rejected quantile.
+        target_quantile: f64,
+    },
+
+    /// An adaptive-clipping learning rate was NaN, infinite, zero or negative.
+    #[error("the clip-norm learning rate must be finite and positive, got {learning_rate}")]
+    InvalidClipLearningRate {
+        /// The rejected learning rate.
+        learning_rate: f64,
+    },
+
+    /// An adaptive-clipping count noise multiplier was NaN, infinite, zero or negative.
+    #[error(
+        "the count noise multiplier of adaptive clipping must be finite and positive, got {count_noise_multiplier}"
+    )]
+    InvalidCountNoiseMultiplier {
+        /// The rejected count noise multiplier.
+        count_noise_multiplier: f64,
+    },
+
+    /// Adaptive clipping's count noise would spend all of the privacy budget meant for the whole round.
+    ///
+    /// The update noise multiplier is `(z⁻² − (2σ_b)⁻²)^(−1/2)`, which exists only when `2σ_b > z`.
+    #[error(
+        "adaptive clipping with noise multiplier {noise_multiplier} needs a count noise multiplier above \
+         {noise_multiplier}/2, got {count_noise_multiplier}"
+    )]
+    CountNoiseTooSmall {
+        /// The round's total noise multiplier z.
+        noise_multiplier: f64,
+        /// The rejected count noise multiplier σ_b.
+        count_noise_multiplier: f64,
+    },
+
+    /// A central-DP round was asked to aggregate no updates.
+    #[error("no updates to aggregate")]
+    NoUpdates,
+
+    /// An update had a different length from the first one.
+    #[error("update {update} has {found} values, but the first update has {expected}")]
+    UpdateLengthMismatch {
+        /// Position of the offending update.
+        update: usize,
+        /// The first update's length.
+        expected: usize,
+        /// The offending update's length.
+        found: usize,
+    },
+
+    /// An update held a NaN or infinite value.
+    #[error("value {index} of update {update} is not finite ({value})")]
+    NonFiniteUpdate {
+        /// Position of the offending update.
+        update: usize,
+        /// Position of the offending value in the update.
+        index: usize,
+        /// The offending value.
+        value: f32,
+    },
 }
 
 /// The crate's result type.

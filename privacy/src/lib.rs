@@ -1,8 +1,14 @@
-//! Differential-privacy primitives for pdc: clipping, Gaussian noise, privacy accounting and budgets.
+//! Differential-privacy primitives for pdc: clipping, Gaussian noise, privacy accounting, budgets, DP statistics
+//! and central DP aggregation.
 //!
 //! A PDC trains with DP-SGD: it [clips](clip) each per-example gradient to an L2 norm `C`, adds Gaussian
 //! [noise] of standard deviation `noise_multiplier · C`, and records every step with an
 //! [accountant] so that it can refuse a round that would take a dataset past its [budget].
+//!
+//! Before training, a PDC releases DP [statistics](stats) about its data (feature summaries for global
+//! standardisation, cohort counts) through OpenDP's Gaussian mechanism, charged to the same budget. A trusted
+//! coordinator may instead add the noise itself, to the aggregate: [central] DP-FedAvg, with optional adaptive
+//! clipping.
 //!
 //! This crate is a pure core: it does no I/O besides drawing randomness, reads no clock, and never touches the
 //! network, a disk or a model framework.
@@ -27,12 +33,20 @@
 
 pub mod accountant;
 pub mod budget;
+pub mod central;
 pub mod clip;
 mod error;
+mod exact;
 pub mod noise;
 mod special;
+pub mod stats;
 
 pub use accountant::{Accountant, PldAccountant, RdpAccountant, calibrate_noise_multiplier};
 pub use budget::{Budget, PrivacyBudget};
+pub use central::{AdaptiveClipping, CentralDp, CentralDpConfig, CentralRound};
 pub use error::{Error, Result};
 pub use noise::{GaussianNoise, NoiseMode, add_exact};
+pub use stats::{
+    FeatureBounds, GlobalStandardization, NoisyCohortCounts, NoisyFeatureSummary, combine_feature_summaries,
+    release_cohort_counts, release_feature_summary,
+};
