@@ -8,6 +8,12 @@ use anyhow::{Context, bail};
 
 #[derive(clap::Subcommand)]
 pub enum HospitalCommand {
+    /// Replaces the PDC's signing key, recorded on the ledger with the old key's signature.
+    RotateKey {
+        /// The hospital's config file.
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// Shows the table's privacy budget and what each study and round spent of it.
     Budget {
         /// The hospital's config file.
@@ -22,8 +28,16 @@ pub enum HospitalCommand {
     },
 }
 
-pub fn run(command: HospitalCommand) -> anyhow::Result<()> {
-    let HospitalCommand::Budget { config, rounds, json } = command;
+pub async fn run(command: HospitalCommand) -> anyhow::Result<()> {
+    let (config, rounds, json) = match command {
+        HospitalCommand::RotateKey { config } => {
+            let config = pdc_client::HospitalConfig::load(&config)?;
+            let key = pdc_client::agent::rotate_key(&config).await?;
+            println!("{}: key rotated; new public key {}", config.pdc_id, hex::encode(key.to_bytes()));
+            return Ok(());
+        }
+        HospitalCommand::Budget { config, rounds, json } => (config, rounds, json),
+    };
     let config = pdc_client::HospitalConfig::load(&config)?;
     let Some(privacy) = &config.privacy else {
         bail!("{} declares no privacy budget (no [privacy] table)", config.pdc_id);

@@ -91,7 +91,7 @@ async fn main() -> anyhow::Result<()> {
     init_logging(cli.log.as_deref().unwrap_or(default_filter));
     match cli.command {
         Command::Coordinator { config } => run_coordinator(config).await,
-        Command::Hospital { command: Some(command), .. } => hospital::run(command),
+        Command::Hospital { command: Some(command), .. } => hospital::run(command).await,
         Command::Hospital { config: Some(config), command: None } => run_hospital(config).await,
         Command::Hospital { config: None, command: None } => {
             anyhow::bail!("pdc hospital needs --config <file> to run the agent, or a subcommand such as `budget`")

@@ -37,6 +37,43 @@ struct Trained {
     privacy: Option<PrivacyClaim>,
 }
 
+/// Replaces the PDC's key: makes a new one next to the key file (`<key_file>.new`, reused if an earlier rotation
+/// was interrupted before the coordinator accepted it), has the coordinator record the rotation signed by both
+/// keys, then moves the new key over the old one. Returns the new public key.
+pub async fn rotate_key(config: &HospitalConfig) -> Result<pdc_ledger::PublicKey> {
+    let current = Identity::load_or_create(&config.key_file)?;
+    let mut new_path = config.key_file.clone().into_os_string();
+    new_path.push(".new");
+    let new_path = std::path::PathBuf::from(new_path);
+    let next = Identity::load_or_create(&new_path)?;
+    let (old_bytes, new_bytes) = (current.public_key().to_bytes(), next.public_key().to_bytes());
+    let message = signing::rotate_message(&config.pdc_id, &old_bytes, &new_bytes);
+    let request = pb::KeyRotation {
+        pdc_id: config.pdc_id.clone(),
+        new_public_key: new_bytes.to_vec(),
+        old_key_signature: current.sign(&message).to_vec(),
+        new_key_signature: next.sign(&message).to_vec(),
+    };
+    let agent = Agent {
+        config: config.clone(),
+        identity: current,
+        tables: HashMap::new(),
+        declined: BTreeSet::new(),
+        spend: None,
+    };
+    let mut client = agent.connect().await?;
+    client.rotate_key(request).await.map_err(|s| Error::refused("RotateKey", s))?;
+    std::fs::rename(&new_path, &config.key_file).map_err(|e| Error::Config {
+        path: config.key_file.clone(),
+        detail: format!(
+            "the coordinator accepted the new key but it could not replace the old one ({e}); move {} over {} by hand",
+            new_path.display(),
+            config.key_file.display()
+        ),
+    })?;
+    Ok(next.public_key())
+}
+
 impl Agent {
     /// An agent for `config`, loading (or creating) its identity key.
     pub fn new(config: HospitalConfig) -> Result<Self> {

@@ -277,6 +277,17 @@ impl FederationService for FederationApi {
         )?;
         Ok(Response::new(pb::BudgetResponse { newly_declared }))
     }
+
+    async fn rotate_key(&self, request: Request<pb::KeyRotation>) -> Result<Response<pb::KeyRotationResponse>, Status> {
+        let request = request.into_inner();
+        self.coordinator.rotate_key(
+            &request.pdc_id,
+            &request.new_public_key,
+            &request.old_key_signature,
+            &request.new_key_signature,
+        )?;
+        Ok(Response::new(pb::KeyRotationResponse {}))
+    }
 }
 
 fn auth_from_pb(auth: Option<pb::SignedRequest>) -> Result<RequestAuth, Status> {

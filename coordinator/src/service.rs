@@ -1029,6 +1029,45 @@ impl Coordinator {
         Ok(())
     }
 
+    /// Replaces `pdc_id`'s key by `new_key`: the rotation must be signed by the current key (so nobody else can
+    /// take over the identity) and by the new one (proof of possession). It is recorded on the ledger before the
+    /// key changes; from then on only the new key authenticates the PDC.
+    pub fn rotate_key(
+        &self,
+        pdc_id: &str,
+        new_key: &[u8],
+        old_key_signature: &[u8],
+        new_key_signature: &[u8],
+    ) -> Result<()> {
+        let new_key = PublicKey::from_bytes(new_key)
+            .map_err(|e| Error::InvalidArgument { field: "new_public_key", detail: e.to_string() })?;
+        let mut state = self.lock();
+        let pdc = state.pdcs.get_mut(pdc_id).ok_or_else(|| Error::UnknownPdc(pdc_id.to_owned()))?;
+        let (old_bytes, new_bytes) = (pdc.key.to_bytes(), new_key.to_bytes());
+        if old_bytes == new_bytes {
+            return Err(Error::InvalidArgument { field: "new_public_key", detail: "is the current key".into() });
+        }
+        let message = signing::rotate_message(pdc_id, &old_bytes, &new_bytes);
+        pdc.key
+            .verify(&message, old_key_signature, pdc_id)
+            .map_err(|e| Error::Unauthenticated(format!("key rotation of {pdc_id}, current key: {e}")))?;
+        new_key
+            .verify(&message, new_key_signature, pdc_id)
+            .map_err(|e| Error::Unauthenticated(format!("key rotation of {pdc_id}, new key: {e}")))?;
+        let signature: [u8; 64] = old_key_signature.try_into().expect("a verified signature has 64 bytes");
+        self.ledger.record(&[Entry::KeyRotated {
+            pdc_id: pdc_id.to_owned(),
+            old_key: old_bytes,
+            new_key: new_bytes,
+            signature,
+        }])?;
+        tracing::info!(pdc = %pdc_id, new_key = %hex::encode(new_bytes), "key rotated");
+        pdc.key = new_key;
+        // Streams opened under the old key end; the PDC reconnects with its new one.
+        pdc.task_streams.clear();
+        Ok(())
+    }
+
     /// Declares `pdc_id`'s privacy budget `(epsilon, delta)` for its table `dataset`, proven by its signature over
     /// [`signing::budget_message`], and records it on the ledger. Returns whether this call declared it: repeating
     /// the same declaration changes nothing, and a different one is refused, since a budget is declared once.

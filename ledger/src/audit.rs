@@ -23,7 +23,8 @@
 //!
 //! *Rules*, in log order:
 //!
-//! - [`Rule::Membership`]: a member registers one key; a `KeyRotated` names the current key as the old one.
+//! - [`Rule::Membership`]: a member registers one key; a `KeyRotated` names the current key as the old one and is
+//!   signed by it (a rotation without that signature is a [`Rule::Signature`] failure and changes no key).
 //! - [`Rule::Signature`]: every consent, revocation and contribution verifies under the key registered for its
 //!   PDC at that point of the log.
 //! - [`Rule::Study`]: entries name studies that were created, once.
@@ -773,7 +774,7 @@ impl Rules {
                     self.members.insert(pdc_id.clone(), Member { key_bytes: *public_key, key, index });
                 }
             },
-            Entry::KeyRotated { pdc_id, old_key, new_key } => match self.members.get_mut(pdc_id) {
+            Entry::KeyRotated { pdc_id, old_key, new_key, .. } => match self.members.get_mut(pdc_id) {
                 None => fail(
                     failures,
                     Rule::Membership,
@@ -790,6 +791,20 @@ impl Rules {
                     ),
                 ),
                 Some(member) => {
+                    // The old key must have signed its replacement.
+                    let signed = match &member.key {
+                        Some(key) => entry.verify_signature(key).map_err(|e| e.to_string()),
+                        None => Err("its current key is malformed".to_owned()),
+                    };
+                    if let Err(error) = signed {
+                        fail(
+                            failures,
+                            Rule::Signature,
+                            vec![index],
+                            format!("entry {index} rotates {pdc_id:?}'s key without the old key's signature: {error}"),
+                        );
+                        return;
+                    }
                     member.key = parse_key(failures, index, pdc_id, new_key);
                     member.key_bytes = *new_key;
                     member.index = index;

@@ -107,7 +107,8 @@ pub enum Entry {
         /// Its Ed25519 public key.
         public_key: [u8; 32],
     },
-    /// A party replaced its key.
+    /// A party replaced its key; `signature` is the old key's over [`signing::rotate_message`], so the coordinator
+    /// cannot rotate a key on its own.
     KeyRotated {
         /// The party.
         pdc_id: String,
@@ -115,6 +116,8 @@ pub enum Entry {
         old_key: [u8; 32],
         /// The key it uses from now on.
         new_key: [u8; 32],
+        /// The old key's Ed25519 signature.
+        signature: [u8; 64],
     },
     /// A study was created with this manifest.
     StudyCreated {
@@ -426,10 +429,11 @@ impl Entry {
                 writer.0.push(role.code());
                 writer.bytes(public_key);
             }
-            Entry::KeyRotated { pdc_id, old_key, new_key } => {
+            Entry::KeyRotated { pdc_id, old_key, new_key, signature } => {
                 writer.string(pdc_id);
                 writer.bytes(old_key);
                 writer.bytes(new_key);
+                writer.bytes(signature);
             }
             Entry::StudyCreated { study_id, manifest_hash } => {
                 writer.string(study_id);
@@ -541,6 +545,7 @@ impl Entry {
                 pdc_id: reader.string("pdc_id")?,
                 old_key: reader.array("old_key")?,
                 new_key: reader.array("new_key")?,
+                signature: reader.array("signature")?,
             },
             3 => Entry::StudyCreated {
                 study_id: reader.string("study_id")?,
@@ -649,7 +654,8 @@ impl Entry {
     /// Checks the signature a signed entry carries against `key`, the signer's registered key.
     ///
     /// `ConsentGranted` and `ConsentRevoked` are signed over [`signing::consent_message`];
-    /// `ContributionAccepted` over [`Contribution::signing_bytes`]. Other kinds carry no signature and give
+    /// `ContributionAccepted` over [`Contribution::signing_bytes`]; `KeyRotated` over [`signing::rotate_message`], by the
+    /// old key. Other kinds carry no signature and give
     /// [`EntryError::Unsigned`].
     pub fn verify_signature(&self, key: &PublicKey) -> Result<(), EntryError> {
         let (message, signature, signer) = match self {
@@ -661,6 +667,9 @@ impl Entry {
             }
             Entry::ContributionAccepted { contribution, signature } => {
                 (contribution.signing_bytes(), signature, &contribution.pdc_id)
+            }
+            Entry::KeyRotated { pdc_id, old_key, new_key, signature } => {
+                (signing::rotate_message(pdc_id, old_key, new_key), signature, pdc_id)
             }
             other => return Err(EntryError::Unsigned { kind: other.kind() }),
         };
@@ -865,7 +874,9 @@ mod tests {
                 role,
                 public_key
             }),
-            (text(), hash, hash).prop_map(|(pdc_id, old_key, new_key)| Entry::KeyRotated { pdc_id, old_key, new_key }),
+            (text(), hash, hash, signature.clone()).prop_map(|(pdc_id, old_key, new_key, signature)| {
+                Entry::KeyRotated { pdc_id, old_key, new_key, signature }
+            }),
             (text(), hash).prop_map(|(study_id, manifest_hash)| Entry::StudyCreated { study_id, manifest_hash }),
             (text(), text(), hash, signature.clone()).prop_map(|(study_id, pdc_id, manifest_hash, signature)| {
                 Entry::ConsentGranted { study_id, pdc_id, manifest_hash, signature }
@@ -1006,7 +1017,7 @@ mod tests {
         };
         vec![
             Entry::MemberRegistered { pdc_id: "h".into(), role: Role::Hospital, public_key: [0xaa; 32] },
-            Entry::KeyRotated { pdc_id: "h".into(), old_key: [0xaa; 32], new_key: [0xbb; 32] },
+            Entry::KeyRotated { pdc_id: "h".into(), old_key: [0xaa; 32], new_key: [0xbb; 32], signature: [0x55; 64] },
             Entry::StudyCreated { study_id: "s".into(), manifest_hash: [0x11; 32] },
             Entry::ConsentGranted {
                 study_id: "s".into(),
@@ -1056,7 +1067,8 @@ mod tests {
         "0101010000006802aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
         concat!(
             "01020100000068aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaabbbbbbbbbbbbbbbbbb",
-            "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb",
+            "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb555555555555555555555555555555555555555555555555",
+            "55555555555555555555555555555555555555555555555555555555555555555555555555555555",
         ),
         "010301000000731111111111111111111111111111111111111111111111111111111111111111",
         concat!(

@@ -44,6 +44,17 @@ pub fn consent_message(action: ConsentAction, study_id: &str, manifest_hash: &Ha
     message
 }
 
+/// What a party signs with its current key `old_key` to replace it by `new_key`; it signs the same bytes with
+/// `new_key` to prove it holds it.
+pub fn rotate_message(pdc_id: &str, old_key: &[u8; 32], new_key: &[u8; 32]) -> Vec<u8> {
+    let mut message = b"pdc.v1.rotate\0".to_vec();
+    message.extend_from_slice(pdc_id.as_bytes());
+    message.push(0);
+    message.extend_from_slice(old_key);
+    message.extend_from_slice(new_key);
+    message
+}
+
 /// What a PDC signs to declare the differential-privacy budget `(epsilon, delta)` of its table `dataset`: the most
 /// it will ever spend on it, across every study.
 pub fn budget_message(pdc_id: &str, dataset: &str, epsilon: f64, delta: f64) -> Vec<u8> {

@@ -2,6 +2,7 @@
 //! binary.
 
 mod bad_input;
+mod keys;
 mod ledger;
 mod privacy;
 mod processes;

@@ -4,7 +4,7 @@
 use pdc_ledger::Identity;
 use pdc_ledger::audit::{self, AuditKeys, AuditReport, Failure, Rule};
 use pdc_ledger::entry::Entry;
-use pdc_ledger::signing::{ConsentAction, PrivacyClaim};
+use pdc_ledger::signing::{self, ConsentAction, PrivacyClaim};
 use pdc_ledger::store::MemoryStore;
 
 use crate::support::*;
@@ -103,11 +103,19 @@ fn a_contribution_signed_by_another_key_is_reported() {
 #[test]
 fn signatures_follow_key_rotation() {
     let new_key = Identity::from_seed([99; 32]);
-    let rotation = Entry::KeyRotated {
-        pdc_id: "h1".into(),
-        old_key: hospital("h1").public_key().to_bytes(),
-        new_key: new_key.public_key().to_bytes(),
-    };
+    let (old_bytes, new_bytes) = (hospital("h1").public_key().to_bytes(), new_key.public_key().to_bytes());
+    let signature = hospital("h1").sign(&signing::rotate_message("h1", &old_bytes, &new_bytes));
+    let rotation = Entry::KeyRotated { pdc_id: "h1".into(), old_key: old_bytes, new_key: new_bytes, signature };
+
+    // A rotation the old key did not sign is refused and changes nothing.
+    let mut entries = study_entries();
+    let at = find(&entries, is_round_opened(3)) as usize;
+    let forged_signature = new_key.sign(&signing::rotate_message("h1", &old_bytes, &new_bytes));
+    let forged =
+        Entry::KeyRotated { pdc_id: "h1".into(), old_key: old_bytes, new_key: new_bytes, signature: forged_signature };
+    entries.insert(at, forged);
+    assert_eq!(only(&audit_entries(&entries), Rule::Signature), [[at as u64]]);
+
     let mut entries = study_entries();
     let at = find(&entries, is_round_opened(3)) as usize;
     entries.insert(at, rotation.clone());
