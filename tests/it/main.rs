@@ -8,4 +8,5 @@ mod privacy;
 mod processes;
 mod replay;
 mod retry;
+mod rewards;
 mod support;
