@@ -529,5 +529,14 @@ fn describe(index: u64, entry: &Entry) -> Row {
             let note = if *carried_over { " (carried over)" } else { "" };
             row(study_id, Some(*round), "", format!("{budget:.6}{note}"))
         }
+        Entry::CentralDpRelease { study_id, round, release_hash, clip_norm, noise_std, epsilon, delta } => row(
+            study_id,
+            Some(*round),
+            "",
+            format!(
+                "release {} (S {clip_norm:.4}, noise σ {noise_std:.4}); study ε {epsilon:.4} at δ {delta:e}",
+                &hex::encode(release_hash)[..16]
+            ),
+        ),
     }
 }

@@ -64,6 +64,21 @@ impl UpdateArchive {
         self.path(id).is_file()
     }
 
+    /// Stores `values` (a coordinator-made release, such as a central DP round's noisy mean) under their hash,
+    /// durably, and returns the hash.
+    pub fn store(&self, values: &[f32]) -> Result<Hash> {
+        let id = pdc_ledger::hash::parameters_hash(values);
+        let temp = self.dir.join("incoming").join(format!("{:016x}.part", rand_suffix()));
+        let write = || -> std::io::Result<()> {
+            let mut file = File::create(&temp)?;
+            file.write_all(&pdc_ledger::hash::f32_bytes(values))?;
+            file.sync_all()?;
+            std::fs::rename(&temp, self.path(&id))
+        };
+        write().map_err(Error::Archive)?;
+        Ok(id)
+    }
+
     /// Reads the update `id` in pieces of at most `piece_len` values, calling `visit(offset, values)` for each.
     pub fn read_pieces(
         &self,

@@ -45,6 +45,40 @@ pub struct Manifest {
     /// out of the canonical form).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub privacy: Option<LocalDpSettings>,
+    /// Central DP for a trusted coordinator (DP-FedAvg): each round the coordinator clips every update, adds
+    /// Gaussian noise to their sum and records the release; absent, aggregation adds no noise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub central_privacy: Option<CentralPrivacySection>,
+}
+
+/// `[central_privacy]`: DP-FedAvg with optional adaptive clipping, PDC-level DP accounted per study.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CentralPrivacySection {
+    /// The clip norm `S` of every update (the first round's, with adaptive clipping).
+    pub clip_norm: f64,
+    /// The noise multiplier `z` each round is charged at.
+    pub noise_multiplier: f64,
+    /// The δ at which the study's ε is reported.
+    pub delta: f64,
+    /// The noise sampler: `fast` (the default) or `exact`.
+    #[serde(default)]
+    pub noise: pdc_models::NoiseMode,
+    /// Adaptive clipping (Andrew et al. 2021): the clip norm follows this quantile of the update norms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adaptive: Option<pdc_privacy::central::AdaptiveClipping>,
+}
+
+impl CentralPrivacySection {
+    /// The mechanism's configuration.
+    pub fn config(&self) -> pdc_privacy::central::CentralDpConfig {
+        pdc_privacy::central::CentralDpConfig {
+            clip_norm: self.clip_norm,
+            noise_multiplier: self.noise_multiplier,
+            adaptive: self.adaptive,
+            noise_mode: self.noise,
+        }
+    }
 }
 
 /// `[rewards]`: what each round pays, split by positive Shapley value.
@@ -197,6 +231,31 @@ impl Manifest {
             .map_err(|e| Error::InvalidManifest(format!("valuation: {}", error_detail(&e))))?;
         if let Some(privacy) = &self.privacy {
             privacy.validate().map_err(|e| Error::InvalidManifest(e.to_string()))?;
+        }
+        if let Some(central) = &self.central_privacy {
+            if self.privacy.is_some() {
+                return invalid("choose [privacy] (local DP-SGD) or [central_privacy] (DP-FedAvg), not both".into());
+            }
+            if !self.aggregation.is_default() {
+                return invalid(
+                    "[central_privacy] is DP-FedAvg: it replaces the aggregation rule and server optimiser; leave \
+                     [aggregation] out"
+                        .into(),
+                );
+            }
+            if central.noise_multiplier.is_nan() || central.noise_multiplier <= 0.0 {
+                return invalid("central_privacy.noise_multiplier must be positive (0 gives no privacy)".into());
+            }
+            if !(central.delta > 0.0 && central.delta < 1.0) {
+                return invalid("central_privacy.delta must be in (0, 1)".into());
+            }
+            if self.rewards.budget_per_round > 0.0 {
+                return invalid(
+                    "[rewards] values each PDC's raw update, which [central_privacy] does not protect: choose one"
+                        .into(),
+                );
+            }
+            central.config().validate().map_err(|e| Error::InvalidManifest(format!("central_privacy: {e}")))?;
         }
         let has = |column: &str| validation_header.iter().any(|c| c == column);
         if !has(&self.data.label) {

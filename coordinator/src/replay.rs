@@ -16,8 +16,11 @@
 //!    byte for byte with the ledger's;
 //! 4. every `RoundOpened` must name the model the replay holds at that point.
 //!
-//! Aggregation, valuation and evaluation are deterministic, so an honest study replays bit for bit; DP noise is
-//! added inside the PDCs, before the update is signed, and is therefore part of the archived input.
+//! Aggregation, valuation and evaluation are deterministic, so an honest study replays bit for bit. Local DP noise
+//! is added inside the PDCs, before the update is signed, and is therefore part of the archived input; central DP
+//! noise is drawn by the coordinator from a CSPRNG and cannot be recomputed, so a central DP round is replayed
+//! from its recorded release (`CentralDpRelease`, archived under its hash): the replay checks that the release is
+//! the archived one and that the round's model follows from it.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -211,7 +214,31 @@ pub fn replay_study(
         }
         let contributions: Vec<(String, AcceptedUpdate)> =
             ledger_round.contributions.iter().map(|(id, update)| (id.clone(), update.clone())).collect();
-        let mut aggregated = aggregate(archive, &global, &contributions, &manifest.aggregation, &optimizer)?;
+        let mut aggregated = if manifest.central_privacy.is_some() {
+            // The noise cannot be recomputed: the round starts from its recorded, archived release.
+            let release = ledger_round.recorded.iter().find_map(|entry| match entry {
+                Entry::CentralDpRelease { release_hash, .. } => Some((*release_hash, entry.clone())),
+                _ => None,
+            });
+            let Some((release_hash, entry)) = release else {
+                report.problems.push(format!("round {round} of a central DP study has no CentralDpRelease"));
+                break;
+            };
+            if let Err(problem) = check_archived(archive, &release_hash, global.len()) {
+                report.problems.push(format!("round {round}: the archived central DP release {problem}"));
+                report.problems.push(format!("replay stopped at round {round}"));
+                break;
+            }
+            let mean = archive.read(&release_hash)?;
+            crate::service::Aggregated {
+                model: crate::aggregation::apply_delta(&global, &mean)?,
+                excluded: Vec::new(),
+                valuation: None,
+                release: Some(entry),
+            }
+        } else {
+            aggregate(archive, &global, &contributions, &manifest.aggregation, &optimizer)?
+        };
         if budget > 0.0 {
             let inputs = ValuationInputs {
                 round,
@@ -227,7 +254,7 @@ pub fn replay_study(
         }
         let metrics = pdc_models::evaluate(&spec, &aggregated.model, &validation)?;
         let model_hash = parameters_hash(&aggregated.model);
-        let (_, expected) = aggregation_entries(
+        let (_, mut expected) = aggregation_entries(
             study_id,
             round,
             &contributions,
@@ -236,6 +263,9 @@ pub fn replay_study(
             &metrics,
             &aggregated.valuation,
         );
+        if let Some(release) = aggregated.release.take() {
+            expected.insert(expected.len() - 1, release);
+        }
         let differences = compare(&ledger_round.recorded, &expected);
         report.rounds.push(RoundReplay { round, model_hash, differences });
         global = aggregated.model;
@@ -252,7 +282,8 @@ fn is_aggregation_record(entry: &Entry, round: u32) -> bool {
         Entry::RoundAggregated { round: r, .. }
         | Entry::UtilityScores { round: r, .. }
         | Entry::RewardsAllotted { round: r, .. }
-        | Entry::RewardPaid { round: r, .. } => *r == round,
+        | Entry::RewardPaid { round: r, .. }
+        | Entry::CentralDpRelease { round: r, .. } => *r == round,
         _ => false,
     }
 }

@@ -270,6 +270,15 @@ struct Study {
     round_spend: BTreeMap<String, (f64, f64)>,
     /// PDCs whose budget cannot afford another round of this study; never selected again.
     exhausted: BTreeSet<String>,
+    /// Central DP's mechanism and the study's accountant, when the manifest asks for it.
+    central: Option<Arc<Mutex<CentralState>>>,
+}
+
+/// A study's central DP: the mechanism (with its adaptive clip norm) and the PDC-level accountant of its rounds.
+pub(crate) struct CentralState {
+    dp: pdc_privacy::central::CentralDp,
+    accountant: pdc_privacy::RdpAccountant,
+    delta: f64,
 }
 
 impl Study {
@@ -500,11 +509,16 @@ impl Coordinator {
         let settings = study.manifest.valuation.clone();
         let seed = crate::rewards::round_seed(study.manifest.seed, round);
         let carried_in = study.carried;
+        let central = study.central.clone();
         tokio::spawn(async move {
             let archive = coordinator.archive.clone();
             let work = contributions.clone();
+            let release_study = study_id.clone();
             let result = tokio::task::spawn_blocking(move || {
-                let mut aggregated = aggregate(&archive, &global, &work, &config, &optimizer)?;
+                let mut aggregated = match &central {
+                    Some(central) => central_aggregate(&archive, &release_study, round, &global, &work, central)?,
+                    None => aggregate(&archive, &global, &work, &config, &optimizer)?,
+                };
                 if budget > 0.0 {
                     let valuation = ValuationInputs { round, budget, carried_in, seed, settings: &settings };
                     aggregated.valuation = Some(value_contributions(
@@ -564,10 +578,14 @@ impl Coordinator {
         let state = &mut *state;
         let Some(study) = state.studies.get_mut(study_id) else { return false };
         let failure = match result {
-            Ok((validation, Aggregated { model, excluded, valuation })) => {
+            Ok((validation, Aggregated { model, excluded, valuation, release })) => {
                 let model_hash = pdc_ledger::hash::parameters_hash(&model);
-                let (contributors, entries) =
+                let (contributors, mut entries) =
                     aggregation_entries(study_id, round, contributions, &excluded, model_hash, &validation, &valuation);
+                if let Some(release) = release {
+                    // Recorded just before the aggregate it produced.
+                    entries.insert(entries.len() - 1 - valuation_entry_count(&valuation), release);
+                }
                 match self.ledger.record(&entries) {
                     Ok(_) => {
                         study.global = Arc::new(model);
@@ -634,6 +652,15 @@ impl Coordinator {
         let PreparedStudy { manifest, canonical, manifest_hash, validation, standardizer, spec, global, optimizer } =
             prepare_study(manifest_toml, validation_csv)?;
         let study_id = format!("{}-{}", slug(&manifest.name), &hex::encode(manifest_hash)[..8]);
+        let central = match &manifest.central_privacy {
+            Some(section) => {
+                let dp = pdc_privacy::central::CentralDp::new(section.config())
+                    .map_err(|e| Error::InvalidManifest(format!("central_privacy: {e}")))?;
+                let accountant = pdc_privacy::RdpAccountant::new();
+                Some(Arc::new(Mutex::new(CentralState { dp, accountant, delta: section.delta })))
+            }
+            None => None,
+        };
         let policy = RoundPolicy {
             rounds: manifest.training.rounds,
             min_participants: manifest.participants.min,
@@ -676,6 +703,7 @@ impl Coordinator {
                 carried: 0.0,
                 round_spend: BTreeMap::new(),
                 exhausted: BTreeSet::new(),
+                central,
                 manifest,
             },
         );
@@ -1219,6 +1247,50 @@ pub(crate) struct Aggregated {
     pub(crate) excluded: Vec<(String, String)>,
     /// The round's utilities and rewards, when the study pays rewards.
     pub(crate) valuation: Option<RoundValuation>,
+    /// The central DP release the model follows from, when the study uses central DP.
+    pub(crate) release: Option<Entry>,
+}
+
+/// How many entries [`reward_entries`] makes for `valuation`.
+fn valuation_entry_count(valuation: &Option<RoundValuation>) -> usize {
+    valuation.as_ref().map_or(0, |valuation| reward_entries("", valuation).len())
+}
+
+/// DP-FedAvg: clips every update, adds the noise to their sum, archives the noisy mean and charges the round to
+/// the study's accountant (every selected PDC takes part, so the round is one Gaussian release at `z`).
+fn central_aggregate(
+    archive: &UpdateArchive,
+    study_id: &str,
+    round: u32,
+    global: &[f32],
+    contributions: &[(String, AcceptedUpdate)],
+    central: &Mutex<CentralState>,
+) -> Result<Aggregated> {
+    let deltas =
+        contributions.iter().map(|(_, update)| archive.read(&update.update_hash)).collect::<Result<Vec<Vec<f32>>>>()?;
+    let updates: Vec<&[f32]> = deltas.iter().map(Vec::as_slice).collect();
+    let mut state = central.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let state = &mut *state;
+    let privacy = |e: pdc_privacy::Error| Error::Model(pdc_models::Error::from(e));
+    let released = state.dp.aggregate(&updates).map_err(privacy)?;
+    state.dp.record_round(&mut state.accountant, 1.0);
+    let epsilon = pdc_privacy::Accountant::epsilon(&state.accountant, state.delta).map_err(privacy)?;
+    let release_hash = archive.store(&released.mean)?;
+    let release = Entry::CentralDpRelease {
+        study_id: study_id.to_owned(),
+        round,
+        release_hash,
+        clip_norm: released.clip_norm,
+        noise_std: released.noise_std,
+        epsilon,
+        delta: state.delta,
+    };
+    Ok(Aggregated {
+        model: apply_delta(global, &released.mean)?,
+        excluded: Vec::new(),
+        valuation: None,
+        release: Some(release),
+    })
 }
 
 /// What valuing a round needs besides its updates.
@@ -1414,6 +1486,7 @@ pub(crate) fn aggregate(
             model: apply_delta(global, &average.finish()?)?,
             excluded: Vec::new(),
             valuation: None,
+            release: None,
         });
     }
     let deltas =
@@ -1441,7 +1514,7 @@ pub(crate) fn aggregate(
         }
         None => apply_delta(global, &round.delta)?,
     };
-    Ok(Aggregated { model, excluded, valuation: None })
+    Ok(Aggregated { model, excluded, valuation: None, release: None })
 }
 
 /// A model's validation figures as named pairs for the ledger; absent figures are left out.

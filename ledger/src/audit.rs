@@ -1067,6 +1067,11 @@ impl Rules {
                     study.closed = Some(index);
                 }
             }
+            Entry::CentralDpRelease { study_id, round, .. } => {
+                if let Some(study) = live_study(studies, failures, index, study_id, kind) {
+                    opened_round(study, failures, index, study_id, *round, kind);
+                }
+            }
             Entry::BudgetDeclared { pdc_id, dataset, epsilon, delta } => {
                 if *epsilon < 0.0 || *delta < 0.0 || *delta >= 1.0 {
                     fail(

@@ -22,7 +22,8 @@
 //!
 //! Tags: 1 `MemberRegistered`, 2 `KeyRotated`, 3 `StudyCreated`, 4 `ConsentGranted`, 5 `ConsentRevoked`,
 //! 6 `RoundOpened`, 7 `ContributionAccepted`, 8 `UpdateRejected`, 9 `RoundAggregated`, 10 `UtilityScores`,
-//! 11 `RewardPaid`, 12 `PrivacySpent`, 13 `StudyClosed`, 14 `BudgetDeclared`, 15 `RewardsAllotted`. New kinds
+//! 11 `RewardPaid`, 12 `PrivacySpent`, 13 `StudyClosed`, 14 `BudgetDeclared`, 15 `RewardsAllotted`,
+//! 16 `CentralDpRelease`. New kinds
 //! take new tags at the end; the bytes of existing kinds never change within a version.
 //!
 //! # Meaning of the figures
@@ -258,6 +259,25 @@ pub enum Entry {
         /// then no `RewardPaid` for this round may follow.
         carried_over: bool,
     },
+    /// The coordinator's central DP release of a round (DP-FedAvg): the noisy mean of the clipped updates, archived
+    /// under `release_hash`, from which the round's model follows. The noise cannot be reproduced, so the release
+    /// itself is the record a replay starts from.
+    CentralDpRelease {
+        /// The study.
+        study_id: String,
+        /// The round.
+        round: u32,
+        /// SHA3-256 of the noisy mean's canonical bytes.
+        release_hash: Hash,
+        /// The clip norm `S` the round used.
+        clip_norm: f64,
+        /// The standard deviation of the noise added to the sum.
+        noise_std: f64,
+        /// The study's cumulative PDC-level ε after this round, at `delta`.
+        epsilon: f64,
+        /// The δ of `epsilon`.
+        delta: f64,
+    },
 }
 
 /// Why bytes are not a canonical entry, or why an entry's signature does not check.
@@ -373,6 +393,7 @@ impl Entry {
             Entry::StudyClosed { .. } => 13,
             Entry::BudgetDeclared { .. } => 14,
             Entry::RewardsAllotted { .. } => 15,
+            Entry::CentralDpRelease { .. } => 16,
         }
     }
 
@@ -387,6 +408,7 @@ impl Entry {
             | Entry::RoundAggregated { study_id, .. }
             | Entry::UtilityScores { study_id, .. }
             | Entry::RewardsAllotted { study_id, .. }
+            | Entry::CentralDpRelease { study_id, .. }
             | Entry::RewardPaid { study_id, .. }
             | Entry::PrivacySpent { study_id, .. }
             | Entry::StudyClosed { study_id, .. } => Some(study_id),
@@ -413,6 +435,7 @@ impl Entry {
             Entry::StudyClosed { .. } => "StudyClosed",
             Entry::BudgetDeclared { .. } => "BudgetDeclared",
             Entry::RewardsAllotted { .. } => "RewardsAllotted",
+            Entry::CentralDpRelease { .. } => "CentralDpRelease",
         }
     }
 
@@ -522,6 +545,15 @@ impl Entry {
                 writer.u32(*round);
                 writer.f64(*budget);
                 writer.0.push(u8::from(*carried_over));
+            }
+            Entry::CentralDpRelease { study_id, round, release_hash, clip_norm, noise_std, epsilon, delta } => {
+                writer.string(study_id);
+                writer.u32(*round);
+                writer.bytes(release_hash);
+                writer.f64(*clip_norm);
+                writer.f64(*noise_std);
+                writer.f64(*epsilon);
+                writer.f64(*delta);
             }
         }
         writer.0
@@ -641,6 +673,15 @@ impl Entry {
                 round: reader.u32("round")?,
                 budget: reader.f64("budget")?,
                 carried_over: reader.bool("carried_over")?,
+            },
+            16 => Entry::CentralDpRelease {
+                study_id: reader.string("study_id")?,
+                round: reader.u32("round")?,
+                release_hash: reader.array("release_hash")?,
+                clip_norm: reader.f64("clip_norm")?,
+                noise_std: reader.f64("noise_std")?,
+                epsilon: reader.f64("epsilon")?,
+                delta: reader.f64("delta")?,
             },
             tag => return Err(EntryError::UnknownTag { tag }),
         };
@@ -945,6 +986,17 @@ mod tests {
             (text(), any::<u32>(), finite(), any::<bool>()).prop_map(|(study_id, round, budget, carried_over)| {
                 Entry::RewardsAllotted { study_id, round, budget, carried_over }
             }),
+            (text(), any::<u32>(), hash, finite(), finite(), finite(), finite()).prop_map(
+                |(study_id, round, release_hash, clip_norm, noise_std, epsilon, delta)| Entry::CentralDpRelease {
+                    study_id,
+                    round,
+                    release_hash,
+                    clip_norm,
+                    noise_std,
+                    epsilon,
+                    delta,
+                }
+            ),
         ]
     }
 
@@ -1058,12 +1110,21 @@ mod tests {
             Entry::StudyClosed { study_id: "s".into(), state: "completed".into() },
             Entry::BudgetDeclared { pdc_id: "h".into(), dataset: "d".into(), epsilon: 8.0, delta: 1e-5 },
             Entry::RewardsAllotted { study_id: "s".into(), round: 2, budget: 100.0, carried_over: true },
+            Entry::CentralDpRelease {
+                study_id: "s".into(),
+                round: 2,
+                release_hash: [0xdd; 32],
+                clip_norm: 1.0,
+                noise_std: 0.5,
+                epsilon: 2.0,
+                delta: 1e-5,
+            },
         ]
     }
 
     /// The version-1 encodings of [`samples`]. A change here is a format change: bump [`FORMAT_VERSION`] and keep
     /// a decoder for the old version rather than editing these.
-    const GOLDEN: [&str; 15] = [
+    const GOLDEN: [&str; 16] = [
         "0101010000006802aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
         concat!(
             "01020100000068aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaabbbbbbbbbbbbbbbbbb",
@@ -1101,6 +1162,10 @@ mod tests {
         "010d010000007309000000636f6d706c65746564",
         "010e010000006801000000640000000000002040f168e388b5f8e43e",
         "010f010000007302000000000000000000594001",
+        concat!(
+            "0110010000007302000000dddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddd000000000000f03f",
+            "000000000000e03f0000000000000040f168e388b5f8e43e",
+        ),
     ];
 
     #[test]
@@ -1113,7 +1178,7 @@ mod tests {
         }
         // Every kind appears once, in tag order.
         let tags: Vec<u8> = samples.iter().map(Entry::tag).collect();
-        assert_eq!(tags, (1..=15).collect::<Vec<u8>>());
+        assert_eq!(tags, (1..=16).collect::<Vec<u8>>());
     }
 
     #[test]
@@ -1159,7 +1224,7 @@ mod tests {
         let mut wrong_version = bytes.clone();
         wrong_version[0] = 2;
         assert!(matches!(Entry::decode(&wrong_version), Err(EntryError::UnsupportedVersion { version: 2 })));
-        for tag in [0, 16, 255] {
+        for tag in [0, 17, 255] {
             let mut wrong_tag = bytes.clone();
             wrong_tag[1] = tag;
             assert!(matches!(Entry::decode(&wrong_tag), Err(EntryError::UnknownTag { tag: t }) if t == tag));

@@ -2,6 +2,7 @@
 //! binary.
 
 mod bad_input;
+mod central;
 mod keys;
 mod ledger;
 mod privacy;
