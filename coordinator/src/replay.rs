@@ -235,6 +235,7 @@ pub fn replay_study(
                 excluded: Vec::new(),
                 valuation: None,
                 release: Some(entry),
+                flagged: Vec::new(),
             }
         } else {
             aggregate(archive, &global, &contributions, &manifest.aggregation, &optimizer)?

@@ -16,7 +16,9 @@ use pdc_ledger::{Hash, Identity, PublicKey, sha3_256};
 use pdc_models::{Dataset, Layout, Metrics, ModelSpec, Standardizer};
 use tokio::sync::{broadcast, mpsc};
 
-use crate::aggregation::{AggregationConfig, FedAvg, RoundInputs, ServerOptimizer, aggregate_round, apply_delta};
+use crate::aggregation::{
+    AggregationConfig, FedAvg, RoundInputs, ServerOptimizer, SuspensionTracker, aggregate_round, apply_delta,
+};
 use crate::archive::{IncomingUpdate, UpdateArchive};
 use crate::ledger::{Ledger, LedgerSettings};
 use crate::manifest::{self, Manifest};
@@ -272,6 +274,8 @@ struct Study {
     exhausted: BTreeSet<String>,
     /// Central DP's mechanism and the study's accountant, when the manifest asks for it.
     central: Option<Arc<Mutex<CentralState>>>,
+    /// PDCs flagged by the anomaly check in too many consecutive rounds; suspended ones are not selected.
+    suspensions: SuspensionTracker,
 }
 
 /// A study's central DP: the mechanism (with its adaptive clip norm) and the PDC-level accountant of its rounds.
@@ -425,8 +429,12 @@ impl Coordinator {
         let ids: Vec<String> = state.studies.keys().cloned().collect();
         for id in ids {
             let study = state.studies.get_mut(&id).expect("listed");
-            let available =
-                study.consents.intersection(&connected).filter(|id| !study.exhausted.contains(*id)).cloned().collect();
+            let available = study
+                .consents
+                .intersection(&connected)
+                .filter(|id| !study.exhausted.contains(*id) && !study.suspensions.is_suspended(id))
+                .cloned()
+                .collect();
             let actions = study.machine.handle(now, Event::Tick { available }).unwrap_or_default();
             self.execute(&mut state.pdcs, study, now, actions);
         }
@@ -578,7 +586,7 @@ impl Coordinator {
         let state = &mut *state;
         let Some(study) = state.studies.get_mut(study_id) else { return false };
         let failure = match result {
-            Ok((validation, Aggregated { model, excluded, valuation, release })) => {
+            Ok((validation, Aggregated { model, excluded, valuation, release, flagged })) => {
                 let model_hash = pdc_ledger::hash::parameters_hash(&model);
                 let (contributors, mut entries) =
                     aggregation_entries(study_id, round, contributions, &excluded, model_hash, &validation, &valuation);
@@ -615,6 +623,29 @@ impl Coordinator {
                                 pdc_id: pdc_id.clone(),
                                 reason: reason.clone(),
                             });
+                        }
+                        let outcomes = contributions.iter().map(|(id, _)| (id.as_str(), flagged.contains(id)));
+                        match study.suspensions.record_round(round, outcomes) {
+                            Ok(suspended) => {
+                                let k = study.manifest.aggregation.anomaly.suspend_after_rounds;
+                                for pdc_id in suspended {
+                                    let reason = format!(
+                                        "{SUSPENDED_PREFIX}flagged in {k} consecutive rounds, not selected again"
+                                    );
+                                    let entry = Entry::UpdateRejected {
+                                        study_id: study_id.to_owned(),
+                                        round,
+                                        pdc_id: pdc_id.clone(),
+                                        reason: reason.clone(),
+                                    };
+                                    if let Err(error) = self.ledger.record(&[entry]) {
+                                        tracing::error!(study = %study_id, %error, "cannot record a suspension");
+                                    }
+                                    tracing::warn!(study = %study_id, round, pdc = %pdc_id, "PDC suspended");
+                                    study.emit(StudyEvent::UpdateRejected { round, pdc_id, reason });
+                                }
+                            }
+                            Err(error) => tracing::error!(study = %study_id, round, %error, "suspension tracking"),
                         }
                         let privacy = contributors
                             .iter()
@@ -704,6 +735,7 @@ impl Coordinator {
                 round_spend: BTreeMap::new(),
                 exhausted: BTreeSet::new(),
                 central,
+                suspensions: SuspensionTracker::new(manifest.aggregation.anomaly.suspend_after_rounds),
                 manifest,
             },
         );
@@ -1249,6 +1281,8 @@ pub(crate) struct Aggregated {
     pub(crate) valuation: Option<RoundValuation>,
     /// The central DP release the model follows from, when the study uses central DP.
     pub(crate) release: Option<Entry>,
+    /// The PDCs the anomaly check flagged this round (left out or not).
+    pub(crate) flagged: Vec<String>,
 }
 
 /// How many entries [`reward_entries`] makes for `valuation`.
@@ -1290,6 +1324,7 @@ fn central_aggregate(
         excluded: Vec::new(),
         valuation: None,
         release: Some(release),
+        flagged: Vec::new(),
     })
 }
 
@@ -1370,6 +1405,9 @@ pub(crate) fn prepare_study(manifest_toml: &str, validation_csv: &[u8]) -> Resul
     let optimizer = manifest.aggregation.new_server_optimizer(global.len())?;
     Ok(PreparedStudy { manifest, canonical, manifest_hash, validation, standardizer, spec, global, optimizer })
 }
+
+/// How the reason recorded for a PDC suspended from selection begins.
+pub(crate) const SUSPENDED_PREFIX: &str = "suspended from selection: ";
 
 /// How the reason of an update the anomaly check left out of aggregation begins.
 pub(crate) const LEFT_OUT_PREFIX: &str = "flagged and left out of aggregation: ";
@@ -1487,6 +1525,7 @@ pub(crate) fn aggregate(
             excluded: Vec::new(),
             valuation: None,
             release: None,
+            flagged: Vec::new(),
         });
     }
     let deltas =
@@ -1514,7 +1553,8 @@ pub(crate) fn aggregate(
         }
         None => apply_delta(global, &round.delta)?,
     };
-    Ok(Aggregated { model, excluded, valuation: None, release: None })
+    let flagged = round.scores.iter().filter(|(_, score)| score.flagged).map(|(id, _)| id.clone()).collect();
+    Ok(Aggregated { model, excluded, valuation: None, release: None, flagged })
 }
 
 /// A model's validation figures as named pairs for the ledger; absent figures are left out.

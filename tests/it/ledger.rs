@@ -580,3 +580,65 @@ async fn a_manifest_chooses_a_robust_rule_and_flagged_updates_are_left_out_on_th
     let report = audit::verify_parts(&entries, &checkpoints, &keys);
     assert!(report.passed(), "{report}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pdc_flagged_in_consecutive_rounds_is_suspended_from_selection_on_the_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let (url, _stop) = support::start_coordinator(dir.path()).await;
+    let mut researcher = support::researcher(&url).await;
+    let manifest = MANIFEST.replace("min = 2\nmax = 2", "min = 3\nmax = 4").replace("rounds = 2", "rounds = 4")
+        + "[aggregation]\nrule = \"median\"\n[aggregation.anomaly]\nexclude_flagged = true\nsuspend_after_rounds = 2\n";
+    let request =
+        pb::CreateStudyRequest { manifest_toml: manifest, validation_csv: support::breast_cancer_csv().into_bytes() };
+    let study_id = researcher.create_study(request).await.unwrap().into_inner().study_id;
+    let mut pdcs = Vec::new();
+    for id in ["ward-a", "ward-b", "ward-c", "ward-d"] {
+        let mut pdc = TestPdc::register(&url, id).await;
+        pdc.consent_all().await;
+        pdcs.push(pdc);
+    }
+    let mut streams = Vec::new();
+    for pdc in &mut pdcs {
+        streams.push(pdc.tasks().await);
+    }
+    researcher.start_study(pb::StudyRef { study_id: study_id.clone() }).await.unwrap();
+    for round in 1..=4u32 {
+        // ward-d echoes the global model (a zero delta) whenever it is asked; from round 3 it is not asked.
+        let selected = if round <= 2 { 4 } else { 3 };
+        for (index, (pdc, stream)) in pdcs.iter_mut().zip(&mut streams).enumerate().take(selected) {
+            let task = tokio::time::timeout(Duration::from_secs(30), stream.message()).await.unwrap().unwrap().unwrap();
+            assert_eq!(task.round, round);
+            let model = pdc.download(&task).await;
+            let update: Vec<f32> = if index == 3 {
+                vec![0.0; model.len()]
+            } else {
+                (0..model.len()).map(|i| 0.01 * (1.0 + (i % 5) as f32 + index as f32)).collect()
+            };
+            pdc.submit(&task.study_id, task.round, &update).await.unwrap();
+        }
+    }
+    let status = support::wait_for_status(&mut researcher, &study_id, Duration::from_secs(30), |s| {
+        s.state == pb::StudyState::Finished as i32
+    })
+    .await;
+    let participants: Vec<usize> = status.rounds.iter().map(|round| round.participants.len()).collect();
+    assert_eq!(participants, [4, 4, 3, 3]);
+    assert!(status.rounds[2..].iter().all(|round| !round.participants.contains(&"ward-d".to_owned())));
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), streams[3].message()).await.is_err(),
+        "no task for ward-d"
+    );
+    let (keys, entries, checkpoints) = fetch(&url).await;
+    let suspensions: Vec<(u32, String)> = entries
+        .iter()
+        .filter_map(|bytes| match Entry::decode(bytes).unwrap() {
+            Entry::UpdateRejected { round, pdc_id, reason, .. } if reason.starts_with("suspended from selection") => {
+                Some((round, pdc_id))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(suspensions, [(2, "ward-d".to_owned())]);
+    let report = audit::verify_parts(&entries, &checkpoints, &keys);
+    assert!(report.passed(), "{report}");
+}
