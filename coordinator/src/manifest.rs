@@ -4,7 +4,6 @@ use pdc_models::{Dataset, LocalDpSettings, ModelKind, ModelSpec, Schema, Task, T
 use serde::{Deserialize, Serialize};
 
 use crate::aggregation::AggregationConfig;
-use crate::aggregation::rule::RuleKind;
 use crate::rewards::ValuationSettings;
 use crate::{Error, Result};
 
@@ -206,13 +205,6 @@ impl Manifest {
             return invalid("validation.max_update_norm must be finite and positive".into());
         }
         self.aggregation.validate(participants.max).map_err(|e| Error::InvalidManifest(error_detail(&e)))?;
-        if self.aggregation.rule == RuleKind::FlTrust {
-            return invalid(
-                "aggregation.rule = \"fltrust\" needs the coordinator's own update on its root data, which studies \
-                 do not compute yet; choose another rule"
-                    .into(),
-            );
-        }
         let needed = self.aggregation.rule().map(|rule| rule.min_updates()).unwrap_or(1);
         if participants.min < needed {
             return invalid(format!(

@@ -238,7 +238,8 @@ pub fn replay_study(
                 flagged: Vec::new(),
             }
         } else {
-            aggregate(archive, &global, &contributions, &manifest.aggregation, &optimizer)?
+            let root = crate::service::RootData::new(&manifest, &spec, &validation, round);
+            aggregate(archive, &global, &contributions, &manifest.aggregation, &optimizer, &root)?
         };
         if budget > 0.0 {
             let inputs = ValuationInputs {

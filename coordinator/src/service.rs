@@ -518,6 +518,7 @@ impl Coordinator {
         let seed = crate::rewards::round_seed(study.manifest.seed, round);
         let carried_in = study.carried;
         let central = study.central.clone();
+        let manifest = study.manifest.clone();
         tokio::spawn(async move {
             let archive = coordinator.archive.clone();
             let work = contributions.clone();
@@ -525,7 +526,10 @@ impl Coordinator {
             let result = tokio::task::spawn_blocking(move || {
                 let mut aggregated = match &central {
                     Some(central) => central_aggregate(&archive, &release_study, round, &global, &work, central)?,
-                    None => aggregate(&archive, &global, &work, &config, &optimizer)?,
+                    None => {
+                        let root = RootData::new(&manifest, &spec, validation.as_ref(), round);
+                        aggregate(&archive, &global, &work, &config, &optimizer, &root)?
+                    }
                 };
                 if budget > 0.0 {
                     let valuation = ValuationInputs { round, budget, carried_in, seed, settings: &settings };
@@ -1504,12 +1508,30 @@ pub(crate) fn reward_entries(study_id: &str, valuation: &RoundValuation) -> Vec<
 /// Aggregates the contributions' deltas, read from the archive in the given (sorted) order, and applies them to
 /// `global`. Plain FedAvg streams (memory O(model)); any other rule or a server optimiser holds the round's updates
 /// in memory, scores them, and steps the study's server optimiser.
+/// What FLTrust's server update is trained on: the study's root data (the researcher's standardised validation
+/// set) with the study's local training settings, seeded per round so that a replay trains the same update.
+pub(crate) struct RootData<'a> {
+    pub(crate) spec: &'a ModelSpec,
+    pub(crate) data: &'a Dataset,
+    pub(crate) train: pdc_models::TrainConfig,
+}
+
+impl<'a> RootData<'a> {
+    /// The root data of `manifest`'s study for `round`.
+    pub(crate) fn new(manifest: &Manifest, spec: &'a ModelSpec, data: &'a Dataset, round: u32) -> Self {
+        // Apart from the valuation's seed of the same round.
+        let seed = crate::rewards::round_seed(manifest.seed, round) ^ 0x464c_5452_5553_5400;
+        Self { spec, data, train: manifest.train_config(seed) }
+    }
+}
+
 pub(crate) fn aggregate(
     archive: &UpdateArchive,
     global: &[f32],
     contributions: &[(String, AcceptedUpdate)],
     config: &AggregationConfig,
     optimizer: &Mutex<Option<ServerOptimizer>>,
+    root: &RootData<'_>,
 ) -> Result<Aggregated> {
     if config.is_default() {
         let mut average = FedAvg::new(global.len());
@@ -1535,7 +1557,15 @@ pub(crate) fn aggregate(
         .zip(&deltas)
         .map(|((pdc_id, update), delta)| (pdc_id.as_str(), update.n_examples as f64, delta.as_slice()))
         .collect();
-    let round = aggregate_round(config, &rows, &RoundInputs::default())?;
+    // FLTrust weighs each update by its agreement with the coordinator's own update on the root data.
+    let server_update: Option<Vec<f32>> = if config.rule == crate::aggregation::rule::RuleKind::FlTrust {
+        let trained = pdc_models::train_local(root.spec, global, root.data, &root.train)?;
+        Some(trained.parameters.iter().zip(global).map(|(after, before)| after - before).collect())
+    } else {
+        None
+    };
+    let inputs = RoundInputs { server_update: server_update.as_deref(), ..RoundInputs::default() };
+    let round = aggregate_round(config, &rows, &inputs)?;
     let excluded = round
         .excluded
         .iter()

@@ -533,8 +533,8 @@ async fn a_manifest_chooses_a_robust_rule_and_flagged_updates_are_left_out_on_th
         Code::InvalidArgument,
         "needs at least 2f + 3 = 5 participants",
     );
-    let fltrust = three.clone() + "[aggregation]\nrule = \"fltrust\"\n";
-    assert_status(researcher.create_study(create(fltrust)).await, Code::InvalidArgument, "fltrust");
+    let bulyan = three.clone() + "[aggregation]\nrule = \"bulyan\"\nf = 1\n";
+    assert_status(researcher.create_study(create(bulyan)).await, Code::InvalidArgument, "bulyan");
     let unknown = three.clone() + "[aggregation]\nrule = \"median\"\nbeta = 0.1\n";
     assert_status(researcher.create_study(create(unknown)).await, Code::InvalidArgument, "beta");
 

@@ -40,9 +40,14 @@ budget_per_round = 100.0
 
 /// Runs the study with three hand-driven PDCs sending distinct, round-dependent updates.
 async fn run_study(url: &str) -> String {
+    run_study_with(url, MANIFEST, 10).await
+}
+
+/// Runs `manifest`, which must have `rounds` rounds, with three hand-driven PDCs.
+async fn run_study_with(url: &str, manifest: &str, rounds: u32) -> String {
     let mut researcher = support::researcher(url).await;
     let request = pb::CreateStudyRequest {
-        manifest_toml: MANIFEST.to_owned(),
+        manifest_toml: manifest.to_owned(),
         validation_csv: support::breast_cancer_csv().into_bytes(),
     };
     let study_id = researcher.create_study(request).await.unwrap().into_inner().study_id;
@@ -57,7 +62,7 @@ async fn run_study(url: &str) -> String {
         streams.push(pdc.tasks().await);
     }
     researcher.start_study(pb::StudyRef { study_id: study_id.clone() }).await.unwrap();
-    for _ in 0..10 {
+    for _ in 0..rounds {
         for (index, (pdc, stream)) in pdcs.iter_mut().zip(&mut streams).enumerate() {
             let task = tokio::time::timeout(Duration::from_secs(30), stream.message()).await.unwrap().unwrap().unwrap();
             let model = pdc.download(&task).await;
@@ -163,4 +168,24 @@ async fn a_study_replays_bit_for_bit_and_tampered_archives_are_found() {
     assert!(report.rounds.is_empty());
     std::fs::write(&manifest, &canonical).unwrap();
     assert!(replay(&entries, &study_id, &data_dir).passed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_fltrust_study_trains_its_server_update_on_the_root_data_and_replays_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("coordinator");
+    let mut config = CoordinatorConfig::new(data_dir.clone());
+    config.tick_interval = Duration::from_millis(20);
+    let (url, _stop, coordinator) = support::serve_coordinator(config, ([127, 0, 0, 1], 0).into()).await;
+    let manifest = MANIFEST
+        .replace("rule = \"trimmed_mean\"\nbeta = 0.34\nserver_optimizer = \"fedadam\"", "rule = \"fltrust\"")
+        .replace("[rewards]\nbudget_per_round = 100.0\n", "")
+        .replace("rounds = 10", "rounds = 3");
+    assert!(manifest.contains("fltrust") && !manifest.contains("rewards"));
+    let study_id = run_study_with(&url, &manifest, 3).await;
+    coordinator.seal_ledger().await.unwrap();
+    let (_, entries, _) = fetch(&url).await;
+    let report = replay(&entries, &study_id, &data_dir);
+    assert!(report.passed(), "{report}");
+    assert_eq!(report.rounds.len(), 3);
 }
