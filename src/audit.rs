@@ -529,6 +529,9 @@ fn describe(index: u64, entry: &Entry) -> Row {
             let note = if *carried_over { " (carried over)" } else { "" };
             row(study_id, Some(*round), "", format!("{budget:.6}{note}"))
         }
+        Entry::CoalitionValues { study_id, round, values } => {
+            row(study_id, Some(*round), "", format!("{} coalition values", values.len()))
+        }
         Entry::CentralDpRelease { study_id, round, release_hash, clip_norm, noise_std, epsilon, delta } => row(
             study_id,
             Some(*round),

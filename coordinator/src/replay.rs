@@ -285,7 +285,8 @@ fn is_aggregation_record(entry: &Entry, round: u32) -> bool {
         | Entry::UtilityScores { round: r, .. }
         | Entry::RewardsAllotted { round: r, .. }
         | Entry::RewardPaid { round: r, .. }
-        | Entry::CentralDpRelease { round: r, .. } => *r == round,
+        | Entry::CentralDpRelease { round: r, .. }
+        | Entry::CoalitionValues { round: r, .. } => *r == round,
         _ => false,
     }
 }

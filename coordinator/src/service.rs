@@ -1479,7 +1479,9 @@ pub(crate) fn value_contributions(
 /// payment per rewarded PDC (none when the budget was carried over).
 pub(crate) fn reward_entries(study_id: &str, valuation: &RoundValuation) -> Vec<Entry> {
     let round = valuation.round;
+    let values = valuation.coalitions.iter().map(|coalition| (coalition.members.join("+"), coalition.value)).collect();
     let mut entries = vec![
+        Entry::CoalitionValues { study_id: study_id.to_owned(), round, values },
         Entry::UtilityScores {
             study_id: study_id.to_owned(),
             round,
@@ -1505,9 +1507,6 @@ pub(crate) fn reward_entries(study_id: &str, valuation: &RoundValuation) -> Vec<
     entries
 }
 
-/// Aggregates the contributions' deltas, read from the archive in the given (sorted) order, and applies them to
-/// `global`. Plain FedAvg streams (memory O(model)); any other rule or a server optimiser holds the round's updates
-/// in memory, scores them, and steps the study's server optimiser.
 /// What FLTrust's server update is trained on: the study's root data (the researcher's standardised validation
 /// set) with the study's local training settings, seeded per round so that a replay trains the same update.
 pub(crate) struct RootData<'a> {
@@ -1525,6 +1524,9 @@ impl<'a> RootData<'a> {
     }
 }
 
+/// Aggregates the contributions' deltas, read from the archive in the given (sorted) order, and applies them to
+/// `global`. Plain FedAvg streams (memory O(model)); any other rule or a server optimiser holds the round's updates
+/// in memory, scores them, and steps the study's server optimiser.
 pub(crate) fn aggregate(
     archive: &UpdateArchive,
     global: &[f32],

@@ -1067,7 +1067,7 @@ impl Rules {
                     study.closed = Some(index);
                 }
             }
-            Entry::CentralDpRelease { study_id, round, .. } => {
+            Entry::CentralDpRelease { study_id, round, .. } | Entry::CoalitionValues { study_id, round, .. } => {
                 if let Some(study) = live_study(studies, failures, index, study_id, kind) {
                     opened_round(study, failures, index, study_id, *round, kind);
                 }

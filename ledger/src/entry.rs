@@ -23,7 +23,7 @@
 //! Tags: 1 `MemberRegistered`, 2 `KeyRotated`, 3 `StudyCreated`, 4 `ConsentGranted`, 5 `ConsentRevoked`,
 //! 6 `RoundOpened`, 7 `ContributionAccepted`, 8 `UpdateRejected`, 9 `RoundAggregated`, 10 `UtilityScores`,
 //! 11 `RewardPaid`, 12 `PrivacySpent`, 13 `StudyClosed`, 14 `BudgetDeclared`, 15 `RewardsAllotted`,
-//! 16 `CentralDpRelease`. New kinds
+//! 16 `CentralDpRelease`, 17 `CoalitionValues`. New kinds
 //! take new tags at the end; the bytes of existing kinds never change within a version.
 //!
 //! # Meaning of the figures
@@ -278,6 +278,17 @@ pub enum Entry {
         /// The δ of `epsilon`.
         delta: f64,
     },
+    /// Every coalition value a round's valuation computed: the inputs its utilities (and so its rewards) follow
+    /// from, recorded with the `UtilityScores` they produced.
+    CoalitionValues {
+        /// The study.
+        study_id: String,
+        /// The round.
+        round: u32,
+        /// Each coalition's members (sorted PDC ids joined by `+`; empty for the previous global model) and its
+        /// utility.
+        values: Vec<(String, f64)>,
+    },
 }
 
 /// Why bytes are not a canonical entry, or why an entry's signature does not check.
@@ -394,6 +405,7 @@ impl Entry {
             Entry::BudgetDeclared { .. } => 14,
             Entry::RewardsAllotted { .. } => 15,
             Entry::CentralDpRelease { .. } => 16,
+            Entry::CoalitionValues { .. } => 17,
         }
     }
 
@@ -409,6 +421,7 @@ impl Entry {
             | Entry::UtilityScores { study_id, .. }
             | Entry::RewardsAllotted { study_id, .. }
             | Entry::CentralDpRelease { study_id, .. }
+            | Entry::CoalitionValues { study_id, .. }
             | Entry::RewardPaid { study_id, .. }
             | Entry::PrivacySpent { study_id, .. }
             | Entry::StudyClosed { study_id, .. } => Some(study_id),
@@ -436,6 +449,7 @@ impl Entry {
             Entry::BudgetDeclared { .. } => "BudgetDeclared",
             Entry::RewardsAllotted { .. } => "RewardsAllotted",
             Entry::CentralDpRelease { .. } => "CentralDpRelease",
+            Entry::CoalitionValues { .. } => "CoalitionValues",
         }
     }
 
@@ -554,6 +568,11 @@ impl Entry {
                 writer.f64(*noise_std);
                 writer.f64(*epsilon);
                 writer.f64(*delta);
+            }
+            Entry::CoalitionValues { study_id, round, values } => {
+                writer.string(study_id);
+                writer.u32(*round);
+                writer.pairs(values);
             }
         }
         writer.0
@@ -682,6 +701,11 @@ impl Entry {
                 noise_std: reader.f64("noise_std")?,
                 epsilon: reader.f64("epsilon")?,
                 delta: reader.f64("delta")?,
+            },
+            17 => Entry::CoalitionValues {
+                study_id: reader.string("study_id")?,
+                round: reader.u32("round")?,
+                values: reader.pairs("values")?,
             },
             tag => return Err(EntryError::UnknownTag { tag }),
         };
@@ -997,6 +1021,11 @@ mod tests {
                     delta,
                 }
             ),
+            (text(), any::<u32>(), pairs()).prop_map(|(study_id, round, values)| Entry::CoalitionValues {
+                study_id,
+                round,
+                values,
+            }),
         ]
     }
 
@@ -1119,12 +1148,17 @@ mod tests {
                 epsilon: 2.0,
                 delta: 1e-5,
             },
+            Entry::CoalitionValues {
+                study_id: "s".into(),
+                round: 2,
+                values: vec![(String::new(), 0.5), ("a+b".into(), 0.75)],
+            },
         ]
     }
 
     /// The version-1 encodings of [`samples`]. A change here is a format change: bump [`FORMAT_VERSION`] and keep
     /// a decoder for the old version rather than editing these.
-    const GOLDEN: [&str; 16] = [
+    const GOLDEN: [&str; 17] = [
         "0101010000006802aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
         concat!(
             "01020100000068aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaabbbbbbbbbbbbbbbbbb",
@@ -1166,6 +1200,7 @@ mod tests {
             "0110010000007302000000dddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddd000000000000f03f",
             "000000000000e03f0000000000000040f168e388b5f8e43e",
         ),
+        "01110100000073020000000200000000000000000000000000e03f03000000612b62000000000000e83f",
     ];
 
     #[test]
@@ -1178,7 +1213,7 @@ mod tests {
         }
         // Every kind appears once, in tag order.
         let tags: Vec<u8> = samples.iter().map(Entry::tag).collect();
-        assert_eq!(tags, (1..=16).collect::<Vec<u8>>());
+        assert_eq!(tags, (1..=17).collect::<Vec<u8>>());
     }
 
     #[test]
@@ -1224,7 +1259,7 @@ mod tests {
         let mut wrong_version = bytes.clone();
         wrong_version[0] = 2;
         assert!(matches!(Entry::decode(&wrong_version), Err(EntryError::UnsupportedVersion { version: 2 })));
-        for tag in [0, 17, 255] {
+        for tag in [0, 18, 255] {
             let mut wrong_tag = bytes.clone();
             wrong_tag[1] = tag;
             assert!(matches!(Entry::decode(&wrong_tag), Err(EntryError::UnknownTag { tag: t }) if t == tag));

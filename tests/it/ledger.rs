@@ -204,6 +204,7 @@ async fn a_study_is_recorded_sealed_witnessed_and_audited() {
         ("RoundOpened", 2),
         ("ContributionAccepted", 4),
         ("RoundAggregated", 2),
+        ("CoalitionValues", 2),
         ("UtilityScores", 2),
         ("RewardsAllotted", 2),
         ("StudyClosed", 1),
@@ -213,6 +214,21 @@ async fn a_study_is_recorded_sealed_witnessed_and_audited() {
     let mut counted = kinds(&entries);
     let payments = counted.remove("RewardPaid").unwrap_or(0);
     assert_eq!(counted, expected);
+    // The recorded coalition values are what the utilities follow from: two players' exact Shapley values are
+    // φ_a = ½[(v(a) − v(∅)) + (v(ab) − v(b))], recomputable from the ledger alone.
+    let decoded: Vec<Entry> = entries.iter().map(|bytes| Entry::decode(bytes).unwrap()).collect();
+    for (values, scores) in decoded.iter().filter_map(|entry| match entry {
+        Entry::CoalitionValues { round, values, .. } => decoded.iter().find_map(|other| match other {
+            Entry::UtilityScores { round: r, scores, .. } if r == round => Some((values, scores)),
+            _ => None,
+        }),
+        _ => None,
+    }) {
+        let v = |key: &str| values.iter().find(|(k, _)| k == key).map(|(_, v)| *v).unwrap();
+        assert_eq!(values.len(), 4, "{values:?}");
+        let phi_a = 0.5 * ((v("ward-a") - v("")) + (v("ward-a+ward-b") - v("ward-b")));
+        assert!((scores[0].1 - phi_a).abs() < 1e-12, "{scores:?} vs {phi_a}");
+    }
     assert!(payments <= 4);
 
     // Each round pays exactly its allotment, or carries it over and pays nothing.
