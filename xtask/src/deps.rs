@@ -16,6 +16,9 @@ pub enum Rule {
     Forbid(&'static [&'static str]),
     /// Every direct normal dependency must be one of these crates; what they bring in is theirs to choose.
     DirectOnly(&'static [&'static str]),
+    /// A leaf of the workspace: no workspace package depends on it (with any kind of dependency), and of the
+    /// workspace's own packages it depends directly only on these (external crates are its own business).
+    Leaf(&'static [&'static str]),
 }
 
 /// The "must not depend on" column of DESIGN.md §2, by package name. Keep the two in step.
@@ -26,6 +29,7 @@ pub const RULES: &[(&str, Rule)] = &[
     ("pdc-privacy", Rule::Forbid(&["tokio", "tonic", "rocksdb", "burn"])),
     ("pdc-ledger", Rule::Forbid(&["tokio", "tonic", "burn"])),
     ("pdc-proto", Rule::DirectOnly(&["prost", "tonic", "tonic-prost"])),
+    ("pdc-robustness", Rule::Leaf(&["pdc-coordinator", "pdc-client", "pdc-models", "pdc-privacy"])),
 ];
 
 /// Runs `cargo metadata`, checks [`RULES`] against the resolved graph and prints every violation.
@@ -158,9 +162,38 @@ impl Graph {
                         }
                     }
                 }
+                Rule::Leaf(allowed) => {
+                    for (id, _) in self.deps(root) {
+                        let name = self.name(id);
+                        if self.is_member(id) && !allowed.contains(&name) {
+                            violations.push(Violation {
+                                package: package.to_owned(),
+                                path: vec![package.to_owned(), name.to_owned()],
+                                reason: format!("may depend directly only on {} of the workspace", allowed.join(", ")),
+                            });
+                        }
+                    }
+                    let mut dependents: Vec<&String> = self
+                        .members
+                        .iter()
+                        .filter(|member| self.deps(member).iter().any(|(id, _)| id == root))
+                        .collect();
+                    dependents.sort_by_key(|id| self.name(id));
+                    for dependent in dependents {
+                        violations.push(Violation {
+                            package: package.to_owned(),
+                            path: vec![self.name(dependent).to_owned(), package.to_owned()],
+                            reason: "must have no dependents in the workspace".to_owned(),
+                        });
+                    }
+                }
             }
         }
         Ok(violations)
+    }
+
+    fn is_member(&self, id: &str) -> bool {
+        self.members.iter().any(|member| member == id)
     }
 
     /// Every package reachable from `root` through normal dependencies, each with the package it was first reached
@@ -318,6 +351,30 @@ mod tests {
         assert_eq!(
             violations(&["pdc-proto", "pdc-ledger"], &edges, rules),
             ["pdc-proto may depend directly only on prost, tonic: pdc-proto -> pdc-ledger"]
+        );
+    }
+
+    #[test]
+    fn a_leaf_has_no_dependents_and_only_the_listed_workspace_dependencies() {
+        let rules = &[("pdc-robustness", Rule::Leaf(&["pdc-client"]))];
+        let members = ["pdc-robustness", "pdc-client", "pdc-ledger", "pdc"];
+        let allowed = [
+            ("pdc-robustness", "pdc-client", None),
+            ("pdc-robustness", "anyhow", None),
+            ("pdc-client", "pdc-ledger", None),
+        ];
+        assert!(violations(&members, &allowed, rules).is_empty());
+        let edges = [
+            ("pdc-robustness", "pdc-client", None),
+            ("pdc-robustness", "pdc-ledger", None),
+            ("pdc", "pdc-robustness", Some("dev")),
+        ];
+        assert_eq!(
+            violations(&members, &edges, rules),
+            [
+                "pdc-robustness may depend directly only on pdc-client of the workspace: pdc-robustness -> pdc-ledger",
+                "pdc-robustness must have no dependents in the workspace: pdc -> pdc-robustness",
+            ]
         );
     }
 

@@ -22,6 +22,8 @@ Commands:
   ci                          every gate, cheapest first, stopping at the first failure:
                               fmt, dependency directions, clippy, doc, test, benches run once
   bench [NAME] [-- ARGS...]   run the criterion bench NAME (all benches without it); ARGS go to criterion
+  bench robustness [ARGS...]  run the robustness benchmark in release mode (`cargo run --release -p
+                              pdc-robustness -- ARGS`): --seeds N, --rounds N, --out FILE, --threads N, --quick
   deps                        check only that no crate depends on what DESIGN.md §2 forbids
   help                        print this text
 
@@ -34,7 +36,12 @@ enum Task {
     Demo(Vec<String>),
     Test,
     Ci,
-    Bench { name: Option<String>, criterion_args: Vec<String> },
+    Bench {
+        name: Option<String>,
+        criterion_args: Vec<String>,
+    },
+    /// The robustness benchmark (not a criterion bench), with the arguments for its binary.
+    Robustness(Vec<String>),
     Deps,
     Help,
 }
@@ -74,6 +81,14 @@ fn parse(args: &[String]) -> Result<Task, String> {
         "ci" => no_arguments(Task::Ci),
         "deps" => no_arguments(Task::Deps),
         "help" | "-h" | "--help" => no_arguments(Task::Help),
+        "bench" if rest.first().is_some_and(|name| name == ROBUSTNESS) => {
+            // Its options may follow the name directly or after `--`, like criterion's.
+            let args = match &rest[1..] {
+                [separator, args @ ..] if separator == "--" => args,
+                args => args,
+            };
+            Ok(Task::Robustness(args.to_vec()))
+        }
         "bench" => {
             let (ours, criterion_args) = match rest.iter().position(|arg| arg == "--") {
                 Some(at) => (&rest[..at], rest[at + 1..].to_vec()),
@@ -99,6 +114,7 @@ fn run(task: Task) -> Result<ExitCode> {
         Task::Test => test(&Shell::new()?)?,
         Task::Ci => ci(&Shell::new()?)?,
         Task::Bench { name, criterion_args } => bench(&Shell::new()?, name.as_deref(), &criterion_args)?,
+        Task::Robustness(args) => robustness(&Shell::new()?, &args)?,
         Task::Deps => deps::check(&Shell::new()?)?,
     };
     Ok(if passed { ExitCode::SUCCESS } else { ExitCode::FAILURE })
@@ -198,6 +214,18 @@ fn bench(shell: &Shell, name: Option<&str>, criterion_args: &[String]) -> Result
     shell.run(command)
 }
 
+/// The bench name that runs the robustness harness instead of a criterion bench.
+const ROBUSTNESS: &str = "robustness";
+
+/// Runs the robustness harness in release mode: it simulates hundreds of studies, and its report quotes the
+/// wall time, which only an optimised build makes meaningful.
+fn robustness(shell: &Shell, args: &[String]) -> Result<bool> {
+    ensure_prerequisites(shell)?;
+    let mut command = shell.cargo(&["run", "--release", "--package", "pdc-robustness", "--bin", "robustness", "--"]);
+    command.args(args);
+    shell.run(command)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -221,6 +249,19 @@ mod tests {
                 name: Some("aggregation".into()),
                 criterion_args: vec!["--save-baseline".into(), "main".into()]
             })
+        );
+    }
+
+    #[test]
+    fn robustness_is_a_bench_name_with_its_own_arguments() {
+        assert_eq!(parsed("bench robustness"), Ok(Task::Robustness(vec![])));
+        let quick = Ok(Task::Robustness(vec!["--seeds".into(), "2".into(), "--quick".into()]));
+        assert_eq!(parsed("bench robustness --seeds 2 --quick"), quick);
+        assert_eq!(parsed("bench robustness -- --seeds 2 --quick"), quick);
+        // Other names are still criterion benches.
+        assert_eq!(
+            parsed("bench robust_aggregation"),
+            Ok(Task::Bench { name: Some("robust_aggregation".into()), criterion_args: vec![] })
         );
     }
 

@@ -1,0 +1,285 @@
+//! `robustness`: pdc's robustness benchmark. Simulates federated studies in process (no gRPC) with the project's
+//! own training, attacks, upload checks, aggregation rules and anomaly scores, over a matrix of attacks × rules ×
+//! attacker shares on two consortia, and writes a Markdown report with its acceptance verdicts.
+//!
+//! ```text
+//! robustness [--seeds N] [--rounds N] [--out FILE] [--threads N] [--quick]
+//! ```
+//!
+//! Run it in release mode through `cargo xtask bench robustness`.
+
+mod acceptance;
+mod datasets;
+mod matrix;
+mod report;
+mod runner;
+mod seeds;
+mod simulate;
+mod stats;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+
+use crate::matrix::MatrixSpec;
+use crate::report::Provenance;
+use crate::runner::{RunSettings, run_matrix};
+
+const USAGE: &str = "\
+Usage: robustness [--seeds N] [--rounds N] [--out FILE] [--threads N] [--quick]
+
+  --seeds N     seeds per cell (default 5; 1 with --quick)
+  --rounds N    rounds for every dataset (default: each dataset's own, 30; 3 with --quick)
+  --out FILE    where to write the Markdown report (default: robustness-report.md in the workspace root)
+  --threads N   worker threads (default: the available cores); the numbers do not depend on it
+  --quick       a tiny matrix for CI smoke runs";
+
+/// The parsed command line.
+#[derive(Debug, PartialEq)]
+struct Options {
+    seeds: Option<u64>,
+    rounds: Option<u32>,
+    out: Option<PathBuf>,
+    threads: Option<usize>,
+    quick: bool,
+    help: bool,
+}
+
+fn parse(args: &[String]) -> Result<Options, String> {
+    let mut options = Options { seeds: None, rounds: None, out: None, threads: None, quick: false, help: false };
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        let mut value = |name: &str| args.next().cloned().ok_or_else(|| format!("`{name}` needs a value"));
+        let positive = |name: &str, text: String| match text.parse::<u64>() {
+            Ok(value) if value > 0 => Ok(value),
+            _ => Err(format!("`{name}` takes a positive integer, got `{text}`")),
+        };
+        match arg.as_str() {
+            "--seeds" => options.seeds = Some(positive("--seeds", value("--seeds")?)?),
+            "--rounds" => {
+                let rounds = positive("--rounds", value("--rounds")?)?;
+                options.rounds = Some(u32::try_from(rounds).map_err(|_| "`--rounds` is too large".to_owned())?);
+            }
+            "--threads" => options.threads = Some(positive("--threads", value("--threads")?)? as usize),
+            "--out" => options.out = Some(PathBuf::from(value("--out")?)),
+            "--quick" => options.quick = true,
+            "-h" | "--help" => options.help = true,
+            other => return Err(format!("unknown argument `{other}`")),
+        }
+    }
+    Ok(options)
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let options = match parse(&args) {
+        Ok(options) => options,
+        Err(message) => {
+            eprintln!("robustness: {message}\n\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    if options.help {
+        println!("{USAGE}");
+        return ExitCode::SUCCESS;
+    }
+    match run(&options, &args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("robustness: error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(options: &Options, args: &[String]) -> Result<()> {
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let (spec, settings) = plan(options, cores);
+    let out = options.out.clone().unwrap_or_else(default_out);
+    let started = Instant::now();
+    let step = |done: usize, total: usize, elapsed: std::time::Duration| {
+        if done == total || done.is_multiple_of((total / 20).max(1)) {
+            eprintln!("robustness: {done}/{total} studies in {:.0} s", elapsed.as_secs_f64());
+        }
+    };
+    let results = run_matrix(&spec, &settings, &step)?;
+    let provenance = Provenance {
+        command: command_line(args),
+        cpu: cpu_model(),
+        cores,
+        date: utc_date(SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |since| since.as_secs())),
+        wall_seconds: started.elapsed().as_secs_f64(),
+    };
+    let text = report::render(&spec, &settings, &provenance, &results);
+    std::fs::write(&out, text).with_context(|| format!("cannot write {}", out.display()))?;
+    eprintln!("robustness: wrote {} in {:.1} s", out.display(), provenance.wall_seconds);
+    Ok(())
+}
+
+/// The matrix and run settings the options ask for.
+fn plan(options: &Options, cores: usize) -> (MatrixSpec, RunSettings) {
+    let (spec, seeds, rounds) = if options.quick {
+        (MatrixSpec::quick(), options.seeds.unwrap_or(1), Some(options.rounds.unwrap_or(3)))
+    } else {
+        (MatrixSpec::default_matrix(), options.seeds.unwrap_or(5), options.rounds)
+    };
+    (spec, RunSettings { seeds, rounds, threads: options.threads.unwrap_or(cores) })
+}
+
+/// `robustness-report.md` in the workspace root (this crate's parent folder).
+fn default_out() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("robustness-report.md")
+}
+
+/// The `cargo xtask` line that reproduces a run with these arguments (`--out` and `--threads` left out: they
+/// change neither the numbers nor the matrix).
+fn command_line(args: &[String]) -> String {
+    let mut kept = Vec::new();
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        if arg == "--out" || arg == "--threads" {
+            args.next();
+        } else {
+            kept.push(arg.as_str());
+        }
+    }
+    let mut line = "cargo xtask bench robustness".to_owned();
+    if !kept.is_empty() {
+        line.push_str(" -- ");
+        line.push_str(&kept.join(" "));
+    }
+    line
+}
+
+/// The first `model name` in /proc/cpuinfo, or "unknown CPU".
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|text| {
+            text.lines().find_map(|line| {
+                let (key, value) = line.split_once(':')?;
+                (key.trim() == "model name").then(|| value.trim().to_owned())
+            })
+        })
+        .unwrap_or_else(|| "unknown CPU".to_owned())
+}
+
+/// `YYYY-MM-DD` of a Unix time, by Howard Hinnant's `civil_from_days`.
+fn utc_date(unix_seconds: u64) -> String {
+    let days = (unix_seconds / 86_400) as i64 + 719_468;
+    let era = days.div_euclid(146_097);
+    let day_of_era = days.rem_euclid(146_097);
+    let year_of_era = (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let month_index = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * month_index + 2) / 5 + 1;
+    let month = if month_index < 10 { month_index + 3 } else { month_index - 9 };
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::acceptance::Lookup;
+    use crate::datasets::DatasetKind;
+    use crate::matrix::{AttackKind, Defence, Plan, RuleChoice};
+
+    fn parsed(line: &str) -> Result<Options, String> {
+        parse(&line.split_whitespace().map(str::to_owned).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn options_parse_and_refuse_nonsense() {
+        let options = parsed("--seeds 3 --rounds 10 --out r.md --quick").unwrap();
+        assert_eq!(
+            options,
+            Options {
+                seeds: Some(3),
+                rounds: Some(10),
+                out: Some("r.md".into()),
+                threads: None,
+                quick: true,
+                help: false
+            }
+        );
+        assert_eq!(parsed("--seeds 0").unwrap_err(), "`--seeds` takes a positive integer, got `0`");
+        assert_eq!(parsed("--rounds").unwrap_err(), "`--rounds` needs a value");
+        assert_eq!(parsed("--fast").unwrap_err(), "unknown argument `--fast`");
+        let (spec, settings) = plan(&parsed("").unwrap(), 2);
+        assert_eq!(spec, MatrixSpec::default_matrix());
+        assert_eq!(settings, RunSettings { seeds: 5, rounds: None, threads: 2 });
+        let (spec, settings) = plan(&parsed("--quick --threads 1").unwrap(), 2);
+        assert_eq!(spec, MatrixSpec::quick());
+        assert_eq!(settings, RunSettings { seeds: 1, rounds: Some(3), threads: 1 });
+    }
+
+    #[test]
+    fn the_command_line_reproduces_the_matrix() {
+        let args = |line: &str| line.split_whitespace().map(str::to_owned).collect::<Vec<_>>();
+        assert_eq!(command_line(&[]), "cargo xtask bench robustness");
+        assert_eq!(
+            command_line(&args("--seeds 3 --out /tmp/x.md --threads 2 --quick")),
+            "cargo xtask bench robustness -- --seeds 3 --quick"
+        );
+    }
+
+    #[test]
+    fn dates_are_civil_utc() {
+        assert_eq!(utc_date(0), "1970-01-01");
+        assert_eq!(utc_date(951_782_400), "2000-02-29");
+        assert_eq!(utc_date(1_767_225_599), "2025-12-31");
+        assert_eq!(utc_date(1_767_225_600), "2026-01-01");
+    }
+
+    /// The quick matrix end to end, twice: it runs, refuses Bulyan on ten hospitals as n/a, and gives the same
+    /// numbers with one thread as with two.
+    #[test]
+    fn the_quick_matrix_runs_and_is_deterministic() {
+        let (spec, settings) = plan(&parsed("--quick --rounds 2").unwrap(), 2);
+        let quiet = |_: usize, _: usize, _: std::time::Duration| {};
+        let results = run_matrix(&spec, &settings, &quiet).unwrap();
+        let single = run_matrix(&spec, &RunSettings { threads: 1, ..settings.clone() }, &quiet).unwrap();
+        assert_eq!(results, single);
+        let bulyan: Vec<_> = results
+            .iter()
+            .filter(|result| {
+                result.cell.dataset == DatasetKind::BreastCancer
+                    && result.cell.defence == Defence::plain(RuleChoice::Bulyan)
+            })
+            .collect();
+        assert_eq!(bulyan.len(), 4);
+        assert!(
+            bulyan.iter().all(|result| matches!(result.cell.plan, Plan::NotApplicable(_)) && result.runs.is_empty())
+        );
+        let lookup = Lookup::new(&results);
+        for dataset in DatasetKind::ALL {
+            assert!(lookup.baseline(dataset).unwrap() > 0.5, "{dataset:?}");
+        }
+        // Echoes are always flagged.
+        let echo =
+            lookup.get(DatasetKind::Synthetic, 20, AttackKind::FreeRide, Defence::plain(RuleChoice::FedAvg)).unwrap();
+        assert_eq!(echo.flags.true_positive_rate(), Some(1.0));
+        let provenance = Provenance {
+            command: "cargo xtask bench robustness -- --quick".into(),
+            cpu: "test CPU".into(),
+            cores: 2,
+            date: "2026-01-01".into(),
+            wall_seconds: 1.0,
+        };
+        let text = report::render(&spec, &settings, &provenance, &results);
+        for expected in [
+            "# Robustness report",
+            "- Reproduce: `cargo xtask bench robustness -- --quick`",
+            "## Acceptance",
+            "**(1) No attack",
+            "## Breast cancer",
+            "## Synthetic",
+            "| breast cancer | 20 % | sign flip ×1 | bulyan | n/a |",
+        ] {
+            assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+        }
+    }
+}
