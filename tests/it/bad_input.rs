@@ -7,7 +7,7 @@ use pdc_ledger::Identity;
 use pdc_proto::pb;
 use tonic::Code;
 
-use crate::support::{self, TestPdc};
+use crate::support::{self, TestPdc, assert_status};
 
 const MANIFEST: &str = r#"
 name = "bad-input"
@@ -26,12 +26,6 @@ min = 2
 max = 2
 round_deadline_secs = 60
 "#;
-
-fn assert_status(result: Result<impl std::fmt::Debug, tonic::Status>, code: Code, fragment: &str) {
-    let status = result.expect_err("the request must be refused");
-    assert_eq!(status.code(), code, "{}", status.message());
-    assert!(status.message().contains(fragment), "`{}` does not mention `{fragment}`", status.message());
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_gets_precise_errors_and_the_round_goes_on() {

@@ -10,7 +10,7 @@ use pdc_proto::pb;
 use tonic::Code;
 
 use crate::ledger::{fetch, pdc_run};
-use crate::support::{self, TestPdc, root};
+use crate::support::{self, TestPdc, assert_status, log_size, root};
 
 fn rotation(
     pdc_id: &str,
@@ -26,17 +26,6 @@ fn rotation(
         old_key_signature: old_signer.sign(&message).to_vec(),
         new_key_signature: new_signer.sign(&message).to_vec(),
     }
-}
-
-fn assert_status<T: std::fmt::Debug>(result: Result<T, tonic::Status>, code: Code, fragment: &str) {
-    let status = result.expect_err("the call must be refused");
-    assert_eq!(status.code(), code, "{status:?}");
-    assert!(status.message().contains(fragment), "{:?} does not contain {fragment:?}", status.message());
-}
-
-async fn log_size(url: &str) -> u64 {
-    let mut client = pb::audit_service_client::AuditServiceClient::connect(url.to_owned()).await.unwrap();
-    client.get_log_info(pb::LogInfoRequest {}).await.unwrap().into_inner().size
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -19,7 +19,7 @@ use pdc_proto::pb::audit_service_client::AuditServiceClient;
 use pdc_proto::pb::witness_service_client::WitnessServiceClient;
 use tonic::Code;
 
-use crate::support::{self, TestPdc};
+use crate::support::{self, TestPdc, assert_status};
 
 const MANIFEST: &str = r#"
 name = "ledger"
@@ -404,13 +404,6 @@ async fn a_round_is_final_only_once_the_witness_quorum_has_co_signed() {
     }
     let report = audit::verify_parts(&entries, &checkpoints, &keys);
     assert!(report.passed(), "{report}");
-}
-
-fn assert_status<T: std::fmt::Debug>(result: Result<T, tonic::Status>, code: Code, fragment: &str) -> tonic::Status {
-    let status = result.expect_err("the request must be refused");
-    assert_eq!(status.code(), code, "{}", status.message());
-    assert!(status.message().contains(fragment), "`{}` does not mention `{fragment}`", status.message());
-    status
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,7 +3,6 @@
 //! on; a restarted PDC keeps its spend; bad budget declarations and privacy claims are refused and change nothing.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -11,12 +10,12 @@ use pdc_client::spend::SpendStore;
 use pdc_ledger::audit;
 use pdc_ledger::entry::Entry;
 use pdc_ledger::signing::{self, PrivacyClaim};
-use pdc_models::{Dataset, Schema};
+use pdc_models::Schema;
 use pdc_proto::pb;
 use tonic::Code;
 
 use crate::ledger::{fetch, pdc_run};
-use crate::support::{self, TestPdc, Upload};
+use crate::support::{self, TestPdc, Upload, assert_status, log_size};
 
 /// The demo's study: an MLP on the breast-cancer table, each PDC's noise calibrated to ε = 3 at δ = 1e-5 over
 /// all rounds.
@@ -57,22 +56,11 @@ fn split(dir: &Path, n: usize, seed: u64) -> (Vec<PathBuf>, Vec<u8>) {
         .enumerate()
         .map(|(index, part)| {
             let path = dir.join(format!("part-{index}.csv"));
-            std::fs::write(&path, csv(part, &schema)).unwrap();
+            std::fs::write(&path, support::csv_text(part, &schema)).unwrap();
             path
         })
         .collect();
-    (paths, csv(&validation, &schema).into_bytes())
-}
-
-fn csv(data: &Dataset, schema: &Schema) -> String {
-    let mut text = format!("{},{}\n", schema.features.join(","), schema.label);
-    for row in 0..data.n_rows() {
-        for value in data.row(row) {
-            write!(text, "{value},").unwrap();
-        }
-        writeln!(text, "{}", data.labels[row]).unwrap();
-    }
-    text
+    (paths, support::csv_text(&validation, &schema).into_bytes())
 }
 
 /// Writes `name`'s hospital.toml with a budget of `epsilon` at δ = 1e-5 and returns its path.
@@ -256,20 +244,9 @@ async fn a_pdc_out_of_budget_refuses_the_study_goes_on_and_a_restart_keeps_its_s
     assert!(json["releases"].as_array().unwrap().len() >= c.len());
 }
 
-fn assert_status<T: std::fmt::Debug>(result: Result<T, tonic::Status>, code: Code, fragment: &str) {
-    let status = result.expect_err("the call must be refused");
-    assert_eq!(status.code(), code, "{status:?}");
-    assert!(status.message().contains(fragment), "{:?} does not contain {fragment:?}", status.message());
-}
-
 fn declaration(pdc: &TestPdc, dataset: &str, epsilon: f64, delta: f64) -> pb::BudgetDeclaration {
     let signature = pdc.identity.sign(&signing::budget_message(&pdc.id, dataset, epsilon, delta)).to_vec();
     pb::BudgetDeclaration { pdc_id: pdc.id.clone(), dataset: dataset.to_owned(), epsilon, delta, signature }
-}
-
-async fn log_size(url: &str) -> u64 {
-    let mut client = pdc_proto::pb::audit_service_client::AuditServiceClient::connect(url.to_owned()).await.unwrap();
-    client.get_log_info(pb::LogInfoRequest {}).await.unwrap().into_inner().size
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

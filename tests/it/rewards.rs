@@ -1,12 +1,11 @@
 //! Rewards end to end on the demo's split: real hospital agents over gRPC, one holding a copy of another's table,
 //! one training on flipped labels and one free riding ([attack] tables), valued by exact Shapley every round.
 
-use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use pdc_ledger::entry::Entry;
-use pdc_models::{Dataset, Schema};
+use pdc_models::Schema;
 use pdc_proto::pb;
 
 use crate::ledger::fetch;
@@ -33,17 +32,6 @@ round_deadline_secs = 60
 budget_per_round = 100.0
 "#;
 
-fn csv(data: &Dataset, schema: &Schema) -> String {
-    let mut text = format!("{},{}\n", schema.features.join(","), schema.label);
-    for row in 0..data.n_rows() {
-        for value in data.row(row) {
-            write!(text, "{value},").unwrap();
-        }
-        writeln!(text, "{}", data.labels[row]).unwrap();
-    }
-    text
-}
-
 /// The demo's split (seed 42, 20 % held out, Dirichlet α = 0.5 over 5 hospitals): each table's path, and the
 /// validation CSV.
 fn demo_split(dir: &Path) -> (Vec<PathBuf>, Vec<u8>) {
@@ -59,11 +47,11 @@ fn demo_split(dir: &Path) -> (Vec<PathBuf>, Vec<u8>) {
         .enumerate()
         .map(|(index, part)| {
             let path = dir.join(format!("part-{index}.csv"));
-            std::fs::write(&path, csv(part, &schema)).unwrap();
+            std::fs::write(&path, support::csv_text(part, &schema)).unwrap();
             path
         })
         .collect();
-    (paths, csv(&validation, &schema).into_bytes())
+    (paths, support::csv_text(&validation, &schema).into_bytes())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

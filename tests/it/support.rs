@@ -221,3 +221,34 @@ pub async fn wait_for_status(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Asserts that `result` is a refusal with `code` whose message contains `fragment`, and returns the status.
+pub fn assert_status<T: std::fmt::Debug>(
+    result: Result<T, tonic::Status>,
+    code: tonic::Code,
+    fragment: &str,
+) -> tonic::Status {
+    let status = result.expect_err("the request must be refused");
+    assert_eq!(status.code(), code, "{}", status.message());
+    assert!(status.message().contains(fragment), "`{}` does not mention `{fragment}`", status.message());
+    status
+}
+
+/// The ledger's size, from the AuditService.
+pub async fn log_size(url: &str) -> u64 {
+    let mut client = pb::audit_service_client::AuditServiceClient::connect(url.to_owned()).await.unwrap();
+    client.get_log_info(pb::LogInfoRequest {}).await.unwrap().into_inner().size
+}
+
+/// A table as CSV text with the schema's columns (features, then label).
+pub fn csv_text(data: &pdc_models::Dataset, schema: &pdc_models::Schema) -> String {
+    use std::fmt::Write as _;
+    let mut text = format!("{},{}\n", schema.features.join(","), schema.label);
+    for row in 0..data.n_rows() {
+        for value in data.row(row) {
+            write!(text, "{value},").unwrap();
+        }
+        writeln!(text, "{}", data.labels[row]).unwrap();
+    }
+    text
+}
