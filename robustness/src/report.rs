@@ -69,12 +69,36 @@ pub fn render(spec: &MatrixSpec, settings: &RunSettings, provenance: &Provenance
         out.push('\n');
     }
 
+    notes(&mut out);
     setup(&mut out, spec, settings);
     for &dataset in &spec.datasets {
         dataset_tables(&mut out, spec, &lookup, dataset);
     }
     detail_table(&mut out, results, &lookup);
     out
+}
+
+/// What the harness had to take from the coordinator as it is, which the numbers reflect.
+fn notes(out: &mut String) {
+    let _ = writeln!(out, "## How the coordinator's code shapes these numbers\n");
+    for line in [
+        "- `aggregate_round` leaves flagged updates out *before* the rule runs, but does not resize the rule: when \
+         the exclusions leave fewer than 2f + 3 updates for (Multi-)Krum or 4f + 3 for Bulyan, the rule refuses \
+         the round, and the coordinator stops the study on a failed aggregation (cells marked ‡; see the reasons \
+         in the last table).",
+        "- The coordinator calls `aggregate_round` without a previous aggregate: centered clipping always starts \
+         from zero rather than from the previous aggregate, and FLTrust (its server update is trained on the validation set) is not \
+         in the matrix.",
+        "- A study with the default `[aggregation]` table streams FedAvg and computes no anomaly scores at all; the \
+         harness scores the FedAvg cells anyway (same updates, same thresholds) so that their flag rates can be \
+         compared. Flags under `+anomaly` change the aggregate; under the other rules they are only recorded.",
+        "- The anomaly checks compare each update with the round's coordinate median and the round's median norm; \
+         they do not account for the number of examples (SGD steps) behind an update or for label skew. The \
+         \"Why honest updates are flagged\" tables show which checks fire on honest hospitals.",
+    ] {
+        let _ = writeln!(out, "{line}");
+    }
+    out.push('\n');
 }
 
 fn setup(out: &mut String, spec: &MatrixSpec, settings: &RunSettings) {

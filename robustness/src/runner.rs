@@ -142,7 +142,7 @@ pub fn run_matrix(
         .collect())
 }
 
-/// A rough relative cost for ordering jobs: participants × local epochs × rows per hospital.
+/// A rough relative cost for ordering jobs: training rows × local epochs (rounds are alike).
 fn job_cost(cell: &Cell) -> usize {
     let config = cell.dataset.config();
     match cell.dataset {

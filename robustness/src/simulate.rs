@@ -37,8 +37,8 @@ pub fn hospital_id(index: usize) -> String {
     format!("h{index:02}")
 }
 
-/// Runs `rounds` rounds of `study` with `n_attackers` of its hospitals (the first of its attacker order) running
-/// `attack`, aggregated with `config`.
+/// Runs `rounds` rounds of `study` with `attacker_percent` % of its hospitals (the first of its attacker order)
+/// running `attack`, aggregated with `config`.
 pub fn run_study(
     study: &Study,
     attack: AttackKind,
