@@ -13,7 +13,7 @@ use pdc_proto::pb;
 use tonic::Code;
 
 use crate::ledger::fetch;
-use crate::support::{self, TestPdc};
+use crate::support;
 
 const MANIFEST: &str = r#"
 name = "central"
@@ -72,20 +72,11 @@ async fn central_dp_rounds_are_released_accounted_recorded_and_replayed() {
     }
 
     let study_id = researcher.create_study(create(MANIFEST.to_owned())).await.unwrap().into_inner().study_id;
-    let mut pdcs = Vec::new();
-    for id in ["ward-a", "ward-b", "ward-c"] {
-        let mut pdc = TestPdc::register(&url, id).await;
-        pdc.consent_all().await;
-        pdcs.push(pdc);
-    }
-    let mut streams = Vec::new();
-    for pdc in &mut pdcs {
-        streams.push(pdc.tasks().await);
-    }
+    let (mut pdcs, mut streams) = support::consenting_pdcs(&url, &["ward-a", "ward-b", "ward-c"]).await;
     researcher.start_study(pb::StudyRef { study_id: study_id.clone() }).await.unwrap();
     for _ in 0..4 {
         for (index, (pdc, stream)) in pdcs.iter_mut().zip(&mut streams).enumerate() {
-            let task = tokio::time::timeout(Duration::from_secs(30), stream.message()).await.unwrap().unwrap().unwrap();
+            let task = support::next_task(stream).await;
             let model = pdc.download(&task).await;
             // Norms of about 0.3, 0.6 and 0.9: the adaptive clip norm moves toward their median.
             let scale = 0.3 * (index + 1) as f32 / (model.len() as f32).sqrt();

@@ -562,7 +562,7 @@ async fn a_manifest_chooses_a_robust_rule_and_flagged_updates_are_left_out_on_th
         streams.push(pdc.tasks().await);
     }
     for (index, (pdc, stream)) in pdcs.iter_mut().zip(&mut streams).enumerate() {
-        let task = tokio::time::timeout(Duration::from_secs(30), stream.message()).await.unwrap().unwrap().unwrap();
+        let task = support::next_task(stream).await;
         let model = pdc.download(&task).await;
         let update: Vec<f32> = if index == 2 {
             vec![0.0; model.len()]
@@ -600,22 +600,13 @@ async fn a_pdc_flagged_in_consecutive_rounds_is_suspended_from_selection_on_the_
     let request =
         pb::CreateStudyRequest { manifest_toml: manifest, validation_csv: support::breast_cancer_csv().into_bytes() };
     let study_id = researcher.create_study(request).await.unwrap().into_inner().study_id;
-    let mut pdcs = Vec::new();
-    for id in ["ward-a", "ward-b", "ward-c", "ward-d"] {
-        let mut pdc = TestPdc::register(&url, id).await;
-        pdc.consent_all().await;
-        pdcs.push(pdc);
-    }
-    let mut streams = Vec::new();
-    for pdc in &mut pdcs {
-        streams.push(pdc.tasks().await);
-    }
+    let (mut pdcs, mut streams) = support::consenting_pdcs(&url, &["ward-a", "ward-b", "ward-c", "ward-d"]).await;
     researcher.start_study(pb::StudyRef { study_id: study_id.clone() }).await.unwrap();
     for round in 1..=4u32 {
         // ward-d echoes the global model (a zero delta) whenever it is asked; from round 3 it is not asked.
         let selected = if round <= 2 { 4 } else { 3 };
         for (index, (pdc, stream)) in pdcs.iter_mut().zip(&mut streams).enumerate().take(selected) {
-            let task = tokio::time::timeout(Duration::from_secs(30), stream.message()).await.unwrap().unwrap().unwrap();
+            let task = support::next_task(stream).await;
             assert_eq!(task.round, round);
             let model = pdc.download(&task).await;
             let update: Vec<f32> = if index == 3 {

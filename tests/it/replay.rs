@@ -11,7 +11,7 @@ use pdc_ledger::entry::Entry;
 use pdc_proto::pb;
 
 use crate::ledger::{fetch, pdc_run};
-use crate::support::{self, TestPdc};
+use crate::support;
 
 /// Ten rounds, trimmed mean with FedAdam on the server, and exact-Shapley rewards every round.
 const MANIFEST: &str = r#"
@@ -51,20 +51,11 @@ async fn run_study_with(url: &str, manifest: &str, rounds: u32) -> String {
         validation_csv: support::breast_cancer_csv().into_bytes(),
     };
     let study_id = researcher.create_study(request).await.unwrap().into_inner().study_id;
-    let mut pdcs = Vec::new();
-    for id in ["ward-a", "ward-b", "ward-c"] {
-        let mut pdc = TestPdc::register(url, id).await;
-        pdc.consent_all().await;
-        pdcs.push(pdc);
-    }
-    let mut streams = Vec::new();
-    for pdc in &mut pdcs {
-        streams.push(pdc.tasks().await);
-    }
+    let (mut pdcs, mut streams) = support::consenting_pdcs(url, &["ward-a", "ward-b", "ward-c"]).await;
     researcher.start_study(pb::StudyRef { study_id: study_id.clone() }).await.unwrap();
     for _ in 0..rounds {
         for (index, (pdc, stream)) in pdcs.iter_mut().zip(&mut streams).enumerate() {
-            let task = tokio::time::timeout(Duration::from_secs(30), stream.message()).await.unwrap().unwrap().unwrap();
+            let task = support::next_task(stream).await;
             let model = pdc.download(&task).await;
             let update: Vec<f32> = model
                 .iter()

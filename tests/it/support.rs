@@ -252,3 +252,28 @@ pub fn csv_text(data: &pdc_models::Dataset, schema: &pdc_models::Schema) -> Stri
     }
     text
 }
+
+/// Registers a hand-driven PDC for each of `ids`, consents each to every listed study, and opens each one's task
+/// stream, in that order.
+pub async fn consenting_pdcs(url: &str, ids: &[&str]) -> (Vec<TestPdc>, Vec<tonic::Streaming<pb::Task>>) {
+    let mut pdcs = Vec::new();
+    for id in ids {
+        let mut pdc = TestPdc::register(url, id).await;
+        pdc.consent_all().await;
+        pdcs.push(pdc);
+    }
+    let mut streams = Vec::new();
+    for pdc in &mut pdcs {
+        streams.push(pdc.tasks().await);
+    }
+    (pdcs, streams)
+}
+
+/// The next task on `stream`, failing the test after 30 s or if the stream ends.
+pub async fn next_task(stream: &mut tonic::Streaming<pb::Task>) -> pb::Task {
+    tokio::time::timeout(Duration::from_secs(30), stream.message())
+        .await
+        .expect("a task within 30 s")
+        .unwrap()
+        .expect("the task stream stays open")
+}
