@@ -532,6 +532,22 @@ fn describe(index: u64, entry: &Entry) -> Row {
         Entry::CoalitionValues { study_id, round, values } => {
             row(study_id, Some(*round), "", format!("{} coalition values", values.len()))
         }
+        Entry::StatisticsReleased { release, .. } => row(
+            &release.scope,
+            None,
+            &release.pdc_id,
+            format!(
+                "{} of {} values (z {:.4}); cumulative ε {:.4} at δ {:e}",
+                release.kind.name(),
+                release.values.len(),
+                release.noise_multiplier,
+                release.epsilon,
+                release.delta
+            ),
+        ),
+        Entry::StandardizationFitted { study_id, contributors, mean, .. } => {
+            row(study_id, None, "", format!("{} features pooled from {}", mean.len(), contributors.join(", ")))
+        }
         Entry::CentralDpRelease { study_id, round, release_hash, clip_norm, noise_std, epsilon, delta } => row(
             study_id,
             Some(*round),

@@ -78,31 +78,32 @@ pub async fn run(command: HospitalCommand) -> anyhow::Result<()> {
         (limit.epsilon() - store.spent()).max(0.0)
     );
     // ε is not additive: each study's share is the rise in the table's cumulative ε over its rounds.
-    let mut studies: BTreeMap<&str, (u32, f64)> = BTreeMap::new();
+    // Per study (or feasibility query): DP-SGD rounds, statistics releases (round 0) and the ε they added.
+    let mut studies: BTreeMap<&str, (u32, u32, f64)> = BTreeMap::new();
     let mut previous = 0.0;
     if rounds {
         println!("  {:<32} {:>5} {:>8} {:>8} {:>6} {:>10}", "study", "round", "q", "σ", "steps", "ε after");
     }
     for event in store.events() {
         let study = studies.entry(&event.study_id).or_default();
-        study.0 += 1;
-        study.1 += event.epsilon_after - previous;
+        if event.round == 0 {
+            study.1 += 1;
+        } else {
+            study.0 += 1;
+        }
+        study.2 += event.epsilon_after - previous;
         previous = event.epsilon_after;
         if rounds {
+            let round = if event.round == 0 { "stats".to_owned() } else { event.round.to_string() };
             println!(
                 "  {:<32} {:>5} {:>8.4} {:>8.4} {:>6} {:>10.4}",
-                event.study_id,
-                event.round,
-                event.sampling_rate,
-                event.noise_multiplier,
-                event.steps,
-                event.epsilon_after
+                event.study_id, round, event.sampling_rate, event.noise_multiplier, event.steps, event.epsilon_after
             );
         }
     }
-    println!("  {:<32} {:>7} {:>12}", "study", "rounds", "ε added");
-    for (study_id, (count, added)) in studies {
-        println!("  {study_id:<32} {count:>7} {added:>12.4}");
+    println!("  {:<32} {:>7} {:>10} {:>12}", "study", "rounds", "statistics", "ε added");
+    for (study_id, (rounds, releases, added)) in studies {
+        println!("  {study_id:<32} {rounds:>7} {releases:>10} {added:>12.4}");
     }
     Ok(())
 }

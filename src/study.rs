@@ -60,6 +60,24 @@ pub enum StudyCommand {
         /// The study id.
         study_id: String,
     },
+    /// Asks every connected hospital for noisy cohort counts of a binary label before a study is launched. Each
+    /// hospital that answers (its policy decides) charges one Gaussian release of (ε, δ) to its privacy budget.
+    Feasibility {
+        #[command(flatten)]
+        target: Target,
+        /// The binary (0/1) label column to count.
+        #[arg(long)]
+        label: String,
+        /// What each hospital's release may cost: ε…
+        #[arg(long, default_value_t = 0.1)]
+        epsilon: f64,
+        /// …at this δ.
+        #[arg(long, default_value_t = 1e-5)]
+        delta: f64,
+        /// Seconds to wait for the hospitals' answers (1 to 300).
+        #[arg(long, default_value_t = 30)]
+        timeout: u32,
+    },
     /// Writes the current global model (little-endian f32) and prints its hash.
     Download {
         #[command(flatten)]
@@ -121,6 +139,11 @@ pub async fn run(command: StudyCommand) -> anyhow::Result<()> {
                 audit.get_rewards(pb::StudyQuery { study_id: study_id.clone() }).await.map_err(status_error)?;
             print_rewards(&study_id, &report.into_inner());
         }
+        StudyCommand::Feasibility { target, label, epsilon, delta, timeout } => {
+            let request = pb::FeasibilityRequest { label, epsilon, delta, timeout_secs: timeout };
+            let report = connect(&target.coordinator).await?.feasibility(request).await.map_err(status_error)?;
+            print!("{}", feasibility_table(&report.into_inner()));
+        }
         StudyCommand::Start { target, study_id } => {
             let status = connect(&target.coordinator).await?.start_study(pb::StudyRef { study_id }).await;
             print_status(&status.map_err(status_error)?.into_inner());
@@ -157,6 +180,13 @@ pub async fn run(command: StudyCommand) -> anyhow::Result<()> {
                     Some(pb::study_event::Event::RoundClosed(round)) => println!("{}", round_line(&round)),
                     Some(pb::study_event::Event::UpdateRejected(rejected)) => {
                         println!("round {}: {} rejected: {}", rejected.round, rejected.pdc_id, rejected.reason);
+                    }
+                    Some(pb::study_event::Event::Standardized(fitted)) => {
+                        println!(
+                            "standardisation pooled from DP feature summaries of {} ({} features)",
+                            fitted.contributors.join(", "),
+                            fitted.mean.len()
+                        );
                     }
                     None => {}
                 }
@@ -272,6 +302,49 @@ pub fn print_status(status: &pb::StudyStatus) {
             );
         }
     }
+}
+
+/// A feasibility report as a table: each hospital's noisy counts (rounded for reading, never below 0) with the
+/// noise's standard deviation and its cumulative ε after answering, or why it did not answer; then the totals.
+pub fn feasibility_table(report: &pb::FeasibilityReport) -> String {
+    let mut out = format!("feasibility query {} (noise multiplier {:.4})\n", report.query_id, report.noise_multiplier);
+    out += &format!(
+        "  {:<16} {:>8} {:>10} {:>10} {:>9} {:>9}  {}\n",
+        "hospital", "rows", "label 1", "label 0", "± (1 sd)", "ε spent", "note"
+    );
+    let (mut positives, mut negatives, mut variance) = (0.0, 0.0, 0.0);
+    for answer in &report.answers {
+        if answer.answered {
+            let (p, n) = (answer.positives.round().max(0.0), answer.negatives.round().max(0.0));
+            out += &format!(
+                "  {:<16} {:>8} {:>10} {:>10} {:>9.1} {:>9.3}\n",
+                answer.pdc_id,
+                p + n,
+                p,
+                n,
+                answer.noise_std,
+                answer.pdc_epsilon
+            );
+            positives += answer.positives;
+            negatives += answer.negatives;
+            variance += answer.noise_std * answer.noise_std;
+        } else {
+            let note = if answer.declined.is_empty() { "no answer in time" } else { answer.declined.as_str() };
+            out += &format!("  {:<16} {:>8} {:>10} {:>10} {:>9} {:>9}  {note}\n", answer.pdc_id, "-", "-", "-", "", "");
+        }
+    }
+    let answered = report.answers.iter().filter(|a| a.answered).count();
+    let (p, n) = (positives.round().max(0.0), negatives.round().max(0.0));
+    out += &format!(
+        "  {:<16} {:>8} {:>10} {:>10} {:>9.1}  {answered} of {} answered\n",
+        "total",
+        p + n,
+        p,
+        n,
+        variance.sqrt(),
+        report.answers.len()
+    );
+    out
 }
 
 /// The rewards table: one line per round and hospital, then each hospital's totals.

@@ -5,7 +5,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use pdc_ledger::hash::{StreamHasher, f32_bytes, parameters_hash};
-use pdc_ledger::signing::{self, ConsentAction, Contribution, PrivacyClaim};
+use pdc_ledger::signing::{self, ConsentAction, Contribution, PrivacyClaim, StatisticKind, StatisticsRelease};
 use pdc_ledger::{Identity, sha3_256};
 use pdc_models::Dataset;
 use pdc_proto::pb::federation_service_client::FederationServiceClient;
@@ -29,6 +29,12 @@ pub struct Agent {
     declined: BTreeSet<String>,
     /// The table's privacy spend, when the PDC declared a budget.
     spend: Option<SpendStore>,
+}
+
+/// The local data a statistics query releases about, once it is decided to answer.
+enum QueryData {
+    Features { rows: Vec<Vec<f64>>, bounds: Vec<pdc_privacy::stats::FeatureBounds> },
+    Labels(Vec<f64>),
 }
 
 /// What a task produced: the update and, under local DP, the signed claim of what it spent.
@@ -259,6 +265,9 @@ impl Agent {
     async fn handle_task(&mut self, client: &mut Client, task: pb::Task) -> Result<()> {
         let (study_id, round) = (task.study_id.clone(), task.round);
         tracing::info!(pdc = %self.config.pdc_id, study = %study_id, round, "task received");
+        if let Some(query) = &task.query {
+            return self.answer_query(client, &task, query).await;
+        }
         if self.config.simulate.crash_at_round == Some(round) {
             tracing::error!(pdc = %self.config.pdc_id, round, "simulated crash");
             std::process::abort();
@@ -285,6 +294,171 @@ impl Agent {
                 Ok(())
             }
         }
+    }
+
+    /// Answers a statistics query with a signed DP release charged to the table's budget, or declines it (a
+    /// failure report for the query's scope at round 0) saying why.
+    async fn answer_query(&mut self, client: &mut Client, task: &pb::Task, query: &pb::StatisticsQuery) -> Result<()> {
+        let scope = task.study_id.clone();
+        let failure = match self.release(task, query) {
+            Ok(submission) => match client.submit_statistics(submission).await {
+                Ok(receipt) => {
+                    tracing::info!(pdc = %self.config.pdc_id, %scope, answers = receipt.into_inner().answers,
+                        "statistics released");
+                    return Ok(());
+                }
+                Err(status) => {
+                    let error = Error::refused("SubmitStatistics", status);
+                    if error.is_transient() {
+                        return Err(error);
+                    }
+                    // Refused (the query closed, say): the spend stands, and there is nothing to retry.
+                    tracing::warn!(pdc = %self.config.pdc_id, %scope, %error, "statistics refused");
+                    return Ok(());
+                }
+            },
+            Err(error) if error.is_transient() => return Err(error),
+            Err(error) => error,
+        };
+        tracing::info!(pdc = %self.config.pdc_id, %scope, reason = %failure, "statistics query declined");
+        let kind = match failure {
+            Error::BudgetExhausted { .. } => pb::FailureKind::BudgetExhausted,
+            _ => pb::FailureKind::Unspecified,
+        };
+        let report = pb::FailureReport {
+            study_id: scope,
+            round: 0,
+            reason: failure.to_string(),
+            auth: Some(self.signed("ReportFailure")),
+            kind: kind as i32,
+        };
+        if let Err(status) = client.report_failure(report).await {
+            tracing::warn!(pdc = %self.config.pdc_id, %status, "decline refused");
+        }
+        Ok(())
+    }
+
+    /// Decides whether to answer `query`, charges its release to the spend file (on disk before anything is
+    /// computed or sent) and returns the signed release.
+    fn release(&mut self, task: &pb::Task, query: &pb::StatisticsQuery) -> Result<pb::StatisticsSubmission> {
+        let scope = task.study_id.clone();
+        let declined = |detail: String| Error::Declined { scope: scope.clone(), detail };
+        let bad = |detail: String| Error::BadTask { study_id: scope.clone(), round: 0, detail };
+        let Some(spend) = &self.spend else {
+            return Err(declined("this PDC declared no privacy budget, so it releases no statistics".into()));
+        };
+        if spend.events().iter().any(|event| event.study_id == scope && event.round == 0) {
+            return Err(declined("this PDC already released statistics for it; it releases once per query".into()));
+        }
+        let noise_multiplier = query.noise_multiplier;
+        if !(noise_multiplier.is_finite() && noise_multiplier > 0.0) {
+            return Err(bad(format!("noise multiplier {noise_multiplier} is not finite and positive")));
+        }
+        let kind = match pb::StatisticKind::try_from(query.kind) {
+            Ok(pb::StatisticKind::FeatureSummary) => StatisticKind::FeatureSummary,
+            Ok(pb::StatisticKind::CohortCounts) => StatisticKind::CohortCounts,
+            _ => return Err(bad(format!("unknown statistic kind {}", query.kind))),
+        };
+        // What to release, decided and checked before anything is spent.
+        let data = match kind {
+            StatisticKind::FeatureSummary => {
+                let terms =
+                    StudyTerms::parse(&task.manifest_toml).map_err(|e| bad(format!("unreadable manifest: {e}")))?;
+                let settings = terms
+                    .federated_standardization
+                    .as_ref()
+                    .ok_or_else(|| bad("the study's manifest asks for no federated standardisation".into()))?;
+                let bounds = settings.bounds_for(&terms.data.features)?;
+                // The manifest this PDC consented to sets the noise and the bounds; a query asking for less noise
+                // or other bounds is refused.
+                let asked: Vec<(f64, f64)> = query.bounds.iter().map(|b| (b.lower, b.upper)).collect();
+                let agreed: Vec<(f64, f64)> = bounds.iter().map(|b| (b.lower(), b.upper())).collect();
+                if settings.noise_multiplier()? != noise_multiplier || asked != agreed {
+                    return Err(bad("the query's noise or bounds are not the ones the manifest states".into()));
+                }
+                let table = self.table(&scope, &terms)?;
+                let rows: Vec<Vec<f64>> = table
+                    .features
+                    .chunks_exact(table.n_features())
+                    .map(|row| row.iter().map(|&v| f64::from(v)).collect())
+                    .collect();
+                QueryData::Features { rows, bounds }
+            }
+            StatisticKind::CohortCounts => {
+                let privacy = self.config.privacy.as_ref().expect("a spend store comes from [privacy]");
+                let Some(cap) = privacy.feasibility_epsilon else {
+                    return Err(declined(
+                        "this hospital answers no feasibility queries (privacy.feasibility_epsilon is not set)".into(),
+                    ));
+                };
+                let mut alone = pdc_privacy::RdpAccountant::new();
+                pdc_privacy::Accountant::compose_gaussian(&mut alone, noise_multiplier, 1);
+                let cost = pdc_privacy::Accountant::epsilon(&alone, spend.limit().delta())
+                    .map_err(|e| bad(format!("cannot account the query: {e}")))?;
+                if cost > cap {
+                    return Err(declined(format!(
+                        "the query would cost ε = {cost:.4}, above this hospital's cap of {cap} per query"
+                    )));
+                }
+                let labels = self.labels(&query.label).map_err(|e| declined(e.to_string()))?;
+                QueryData::Labels(labels)
+            }
+        };
+        let spend = self.spend.as_mut().expect("checked above");
+        if let Err(unaffordable) = spend.plan(1.0, noise_multiplier, 1)? {
+            return Err(Error::BudgetExhausted { study_id: scope.clone(), round: 0, detail: unaffordable.to_string() });
+        }
+        let epsilon = spend.commit(&scope, 0, 1.0, noise_multiplier, 1)?;
+        let privacy_error = |e: pdc_privacy::Error| Error::Model(pdc_models::Error::from(e));
+        let values = match data {
+            QueryData::Features { rows, bounds } => {
+                pdc_privacy::stats::release_feature_summary(&rows, &bounds, noise_multiplier)
+                    .map_err(privacy_error)?
+                    .values()
+            }
+            QueryData::Labels(labels) => {
+                let counts =
+                    pdc_privacy::stats::release_cohort_counts(&labels, noise_multiplier).map_err(privacy_error)?;
+                vec![counts.positives, counts.negatives]
+            }
+        };
+        let release = StatisticsRelease {
+            scope,
+            pdc_id: self.config.pdc_id.clone(),
+            kind,
+            dataset: spend.dataset().to_owned(),
+            noise_multiplier,
+            values,
+            epsilon,
+            delta: spend.limit().delta(),
+        };
+        let signature = self.identity.sign(&release.signing_bytes());
+        Ok(pb::StatisticsSubmission {
+            scope: release.scope,
+            pdc_id: release.pdc_id,
+            kind: query.kind,
+            dataset: release.dataset,
+            noise_multiplier,
+            values: release.values,
+            epsilon,
+            delta: release.delta,
+            signature: signature.to_vec(),
+        })
+    }
+
+    /// The local table's `label` column, read with every other column as a feature.
+    fn labels(&self, label: &str) -> Result<Vec<f64>> {
+        let source = |detail: String| Error::Config { path: self.config.data.clone(), detail };
+        let text = std::fs::read_to_string(&self.config.data).map_err(|e| source(e.to_string()))?;
+        let header = text.lines().next().unwrap_or("");
+        let columns: Vec<String> = header.split(',').map(|c| c.trim().trim_matches('"').to_owned()).collect();
+        if !columns.iter().any(|c| c == label) {
+            return Err(source(format!("the table has no column `{label}`")));
+        }
+        let features = columns.into_iter().filter(|c| c != label).collect();
+        let schema = pdc_models::Schema { features, label: label.to_owned() };
+        let table = pdc_models::parse_csv(&text, &self.config.data.display().to_string(), &schema)?;
+        Ok(table.labels.iter().map(|&y| f64::from(y)).collect())
     }
 
     async fn train_task(&mut self, client: &mut Client, task: &pb::Task) -> Result<Trained> {

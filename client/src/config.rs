@@ -50,6 +50,11 @@ pub struct PrivacyConfig {
     /// The spend file; relative to the config file. Defaults to `<pdc_id>.spend.json` next to it.
     #[serde(default)]
     pub spend_file: Option<PathBuf>,
+    /// The most ε the PDC pays to answer one researcher's feasibility query (noisy cohort counts, asked before a
+    /// study exists); absent, it declines every such query. Feature summaries for a study's federated
+    /// standardisation are governed by the study's manifest the PDC consented to, not by this.
+    #[serde(default)]
+    pub feasibility_epsilon: Option<f64>,
 }
 
 /// Which studies a PDC consents to. Either way, it consents only when its table has every column the study
@@ -140,6 +145,14 @@ impl HospitalConfig {
                 return Err("privacy.dataset must be 1 to 128 bytes without NUL".into());
             }
             pdc_privacy::PrivacyBudget::new(privacy.epsilon, privacy.delta).map_err(|e| format!("privacy: {e}"))?;
+            if let Some(cap) = privacy.feasibility_epsilon
+                && !(cap.is_finite() && cap > 0.0 && cap <= privacy.epsilon)
+            {
+                return Err(format!(
+                    "privacy.feasibility_epsilon = {cap} must be positive and at most the budget's ε {}",
+                    privacy.epsilon
+                ));
+            }
         }
         Ok(())
     }
@@ -182,6 +195,14 @@ mod tests {
         assert!(error.contains("privacy: "), "{error}");
         std::fs::write(&path, format!("{base}[privacy]\ndataset = \"icu\"\nepsilon = 1.0\ndelta = 1.0\n")).unwrap();
         assert!(HospitalConfig::load(&path).is_err());
+        let cap = |cap: &str| {
+            format!("{base}[privacy]\ndataset = \"icu\"\nepsilon = 2.0\ndelta = 1e-5\nfeasibility_epsilon = {cap}\n")
+        };
+        std::fs::write(&path, cap("0.25")).unwrap();
+        assert_eq!(HospitalConfig::load(&path).unwrap().privacy.unwrap().feasibility_epsilon, Some(0.25));
+        std::fs::write(&path, cap("3.0")).unwrap();
+        let error = HospitalConfig::load(&path).unwrap_err().to_string();
+        assert!(error.contains("at most the budget's ε 2"), "{error}");
     }
 
     #[test]

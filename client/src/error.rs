@@ -48,6 +48,14 @@ pub enum Error {
         /// The figures.
         detail: String,
     },
+    /// The PDC will not answer a statistics query, by its own policy or because it cannot.
+    #[error("statistics query {scope}: {detail}")]
+    Declined {
+        /// The study or feasibility query asked.
+        scope: String,
+        /// Why.
+        detail: String,
+    },
     /// The coordinator refused a call.
     #[error("coordinator refused {call}: {status}")]
     Refused {

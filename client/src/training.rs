@@ -27,6 +27,10 @@ pub struct StudyTerms {
     /// Local DP-SGD, when the study asks for it.
     #[serde(default)]
     pub privacy: Option<LocalDpSettings>,
+    /// The DP feature summary the study asks of every PDC before its first round, when it standardises
+    /// federatedly.
+    #[serde(default)]
+    pub federated_standardization: Option<pdc_models::FederatedStandardization>,
 }
 
 /// The schema.
@@ -328,6 +332,7 @@ mod tests {
             },
             training: TrainingTerms { rounds: 3, local_epochs: 2, batch_size, learning_rate: 0.5, proximal_mu },
             privacy: None,
+            federated_standardization: None,
         }
     }
 

@@ -170,6 +170,13 @@ impl AuditService for AuditApi {
                 Entry::PrivacySpent { round, pdc_id, epsilon, delta, .. } => {
                     Some(pb::PrivacySpend { pdc_id: pdc_id.clone(), round: *round, epsilon: *epsilon, delta: *delta })
                 }
+                // A feature summary for the study's standardisation is a spend before its first round.
+                Entry::StatisticsReleased { release, .. } => Some(pb::PrivacySpend {
+                    pdc_id: release.pdc_id.clone(),
+                    round: 0,
+                    epsilon: release.epsilon,
+                    delta: release.delta,
+                }),
                 _ => None,
             })
             .collect();

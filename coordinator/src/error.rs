@@ -28,6 +28,9 @@ pub enum Error {
     /// No study has this id.
     #[error("unknown study {0}")]
     UnknownStudy(String),
+    /// No open feasibility query has this id (it may have timed out).
+    #[error("no open feasibility query {0:?} (it may have timed out)")]
+    UnknownQuery(String),
     /// The PDC is not registered.
     #[error("PDC {0} is not registered")]
     UnknownPdc(String),
@@ -75,7 +78,7 @@ pub fn to_status(error: &Error) -> tonic::Status {
         | Error::InvalidValidationSet(_)
         | Error::InvalidArgument { .. }
         | Error::InvalidUpdate { .. } => Code::InvalidArgument,
-        Error::UnknownStudy(_) => Code::NotFound,
+        Error::UnknownStudy(_) | Error::UnknownQuery(_) => Code::NotFound,
         Error::UnknownPdc(_) | Error::Unauthenticated(_) => Code::Unauthenticated,
         Error::PermissionDenied(_) => Code::PermissionDenied,
         Error::AlreadyExists(_) => Code::AlreadyExists,

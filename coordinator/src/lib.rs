@@ -1,6 +1,6 @@
 //! pdc's coordinator: study manifests, the round state machine, update validation, FedAvg, and the gRPC server.
 //!
-//! The cores ([`round`], [`aggregation`], [`manifest`]) do no I/O and read no clock. [`service::Coordinator`]
+//! The cores ([`round`], [`aggregation`], [`manifest`], [`statistics`]) do no I/O and read no clock. [`service::Coordinator`]
 //! holds the state and reads the clock; [`server`] is the tonic edge; [`archive`] stores updates on disk.
 
 pub mod aggregation;
@@ -15,6 +15,7 @@ pub mod rewards;
 pub mod round;
 pub mod server;
 pub mod service;
+pub mod statistics;
 pub mod valuation;
 
 pub use error::{Error, Result, to_status};

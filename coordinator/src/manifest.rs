@@ -1,6 +1,6 @@
 //! Study manifests: the TOML a researcher writes, parsed strictly and validated before a study exists.
 
-use pdc_models::{Dataset, LocalDpSettings, ModelKind, ModelSpec, Schema, Task, TrainConfig};
+use pdc_models::{Dataset, FederatedStandardization, LocalDpSettings, ModelKind, ModelSpec, Schema, Task, TrainConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::aggregation::AggregationConfig;
@@ -48,6 +48,11 @@ pub struct Manifest {
     /// Gaussian noise to their sum and records the release; absent, aggregation adds no noise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub central_privacy: Option<CentralPrivacySection>,
+    /// Federated standardisation: before the first round every PDC releases a DP feature summary of its table,
+    /// charged to its budget, and the pooled mean and standard deviation standardise every PDC's data and the
+    /// validation set; absent, the standardisation is fitted on the researcher's validation set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub federated_standardization: Option<FederatedStandardization>,
 }
 
 /// `[central_privacy]`: DP-FedAvg with optional adaptive clipping, PDC-level DP accounted per study.
@@ -271,6 +276,17 @@ impl Manifest {
         if unique.len() != self.data.features.len() {
             return invalid("data.features lists a column twice".into());
         }
+        if let Some(standardization) = &self.federated_standardization {
+            if self.privacy.is_none() {
+                return invalid(
+                    "[federated_standardization] charges each PDC's release to the budget it declared for local DP: \
+                     it needs [privacy]"
+                        .into(),
+                );
+            }
+            standardization.noise_multiplier().map_err(|e| Error::InvalidManifest(e.to_string()))?;
+            standardization.bounds_for(&self.data.features).map_err(|e| Error::InvalidManifest(e.to_string()))?;
+        }
         Ok(self)
     }
 
@@ -383,5 +399,27 @@ round_deadline_secs = 10
         let text = MANIFEST.replace("label = \"y\"", "label = \"y\"\nfeatures = [\"a\", \"c\"]");
         let error = Manifest::parse(&text).unwrap().resolve(&header()).unwrap_err().to_string();
         assert_eq!(error, "invalid manifest: feature column `c` is not in the validation set");
+    }
+
+    #[test]
+    fn federated_standardization_needs_local_dp_and_bounds_for_every_feature() {
+        let privacy = "[privacy]\nclip_norm = 1.0\nnoise_multiplier = 1.0\ndelta = 1e-5\n";
+        let section = "[federated_standardization]\nnoise_multiplier = 2.0\nbounds = { a = [0, 1], b = [0, 5] }\n";
+        let text = format!("{MANIFEST}{privacy}{section}");
+        let manifest = Manifest::parse(&text).unwrap().resolve(&header()).unwrap();
+        let parsed = Manifest::parse(&manifest.to_canonical_toml()).unwrap();
+        assert_eq!(parsed.federated_standardization, manifest.federated_standardization);
+        // Without the section the canonical form (and so the hash of existing manifests) is unchanged.
+        assert!(!Manifest::parse(MANIFEST).unwrap().to_canonical_toml().contains("federated_standardization"));
+
+        for (text, expected) in [
+            (format!("{MANIFEST}{section}"), "it needs [privacy]"),
+            (format!("{MANIFEST}{privacy}{}", section.replace(", b = [0, 5]", "")), "feature `b` has no bounds"),
+            (format!("{MANIFEST}{privacy}{}", section.replace("noise_multiplier = 2.0", "epsilon = 1.0")), "delta"),
+            (format!("{MANIFEST}{privacy}{}", section.replace("[0, 5]", "[5, 0]")), "`b`"),
+        ] {
+            let error = Manifest::parse(&text).and_then(|m| m.resolve(&header())).unwrap_err().to_string();
+            assert!(error.contains(expected), "{text}: {error}");
+        }
     }
 }

@@ -14,7 +14,10 @@
 //!    on the validation set and valued with the recorded seed, and the entries that record it (left-out updates,
 //!    the aggregate with its model hash and metrics, utilities, allotment, payments) are rebuilt and compared
 //!    byte for byte with the ledger's;
-//! 4. every `RoundOpened` must name the model the replay holds at that point.
+//! 4. every `RoundOpened` must name the model the replay holds at that point;
+//! 5. a study that standardises federatedly is replayed with the `StandardizationFitted` its rounds used, after
+//!    checking that it is exactly the pooling of the PDCs' signed `StatisticsReleased` summaries (the DP noise is
+//!    inside the signed releases, so the pooling is deterministic).
 //!
 //! Aggregation, valuation and evaluation are deterministic, so an honest study replays bit for bit. Local DP noise
 //! is added inside the PDCs, before the update is signed, and is therefore part of the archived input; central DP
@@ -99,6 +102,59 @@ impl fmt::Display for ReplayReport {
     }
 }
 
+/// Re-pools a federated standardisation from the PDCs' signed feature summaries on the ledger and compares it with
+/// the recorded `StandardizationFitted`; returns the standardiser the rounds used (the recorded one), or `None`
+/// when the ledger records none.
+fn replay_standardization(
+    manifest: &crate::manifest::Manifest,
+    study_entries: &[&Entry],
+    report: &mut ReplayReport,
+) -> Option<pdc_models::Standardizer> {
+    let (contributors, mean, std) = study_entries.iter().find_map(|entry| match entry {
+        Entry::StandardizationFitted { contributors, mean, std, .. } => Some((contributors, mean, std)),
+        _ => None,
+    })?;
+    let recorded = pdc_privacy::stats::GlobalStandardization { mean: mean.clone(), std: std.clone(), count: 0.0 };
+    let settings = manifest.federated_standardization.as_ref().expect("checked by the caller");
+    let inputs = settings.noise_multiplier().and_then(|z| Ok((z, settings.bounds_for(&manifest.data.features)?)));
+    let (noise_multiplier, bounds) = match inputs {
+        Ok(inputs) => inputs,
+        Err(error) => {
+            report.problems.push(format!("the manifest's federated standardisation does not resolve: {error}"));
+            return Some(pdc_models::Standardizer::from(&recorded));
+        }
+    };
+    let mut summaries = Vec::new();
+    for contributor in contributors {
+        let release = study_entries.iter().find_map(|entry| match entry {
+            Entry::StatisticsReleased { release, .. } if release.pdc_id == *contributor => Some(release),
+            _ => None,
+        });
+        let Some(release) = release else {
+            report.problems.push(format!("the standardisation pools {contributor}, which released no summary"));
+            continue;
+        };
+        match pdc_privacy::stats::NoisyFeatureSummary::from_values(&bounds, noise_multiplier, &release.values) {
+            Ok(summary) if release.noise_multiplier == noise_multiplier => summaries.push(summary),
+            Ok(_) => report.problems.push(format!(
+                "{contributor}'s summary was released at noise {}, the manifest states {noise_multiplier}",
+                release.noise_multiplier
+            )),
+            Err(error) => report.problems.push(format!("{contributor}'s summary is malformed: {error}")),
+        }
+    }
+    if summaries.len() == contributors.len() {
+        match pdc_privacy::stats::combine_feature_summaries(&summaries) {
+            Ok(pooled) if pooled.mean == recorded.mean && pooled.std == recorded.std => {}
+            Ok(_) => report
+                .problems
+                .push("the recorded standardisation is not the pooling of the recorded feature summaries".to_owned()),
+            Err(error) => report.problems.push(format!("the recorded feature summaries do not pool: {error}")),
+        }
+    }
+    Some(pdc_models::Standardizer::from(&recorded))
+}
+
 /// One aggregated round as the ledger tells it.
 struct LedgerRound {
     round: u32,
@@ -141,8 +197,16 @@ pub fn replay_study(
     }
     let manifest_text = String::from_utf8(manifest_bytes)
         .map_err(|e| Error::InvalidArgument { field: "manifest", detail: format!("not UTF-8: {e}") })?;
-    let PreparedStudy { manifest, validation, spec, mut global, optimizer, manifest_hash: derived, .. } =
-        prepare_study(&manifest_text, &validation_csv)?;
+    let PreparedStudy {
+        manifest,
+        mut validation,
+        raw_validation,
+        spec,
+        mut global,
+        optimizer,
+        manifest_hash: derived,
+        ..
+    } = prepare_study(&manifest_text, &validation_csv)?;
     if derived != manifest_hash {
         report.problems.push("the archived manifest is not in canonical form".to_owned());
         return Ok(report);
@@ -150,6 +214,21 @@ pub fn replay_study(
     let optimizer = Mutex::new(optimizer);
 
     let study_entries: Vec<&Entry> = entries.iter().filter(|entry| entry.study_id() == Some(study_id)).collect();
+    if manifest.federated_standardization.is_some() {
+        match replay_standardization(&manifest, &study_entries, &mut report) {
+            Some(standardizer) => {
+                validation = raw_validation;
+                standardizer.apply(&mut validation)?;
+            }
+            None if study_entries.iter().any(|entry| matches!(entry, Entry::RoundAggregated { .. })) => {
+                report.problems.push(
+                    "the study standardises federatedly but the ledger records no StandardizationFitted".to_owned(),
+                );
+                return Ok(report);
+            }
+            None => {}
+        }
+    }
     let mut rounds: Vec<LedgerRound> = Vec::new();
     let mut open: BTreeMap<String, AcceptedUpdate> = BTreeMap::new();
     // (round, model hash) of each RoundOpened, in order, checked as the replay reaches them.

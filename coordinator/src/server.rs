@@ -7,7 +7,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use futures::{Stream, StreamExt};
-use pdc_ledger::signing::{ConsentAction, Contribution, PrivacyClaim};
+use pdc_ledger::signing::{ConsentAction, Contribution, PrivacyClaim, StatisticKind, StatisticsRelease};
 use pdc_proto::pb::audit_service_server::AuditServiceServer;
 use pdc_proto::pb::federation_service_server::{FederationService, FederationServiceServer};
 use pdc_proto::pb::study_service_server::{StudyService, StudyServiceServer};
@@ -19,9 +19,10 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::audit_server::{AuditApi, WitnessApi};
 use crate::service::{
-    Coordinator, FailureKind, ModelSnapshot, RequestAuth, RoundRecord, StudyEvent, StudyState, StudyStatus, TaskSpec,
-    UpdateHeader,
+    Coordinator, FailureKind, MAX_FEASIBILITY_TIMEOUT, ModelSnapshot, RequestAuth, RoundRecord, StudyEvent, StudyState,
+    StudyStatus, TaskSpec, UpdateHeader,
 };
+use crate::statistics::CohortAnswer;
 use crate::{Error, Result};
 
 type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -151,6 +152,43 @@ impl StudyService for StudyApi {
     ) -> Result<Response<Self::DownloadModelStream>, Status> {
         let snapshot = self.coordinator.current_model(&request.into_inner().study_id)?;
         Ok(Response::new(model_stream(snapshot)))
+    }
+
+    async fn feasibility(
+        &self,
+        request: Request<pb::FeasibilityRequest>,
+    ) -> Result<Response<pb::FeasibilityReport>, Status> {
+        let request = request.into_inner();
+        if request.timeout_secs == 0 || u64::from(request.timeout_secs) > MAX_FEASIBILITY_TIMEOUT.as_secs() {
+            return Err(Status::from(Error::InvalidArgument {
+                field: "timeout_secs",
+                detail: format!("{} is not between 1 and {}", request.timeout_secs, MAX_FEASIBILITY_TIMEOUT.as_secs()),
+            }));
+        }
+        let timeout = std::time::Duration::from_secs(u64::from(request.timeout_secs));
+        let outcome = self.coordinator.feasibility(&request.label, request.epsilon, request.delta, timeout).await?;
+        let answers = outcome
+            .answers
+            .into_iter()
+            .map(|(pdc_id, answer)| match answer {
+                CohortAnswer::Released { counts, epsilon } => pb::CohortAnswer {
+                    pdc_id,
+                    answered: true,
+                    positives: counts.positives,
+                    negatives: counts.negatives,
+                    noise_std: counts.noise_std(),
+                    declined: String::new(),
+                    pdc_epsilon: epsilon,
+                },
+                CohortAnswer::Declined(reason) => pb::CohortAnswer { pdc_id, declined: reason, ..Default::default() },
+                CohortAnswer::NoAnswer => pb::CohortAnswer { pdc_id, ..Default::default() },
+            })
+            .collect();
+        Ok(Response::new(pb::FeasibilityReport {
+            query_id: outcome.query_id,
+            noise_multiplier: outcome.noise_multiplier,
+            answers,
+        }))
     }
 }
 
@@ -288,6 +326,30 @@ impl FederationService for FederationApi {
         )?;
         Ok(Response::new(pb::KeyRotationResponse {}))
     }
+
+    async fn submit_statistics(
+        &self,
+        request: Request<pb::StatisticsSubmission>,
+    ) -> Result<Response<pb::StatisticsReceipt>, Status> {
+        let request = request.into_inner();
+        let kind = match pb::StatisticKind::try_from(request.kind) {
+            Ok(pb::StatisticKind::FeatureSummary) => StatisticKind::FeatureSummary,
+            Ok(pb::StatisticKind::CohortCounts) => StatisticKind::CohortCounts,
+            _ => return Err(Status::invalid_argument(format!("unknown statistic kind {}", request.kind))),
+        };
+        let release = StatisticsRelease {
+            scope: request.scope,
+            pdc_id: request.pdc_id,
+            kind,
+            dataset: request.dataset,
+            noise_multiplier: request.noise_multiplier,
+            values: request.values,
+            epsilon: request.epsilon,
+            delta: request.delta,
+        };
+        let answers = self.coordinator.submit_statistics(release, &request.signature)?;
+        Ok(Response::new(pb::StatisticsReceipt { answers }))
+    }
 }
 
 fn auth_from_pb(auth: Option<pb::SignedRequest>) -> Result<RequestAuth, Status> {
@@ -370,6 +432,19 @@ fn task_to_pb(task: TaskSpec) -> pb::Task {
         feature_std: task.standardizer.std,
         deadline_in_ms: task.deadline_in_ms,
         training_seed: task.training_seed,
+        query: task.query.map(|query| pb::StatisticsQuery {
+            kind: match query.kind {
+                StatisticKind::FeatureSummary => pb::StatisticKind::FeatureSummary,
+                StatisticKind::CohortCounts => pb::StatisticKind::CohortCounts,
+            } as i32,
+            noise_multiplier: query.noise_multiplier,
+            bounds: query
+                .bounds
+                .iter()
+                .map(|bounds| pb::FeatureRange { lower: bounds.lower(), upper: bounds.upper() })
+                .collect(),
+            label: query.label,
+        }),
     }
 }
 
@@ -453,6 +528,11 @@ fn event_to_pb(event: &StudyEvent) -> pb::StudyEvent {
         StudyEvent::UpdateRejected { round, pdc_id, reason } => {
             E::UpdateRejected(pb::UpdateRejected { round: *round, pdc_id: pdc_id.clone(), reason: reason.clone() })
         }
+        StudyEvent::Standardized { contributors, mean, std } => E::Standardized(pb::StandardizationFitted {
+            contributors: contributors.clone(),
+            mean: mean.clone(),
+            std: std.clone(),
+        }),
     };
     pb::StudyEvent { event: Some(event) }
 }

@@ -11,10 +11,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use pdc_ledger::entry::{Entry, Role};
-use pdc_ledger::signing::{self, ConsentAction, Contribution};
+use pdc_ledger::signing::{self, ConsentAction, Contribution, StatisticKind, StatisticsRelease};
 use pdc_ledger::{Hash, Identity, PublicKey, sha3_256};
 use pdc_models::{Dataset, Layout, Metrics, ModelSpec, Standardizer};
-use tokio::sync::{broadcast, mpsc};
+use pdc_privacy::stats::{NoisyCohortCounts, NoisyFeatureSummary};
+use tokio::sync::{Notify, broadcast, mpsc};
 
 use crate::aggregation::{
     AggregationConfig, FedAvg, RoundInputs, ServerOptimizer, SuspensionTracker, aggregate_round, apply_delta,
@@ -24,6 +25,7 @@ use crate::ledger::{Ledger, LedgerSettings};
 use crate::manifest::{self, Manifest};
 use crate::rewards::{RoundUpdate, RoundValuation, ValuationSettings};
 use crate::round::{AcceptedUpdate, Action, Event, Phase, RoundMachine, RoundPolicy};
+use crate::statistics::{CohortAnswer, FeasibilityQuery, Standardization, StandardizationStep, StatisticsQuery};
 use crate::{Error, Result};
 
 /// How far a signed request's timestamp may be from the coordinator's clock.
@@ -79,6 +81,8 @@ pub struct TaskSpec {
     pub deadline_in_ms: u64,
     /// Seed for local training.
     pub training_seed: u64,
+    /// Present when the task is a statistics query rather than training (round 0, no model).
+    pub query: Option<StatisticsQuery>,
 }
 
 /// A closed round.
@@ -173,6 +177,15 @@ pub enum StudyEvent {
     },
     /// A round closed and was aggregated.
     RoundClosed(RoundRecord),
+    /// The study's federated standardisation was pooled from its PDCs' DP feature summaries.
+    Standardized {
+        /// The PDCs pooled, sorted.
+        contributors: Vec<String>,
+        /// Each feature's pooled mean.
+        mean: Vec<f64>,
+        /// Each feature's pooled standard deviation.
+        std: Vec<f64>,
+    },
     /// An update was rejected, or a round abandoned (`pdc_id` empty).
     UpdateRejected {
         /// The round.
@@ -276,6 +289,9 @@ struct Study {
     central: Option<Arc<Mutex<CentralState>>>,
     /// PDCs flagged by the anomaly check in too many consecutive rounds; suspended ones are not selected.
     suspensions: SuspensionTracker,
+    /// The federated standardisation and the validation set before it, when the manifest asks for one.
+    standardization: Option<Standardization>,
+    raw_validation: Option<Dataset>,
 }
 
 /// A study's central DP: the mechanism (with its adaptive clip norm) and the PDC-level accountant of its rounds.
@@ -324,7 +340,29 @@ impl Study {
             standardizer: self.standardizer.clone(),
             deadline_in_ms: self.round_deadline_ms.saturating_sub(now),
             training_seed: self.training_seed(round, pdc_id),
+            query: None,
         }
+    }
+
+    /// The query of the study's standardisation, as a task.
+    fn standardization_task(&self) -> Option<TaskSpec> {
+        let standardization = self.standardization.as_ref()?;
+        Some(TaskSpec {
+            study_id: self.id.clone(),
+            round: 0,
+            model_hash: [0; 32],
+            n_parameters: 0,
+            manifest_toml: self.manifest_toml.clone(),
+            standardizer: self.standardizer.clone(),
+            deadline_in_ms: 0,
+            training_seed: 0,
+            query: Some(standardization.query().clone()),
+        })
+    }
+
+    /// Whether the study is started and still gathering its standardisation (no round may open yet).
+    fn standardizing(&self) -> bool {
+        *self.machine.phase() == Phase::Waiting && self.standardization.as_ref().is_some_and(|s| !s.is_done())
     }
 
     fn training_seed(&self, round: u32, pdc_id: &str) -> u64 {
@@ -344,6 +382,8 @@ struct State {
     budgets: BTreeMap<String, DeclaredBudget>,
     /// Each PDC's latest recorded cumulative spend `(ε, δ)`, over all studies.
     spent: BTreeMap<String, (f64, f64)>,
+    /// Open feasibility queries, by id, with what wakes their researcher's call when they complete.
+    queries: BTreeMap<String, (FeasibilityQuery, Arc<Notify>)>,
 }
 
 /// A PDC's privacy budget, as declared on the ledger.
@@ -429,12 +469,18 @@ impl Coordinator {
         let ids: Vec<String> = state.studies.keys().cloned().collect();
         for id in ids {
             let study = state.studies.get_mut(&id).expect("listed");
-            let available = study
+            let available: Vec<String> = study
                 .consents
                 .intersection(&connected)
                 .filter(|id| !study.exhausted.contains(*id) && !study.suspensions.is_suspended(id))
                 .cloned()
                 .collect();
+            if study.standardizing() {
+                let available = available.into_iter().collect();
+                let steps = study.standardization.as_mut().expect("standardizing").tick(now, &available);
+                self.execute_standardization(&mut state.pdcs, study, now, steps);
+                continue;
+            }
             let actions = study.machine.handle(now, Event::Tick { available }).unwrap_or_default();
             self.execute(&mut state.pdcs, study, now, actions);
         }
@@ -464,12 +510,7 @@ impl Coordinator {
                     study.round_deadline_ms = deadline_ms;
                     study.round_spend.clear();
                     for pdc_id in &participants {
-                        if let Some(pdc) = pdcs.get_mut(pdc_id) {
-                            pdc.task_streams.retain(|sender| !sender.is_closed());
-                            if let Some(sender) = pdc.task_streams.last() {
-                                let _ = sender.try_send(study.task_for(pdc_id, now));
-                            }
-                        }
+                        send_task(pdcs, pdc_id, study.task_for(pdc_id, now));
                     }
                     study.emit(StudyEvent::RoundOpened { round, participants, deadline_in_ms });
                 }
@@ -499,6 +540,55 @@ impl Coordinator {
                         }
                     });
                     study.emit(StudyEvent::Status(study.status()));
+                }
+            }
+        }
+    }
+
+    /// Carries out a study's standardisation steps: queries to PDCs, the fit (recorded, then used by every later
+    /// task and the validation set), or the study's end.
+    fn execute_standardization(
+        self: &Arc<Self>,
+        pdcs: &mut BTreeMap<String, Pdc>,
+        study: &mut Study,
+        now: u64,
+        steps: Vec<StandardizationStep>,
+    ) {
+        for step in steps {
+            match step {
+                StandardizationStep::Query(asked) => {
+                    tracing::info!(study = %study.id, ?asked, "feature summaries asked for");
+                    let task = study.standardization_task().expect("a study that standardises");
+                    for pdc_id in &asked {
+                        send_task(pdcs, pdc_id, task.clone());
+                    }
+                }
+                StandardizationStep::Fit { contributors, global } => {
+                    let standardizer = Standardizer::from(&global);
+                    let mut validation = study.raw_validation.clone().expect("kept for the fit");
+                    let entry = Entry::StandardizationFitted {
+                        study_id: study.id.clone(),
+                        contributors: contributors.clone(),
+                        mean: global.mean.clone(),
+                        std: global.std.clone(),
+                    };
+                    let applied = standardizer.apply(&mut validation).map_err(Error::from);
+                    if let Err(error) = applied.and_then(|()| self.ledger.record(&[entry])) {
+                        tracing::error!(study = %study.id, %error, "cannot install the standardisation; stopping");
+                        let reason = format!("federated standardisation: {error}");
+                        let more = study.machine.handle(now, Event::Stop { reason }).unwrap_or_default();
+                        self.execute(pdcs, study, now, more);
+                        return;
+                    }
+                    tracing::info!(study = %study.id, ?contributors, "standardisation fitted");
+                    study.standardizer = standardizer;
+                    study.validation = Arc::new(validation);
+                    study.emit(StudyEvent::Standardized { contributors, mean: global.mean, std: global.std });
+                }
+                StandardizationStep::Fail(reason) => {
+                    tracing::warn!(study = %study.id, %reason, "standardisation failed; stopping");
+                    let more = study.machine.handle(now, Event::Stop { reason }).unwrap_or_default();
+                    self.execute(pdcs, study, now, more);
                 }
             }
         }
@@ -684,8 +774,31 @@ impl Coordinator {
                 validation_csv.len()
             )));
         }
-        let PreparedStudy { manifest, canonical, manifest_hash, validation, standardizer, spec, global, optimizer } =
-            prepare_study(manifest_toml, validation_csv)?;
+        let PreparedStudy {
+            manifest,
+            canonical,
+            manifest_hash,
+            validation,
+            raw_validation,
+            standardizer,
+            spec,
+            global,
+            optimizer,
+        } = prepare_study(manifest_toml, validation_csv)?;
+        let standardization = match &manifest.federated_standardization {
+            Some(section) => {
+                let invalid = |e: pdc_models::Error| Error::InvalidManifest(e.to_string());
+                Some(Standardization::new(
+                    section.noise_multiplier().map_err(invalid)?,
+                    section.bounds_for(&manifest.data.features).map_err(invalid)?,
+                    manifest.participants.min,
+                    manifest.participants.round_deadline_secs.saturating_mul(1000),
+                    self.config.max_round_attempts,
+                ))
+            }
+            None => None,
+        };
+        let raw_validation = standardization.as_ref().map(|_| raw_validation);
         let study_id = format!("{}-{}", slug(&manifest.name), &hex::encode(manifest_hash)[..8]);
         let central = match &manifest.central_privacy {
             Some(section) => {
@@ -740,6 +853,8 @@ impl Coordinator {
                 exhausted: BTreeSet::new(),
                 central,
                 suspensions: SuspensionTracker::new(manifest.aggregation.anomaly.suspend_after_rounds),
+                standardization,
+                raw_validation,
                 manifest,
             },
         );
@@ -901,6 +1016,17 @@ impl Coordinator {
                     && study.machine.check_update(&auth.pdc_id, study.machine.round()).is_ok()
                 {
                     let _ = sender.try_send(study.task_for(&auth.pdc_id, now));
+                }
+                if study.standardizing()
+                    && study.standardization.as_ref().is_some_and(|s| s.awaits(&auth.pdc_id))
+                    && let Some(task) = study.standardization_task()
+                {
+                    let _ = sender.try_send(task);
+                }
+            }
+            for (query_id, (query, _)) in &state.queries {
+                if query.check_answer(&auth.pdc_id).is_ok() {
+                    let _ = sender.try_send(feasibility_task_for(query_id, query));
                 }
             }
             tracing::info!(pdc = %auth.pdc_id, "PDC connected");
@@ -1070,8 +1196,26 @@ impl Coordinator {
         let mut state = self.lock();
         Self::authenticate(&state, "ReportFailure", auth)?;
         let state = &mut *state;
-        let study = state.studies.get_mut(study_id).ok_or_else(|| Error::UnknownStudy(study_id.to_owned()))?;
         let reason: String = reason.chars().take(512).collect();
+        if round == 0 {
+            // Round 0 is a statistics query: the PDC declines to release.
+            tracing::info!(scope = %study_id, pdc = %auth.pdc_id, %reason, "statistics query declined");
+            if let Some((query, done)) = state.queries.get_mut(study_id) {
+                query.answer(&auth.pdc_id, CohortAnswer::Declined(reason))?;
+                if query.is_complete() {
+                    done.notify_one();
+                }
+                return Ok(());
+            }
+            let study = state.studies.get_mut(study_id).ok_or_else(|| Error::UnknownStudy(study_id.to_owned()))?;
+            let standardization = study.standardization.as_mut().ok_or_else(|| {
+                Error::FailedPrecondition(format!("study {study_id} asks no statistics (round 0) of its PDCs"))
+            })?;
+            let steps = standardization.decline(&auth.pdc_id, &reason)?;
+            self.execute_standardization(&mut state.pdcs, study, now, steps);
+            return Ok(());
+        }
+        let study = state.studies.get_mut(study_id).ok_or_else(|| Error::UnknownStudy(study_id.to_owned()))?;
         tracing::warn!(study = %study_id, round, pdc = %auth.pdc_id, %reason, ?kind, "participant failed");
         let event = Event::ParticipantFailed { round, pdc_id: auth.pdc_id.clone(), reason: reason.clone() };
         if kind == FailureKind::BudgetExhausted {
@@ -1180,6 +1324,217 @@ impl Coordinator {
             }
         }
     }
+
+    /// Accepts a PDC's signed DP release answering a statistics query: a feature summary for a study's
+    /// standardisation, or cohort counts for a feasibility query. The release must answer a query this PDC was
+    /// asked and has not answered, at exactly the query's noise, with well-formed finite values, and state a
+    /// cumulative spend on its declared table within its budget and not below what is recorded. It is recorded on
+    /// the ledger before it counts. Returns how many answers the scope has received.
+    pub fn submit_statistics(self: &Arc<Self>, release: StatisticsRelease, signature: &[u8]) -> Result<u32> {
+        let now = self.now_ms();
+        let mut state = self.lock();
+        let state = &mut *state;
+        let pdc = state.pdcs.get(&release.pdc_id).ok_or_else(|| Error::UnknownPdc(release.pdc_id.clone()))?;
+        pdc.key
+            .verify(&release.signing_bytes(), signature, &release.pdc_id)
+            .map_err(|e| Error::Unauthenticated(format!("statistics of {}: {e}", release.pdc_id)))?;
+        let signature: [u8; 64] = signature.try_into().expect("a verified Ed25519 signature has 64 bytes");
+        let invalid = |detail: String| Error::InvalidArgument { field: "values", detail };
+        if let Some(value) = release.values.iter().find(|v| !v.is_finite()) {
+            return Err(invalid(format!("released value {value} is not finite")));
+        }
+        check_release_spend(state, &release)?;
+        let pdc_id = release.pdc_id.clone();
+        let query = match release.kind {
+            StatisticKind::FeatureSummary => {
+                let study =
+                    state.studies.get(&release.scope).ok_or_else(|| Error::UnknownStudy(release.scope.clone()))?;
+                let standardization = study.standardization.as_ref().ok_or_else(|| {
+                    Error::FailedPrecondition(format!("study {} has no federated standardisation", study.id))
+                })?;
+                if !study.consents.contains(&pdc_id) {
+                    return Err(Error::PermissionDenied(format!("{pdc_id} has not consented to study {}", study.id)));
+                }
+                standardization.check_answer(&pdc_id)?;
+                standardization.query().clone()
+            }
+            StatisticKind::CohortCounts => {
+                let (query, _) =
+                    state.queries.get(&release.scope).ok_or_else(|| Error::UnknownQuery(release.scope.clone()))?;
+                query.check_answer(&pdc_id)?;
+                query.query().clone()
+            }
+        };
+        if release.noise_multiplier != query.noise_multiplier {
+            return Err(Error::InvalidArgument {
+                field: "noise_multiplier",
+                detail: format!(
+                    "{} is not the query's noise multiplier {}",
+                    release.noise_multiplier, query.noise_multiplier
+                ),
+            });
+        }
+        let malformed = |e: pdc_privacy::Error| invalid(e.to_string());
+        let answer = match release.kind {
+            StatisticKind::FeatureSummary => {
+                Ok(NoisyFeatureSummary::from_values(&query.bounds, query.noise_multiplier, &release.values)
+                    .map_err(malformed)?)
+            }
+            StatisticKind::CohortCounts => {
+                let [positives, negatives] = release.values[..] else {
+                    return Err(invalid(format!("cohort counts are 2 values, not {}", release.values.len())));
+                };
+                let counts =
+                    NoisyCohortCounts::from_values(query.noise_multiplier, positives, negatives).map_err(malformed)?;
+                Err(CohortAnswer::Released { counts, epsilon: release.epsilon })
+            }
+        };
+        let (epsilon, delta, scope) = (release.epsilon, release.delta, release.scope.clone());
+        self.ledger.record(&[Entry::StatisticsReleased { release, signature }])?;
+        state.spent.insert(pdc_id.clone(), (epsilon, delta));
+        tracing::info!(scope = %scope, pdc = %pdc_id, epsilon, "statistics released");
+        match answer {
+            Ok(summary) => {
+                let study = state.studies.get_mut(&scope).expect("checked above");
+                let standardization = study.standardization.as_mut().expect("checked above");
+                let steps = standardization.answer(&pdc_id, summary)?;
+                let answers = standardization.answers() as u32;
+                self.execute_standardization(&mut state.pdcs, study, now, steps);
+                Ok(answers)
+            }
+            Err(cohort) => {
+                let (query, done) = state.queries.get_mut(&scope).expect("checked above");
+                query.answer(&pdc_id, cohort)?;
+                if query.is_complete() {
+                    done.notify_one();
+                }
+                let answered = query.answers().values().filter(|a| matches!(a, CohortAnswer::Released { .. })).count();
+                Ok(answered as u32)
+            }
+        }
+    }
+
+    /// A researcher's feasibility query: asks every connected PDC for DP counts of `label` (one Gaussian release
+    /// costing `epsilon` at `delta`), and waits until all have answered or declined, or `timeout`. Each PDC decides
+    /// by its own policy whether to answer, and charges its budget when it does.
+    pub async fn feasibility(
+        self: &Arc<Self>,
+        label: &str,
+        epsilon: f64,
+        delta: f64,
+        timeout: Duration,
+    ) -> Result<Feasibility> {
+        if label.is_empty() || label.len() > 128 || label.contains('\0') {
+            return Err(Error::InvalidArgument { field: "label", detail: "must be 1 to 128 bytes without NUL".into() });
+        }
+        if timeout.is_zero() || timeout > MAX_FEASIBILITY_TIMEOUT {
+            return Err(Error::InvalidArgument {
+                field: "timeout_secs",
+                detail: format!("must be between 1 and {}", MAX_FEASIBILITY_TIMEOUT.as_secs()),
+            });
+        }
+        let noise_multiplier = pdc_privacy::calibrate_noise_multiplier(epsilon, delta, 1.0, 1)
+            .map_err(|e| Error::InvalidArgument { field: "epsilon", detail: e.to_string() })?;
+        let done = Arc::new(Notify::new());
+        let query_id = {
+            let mut state = self.lock();
+            let state = &mut *state;
+            let asked: Vec<String> =
+                state.pdcs.iter().filter(|(_, pdc)| pdc.connected()).map(|(id, _)| id.clone()).collect();
+            if asked.is_empty() {
+                return Err(Error::FailedPrecondition("no PDC is connected to answer a feasibility query".into()));
+            }
+            let mut seed = format!("{label}\0{noise_multiplier}\0{}\0", Self::wall_clock_ms()).into_bytes();
+            seed.extend_from_slice(&(state.queries.len() as u64).to_le_bytes());
+            seed.extend_from_slice(&self.now_ms().to_le_bytes());
+            let query_id = format!("feasibility-{}", &hex::encode(sha3_256(&seed))[..16]);
+            let query = FeasibilityQuery::new(label, noise_multiplier, asked.iter().cloned());
+            for pdc_id in &asked {
+                send_task(&mut state.pdcs, pdc_id, feasibility_task_for(&query_id, &query));
+            }
+            tracing::info!(query = %query_id, %label, noise_multiplier, ?asked, "feasibility query sent");
+            state.queries.insert(query_id.clone(), (query, Arc::clone(&done)));
+            query_id
+        };
+        // A completion between the insert and this wait leaves a permit, so it is not missed.
+        let _ = tokio::time::timeout(timeout, done.notified()).await;
+        let (query, _) = self.lock().queries.remove(&query_id).expect("only this call removes its query");
+        Ok(Feasibility { query_id, noise_multiplier, answers: query.answers().clone() })
+    }
+}
+
+/// The longest a feasibility query waits for answers.
+pub const MAX_FEASIBILITY_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// A feasibility query's outcome: every PDC asked, with its answer.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Feasibility {
+    /// The query's id (the scope of its releases on the ledger).
+    pub query_id: String,
+    /// The noise multiplier every release used.
+    pub noise_multiplier: f64,
+    /// By PDC.
+    pub answers: BTreeMap<String, CohortAnswer>,
+}
+
+/// Sends `task` on `pdc_id`'s newest open task stream, if it has one.
+fn send_task(pdcs: &mut BTreeMap<String, Pdc>, pdc_id: &str, task: TaskSpec) {
+    if let Some(pdc) = pdcs.get_mut(pdc_id) {
+        pdc.task_streams.retain(|sender| !sender.is_closed());
+        if let Some(sender) = pdc.task_streams.last() {
+            let _ = sender.try_send(task);
+        }
+    }
+}
+
+/// A feasibility query as the task a PDC is sent.
+fn feasibility_task_for(query_id: &str, query: &FeasibilityQuery) -> TaskSpec {
+    TaskSpec {
+        study_id: query_id.to_owned(),
+        round: 0,
+        model_hash: [0; 32],
+        n_parameters: 0,
+        manifest_toml: String::new(),
+        standardizer: Standardizer { mean: Vec::new(), std: Vec::new() },
+        deadline_in_ms: 0,
+        training_seed: 0,
+        query: Some(query.query().clone()),
+    }
+}
+
+/// Checks a statistics release's spend against the PDC's declared budget and recorded spend, as
+/// [`check_privacy`] does for a contribution's claim.
+fn check_release_spend(state: &State, release: &StatisticsRelease) -> Result<()> {
+    let pdc_id = &release.pdc_id;
+    let invalid = |detail: String| Err(Error::InvalidArgument { field: "epsilon", detail });
+    let Some(budget) = state.budgets.get(pdc_id) else {
+        return Err(Error::FailedPrecondition(format!("{pdc_id} has declared no privacy budget")));
+    };
+    if release.dataset != budget.dataset {
+        return Err(Error::InvalidArgument {
+            field: "dataset",
+            detail: format!("the release names {:?}, the declared budget is for {:?}", release.dataset, budget.dataset),
+        });
+    }
+    let (epsilon, delta) = (release.epsilon, release.delta);
+    if !(epsilon.is_finite() && delta.is_finite()) || epsilon <= 0.0 || delta <= 0.0 {
+        return invalid(format!("cumulative spend (ε = {epsilon}, δ = {delta}) must be finite and positive"));
+    }
+    if epsilon > budget.epsilon || delta > budget.delta {
+        return invalid(format!(
+            "cumulative spend (ε = {epsilon}, δ = {delta}) is not within the declared budget (ε = {}, δ = {})",
+            budget.epsilon, budget.delta
+        ));
+    }
+    if let Some(&(spent_epsilon, spent_delta)) = state.spent.get(pdc_id)
+        && (epsilon < spent_epsilon || delta < spent_delta)
+    {
+        return invalid(format!(
+            "cumulative spend (ε = {epsilon}, δ = {delta}) is below the (ε = {spent_epsilon}, δ = {spent_delta}) \
+             already recorded"
+        ));
+    }
+    Ok(())
 }
 
 /// Why a PDC gave up a round.
@@ -1387,6 +1742,8 @@ pub(crate) struct PreparedStudy {
     pub(crate) manifest_hash: Hash,
     /// The validation set, standardised with `standardizer`.
     pub(crate) validation: Dataset,
+    /// The validation set as the researcher sent it, for a federated standardisation fitted later.
+    pub(crate) raw_validation: Dataset,
     pub(crate) standardizer: Standardizer,
     pub(crate) spec: ModelSpec,
     /// The initial global model.
@@ -1400,6 +1757,7 @@ pub(crate) fn prepare_study(manifest_toml: &str, validation_csv: &[u8]) -> Resul
         .map_err(|e| Error::InvalidArgument { field: "validation_csv", detail: format!("not UTF-8: {e}") })?;
     let manifest = Manifest::parse(manifest_toml)?.resolve(&manifest::csv_header(csv_text))?;
     let mut validation = manifest::load_validation(&manifest, csv_text)?;
+    let raw_validation = validation.clone();
     let standardizer = Standardizer::fit(&validation);
     standardizer.apply(&mut validation)?;
     let canonical = manifest.to_canonical_toml();
@@ -1407,7 +1765,17 @@ pub(crate) fn prepare_study(manifest_toml: &str, validation_csv: &[u8]) -> Resul
     let spec = manifest.model_spec();
     let global = spec.init_parameters(manifest.seed);
     let optimizer = manifest.aggregation.new_server_optimizer(global.len())?;
-    Ok(PreparedStudy { manifest, canonical, manifest_hash, validation, standardizer, spec, global, optimizer })
+    Ok(PreparedStudy {
+        manifest,
+        canonical,
+        manifest_hash,
+        validation,
+        raw_validation,
+        standardizer,
+        spec,
+        global,
+        optimizer,
+    })
 }
 
 /// How the reason recorded for a PDC suspended from selection begins.

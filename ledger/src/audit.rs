@@ -39,6 +39,13 @@
 //!   δ never decrease and never exceed the declared budget (see [`crate::entry`] for the figures' meaning); a
 //!   contribution whose PDC signed a privacy claim is followed by a `PrivacySpent` for the same study, round and
 //!   PDC stating exactly the signed cumulative ε and δ, so the coordinator can neither drop nor alter a spend.
+//!   A `StatisticsReleased` is a spend too (its signed cumulative ε and δ are held to the same budget, and it
+//!   charges the table the budget protects).
+//! - Statistics: a `StatisticsReleased` verifies under its PDC's key ([`Rule::Signature`]); a feature summary
+//!   names a live study the PDC consents to, comes before the study's first round and is released once per PDC;
+//!   cohort counts answer their feasibility query once per PDC; a `StandardizationFitted` comes before the first
+//!   round, once, and pools only PDCs that released a summary for the study ([`Rule::Study`],
+//!   [`Rule::RoundOrder`], [`Rule::ConsentBeforeContribution`]).
 //! - [`Rule::Rewards`]: each round's `RewardPaid` entries follow its `RewardsAllotted`, go to PDCs with an
 //!   accepted contribution in that round, are not negative, and sum to the allotted budget within a relative
 //!   `1e-9`; a carried-over budget has no `RewardPaid` at all.
@@ -78,6 +85,7 @@ use serde::{Deserialize, Serialize};
 use crate::checkpoint::{Checkpoint, SignedCheckpoint};
 use crate::entry::Entry;
 use crate::merkle::{self, MerkleTree};
+use crate::signing::StatisticKind;
 use crate::store::Store;
 use crate::{Hash, PublicKey};
 
@@ -699,6 +707,10 @@ struct Study {
     closed: Option<u64>,
     rounds: BTreeMap<u32, Round>,
     current: Option<u32>,
+    /// Feature summaries released for the study's standardisation, by PDC, with their entry index.
+    summaries: BTreeMap<String, u64>,
+    /// The entry of its `StandardizationFitted`.
+    standardized: Option<u64>,
 }
 
 struct Round {
@@ -743,6 +755,8 @@ struct Rules {
     /// removed when the matching `PrivacySpent` is read.
     claims: BTreeMap<(String, u32, String), (u64, f64, f64)>,
     allotments: BTreeMap<(String, u32), Allotment>,
+    /// `(scope, pdc)` → the entry of its cohort counts: a PDC answers each feasibility query once.
+    cohort_answers: HashMap<(String, String), u64>,
 }
 
 /// Records a failure of `rule` naming `entries`.
@@ -827,6 +841,8 @@ impl Rules {
                         closed: None,
                         rounds: BTreeMap::new(),
                         current: None,
+                        summaries: BTreeMap::new(),
+                        standardized: None,
                     };
                     studies.insert(study_id.clone(), study);
                 }
@@ -1072,6 +1088,121 @@ impl Rules {
                     opened_round(study, failures, index, study_id, *round, kind);
                 }
             }
+            Entry::StatisticsReleased { release, .. } => {
+                check_signature(&self.members, failures, index, entry, &release.pdc_id);
+                let pdc_id = &release.pdc_id;
+                match release.kind {
+                    StatisticKind::FeatureSummary => {
+                        let study_id = &release.scope;
+                        if let Some(study) = live_study(studies, failures, index, study_id, kind) {
+                            if !self.consents.contains_key(&(study_id.clone(), pdc_id.clone())) {
+                                fail(
+                                    failures,
+                                    Rule::ConsentBeforeContribution,
+                                    vec![index],
+                                    format!(
+                                        "entry {index} records a feature summary of {pdc_id:?} for study {study_id:?} \
+                                         without a prior valid consent in force"
+                                    ),
+                                );
+                            }
+                            before_first_round(study, failures, index, study_id, kind);
+                            if let Some(&earlier) = study.summaries.get(pdc_id) {
+                                fail(
+                                    failures,
+                                    Rule::RoundOrder,
+                                    vec![earlier, index],
+                                    format!(
+                                        "entry {index} records a second feature summary of {pdc_id:?} for study \
+                                         {study_id:?} (the first is entry {earlier})"
+                                    ),
+                                );
+                            } else {
+                                study.summaries.insert(pdc_id.clone(), index);
+                            }
+                        }
+                    }
+                    StatisticKind::CohortCounts => {
+                        let key = (release.scope.clone(), pdc_id.clone());
+                        if let Some(&earlier) = self.cohort_answers.get(&key) {
+                            fail(
+                                failures,
+                                Rule::RoundOrder,
+                                vec![earlier, index],
+                                format!(
+                                    "entry {index} records a second answer of {pdc_id:?} to feasibility query {:?} \
+                                     (the first is entry {earlier})",
+                                    release.scope
+                                ),
+                            );
+                        } else {
+                            self.cohort_answers.insert(key, index);
+                        }
+                    }
+                }
+                if self.budgets.get(pdc_id).is_some_and(|budget| budget.dataset != release.dataset) {
+                    let budget = &self.budgets[pdc_id];
+                    fail(
+                        failures,
+                        Rule::PrivacyBudget,
+                        vec![budget.index, index],
+                        format!(
+                            "entry {index} charges {pdc_id:?}'s table {:?}, but its budget (entry {}) protects {:?}",
+                            release.dataset, budget.index, budget.dataset
+                        ),
+                    );
+                }
+                self.check_spend(index, pdc_id, release.epsilon, release.delta);
+            }
+            Entry::StandardizationFitted { study_id, contributors, mean, std } => {
+                let Some(study) = live_study(studies, failures, index, study_id, kind) else { return };
+                before_first_round(study, failures, index, study_id, kind);
+                if let Some(earlier) = study.standardized {
+                    fail(
+                        failures,
+                        Rule::RoundOrder,
+                        vec![earlier, index],
+                        format!(
+                            "entry {index} fits study {study_id:?}'s standardisation again (first at entry {earlier})"
+                        ),
+                    );
+                }
+                study.standardized = Some(index);
+                if contributors.is_empty() || !contributors.windows(2).all(|pair| pair[0] < pair[1]) {
+                    fail(
+                        failures,
+                        Rule::Study,
+                        vec![index],
+                        format!("entry {index} pools no PDCs, or lists them unsorted or twice"),
+                    );
+                }
+                for contributor in contributors {
+                    if !study.summaries.contains_key(contributor) {
+                        fail(
+                            failures,
+                            Rule::Study,
+                            vec![index],
+                            format!(
+                                "entry {index} pools a feature summary of {contributor:?}, which released none for \
+                                 study {study_id:?}"
+                            ),
+                        );
+                    }
+                }
+                if mean.len() != std.len() || std.iter().any(|&s| s <= 0.0) {
+                    fail(
+                        failures,
+                        Rule::Study,
+                        vec![index],
+                        format!(
+                            "entry {index} gives {} means and {} standard deviations; they must pair up and every \
+                             standard deviation must be positive",
+                            mean.len(),
+                            std.len()
+                        ),
+                    );
+                }
+            }
             Entry::BudgetDeclared { pdc_id, dataset, epsilon, delta } => {
                 if *epsilon < 0.0 || *delta < 0.0 || *delta >= 1.0 {
                     fail(
@@ -1298,6 +1429,22 @@ fn open_round<'a>(
             None
         }
         _ => Some(state),
+    }
+}
+
+/// Reports an entry that must come before the study's first `RoundOpened` (its standardisation) but does not.
+fn before_first_round(study: &Study, failures: &mut Vec<Failure>, index: u64, study_id: &str, kind: &str) {
+    if let Some((round, state)) = study.rounds.first_key_value() {
+        fail(
+            failures,
+            Rule::RoundOrder,
+            vec![state.opened, index],
+            format!(
+                "entry {index} ({kind}) belongs to study {study_id:?}'s standardisation, which precedes its first \
+                 round, but round {round} opened at entry {}",
+                state.opened
+            ),
+        );
     }
 }
 

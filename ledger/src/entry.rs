@@ -14,6 +14,7 @@
 //! - `u8`, `u32`, `u64`: little-endian;
 //! - `f64`: its IEEE 754 bits as a little-endian `u64`; NaN and infinities are rejected on decode;
 //! - strings: `u32` LE byte length, then UTF-8;
+//! - [`StatisticKind`]: one byte, see [`StatisticKind::code`];
 //! - vectors: `u32` LE item count, then the items;
 //! - pairs: the two items in order;
 //! - hashes (32 bytes), public keys (32 bytes) and signatures (64 bytes): raw;
@@ -23,7 +24,7 @@
 //! Tags: 1 `MemberRegistered`, 2 `KeyRotated`, 3 `StudyCreated`, 4 `ConsentGranted`, 5 `ConsentRevoked`,
 //! 6 `RoundOpened`, 7 `ContributionAccepted`, 8 `UpdateRejected`, 9 `RoundAggregated`, 10 `UtilityScores`,
 //! 11 `RewardPaid`, 12 `PrivacySpent`, 13 `StudyClosed`, 14 `BudgetDeclared`, 15 `RewardsAllotted`,
-//! 16 `CentralDpRelease`, 17 `CoalitionValues`. New kinds
+//! 16 `CentralDpRelease`, 17 `CoalitionValues`, 18 `StatisticsReleased`, 19 `StandardizationFitted`. New kinds
 //! take new tags at the end; the bytes of existing kinds never change within a version.
 //!
 //! # Meaning of the figures
@@ -50,7 +51,7 @@
 //! # Ok::<(), pdc_ledger::entry::EntryError>(())
 //! ```
 
-use crate::signing::{self, ConsentAction, Contribution, PrivacyClaim};
+use crate::signing::{self, ConsentAction, Contribution, PrivacyClaim, StatisticKind, StatisticsRelease};
 use crate::{Hash, PublicKey};
 
 /// The format version [`Entry::encode`] writes and [`Entry::decode`] accepts.
@@ -289,6 +290,27 @@ pub enum Entry {
         /// utility.
         values: Vec<(String, f64)>,
     },
+    /// A PDC's signed DP release of statistics about its table outside training (a feature summary for a study's
+    /// federated standardisation, or cohort counts for a feasibility query). It is also the PDC's spend record:
+    /// its `epsilon` and `delta` are cumulative, held to the rules of [`Entry::PrivacySpent`].
+    StatisticsReleased {
+        /// The release, as the PDC signed it.
+        release: StatisticsRelease,
+        /// The PDC's Ed25519 signature over [`StatisticsRelease::signing_bytes`].
+        signature: [u8; 64],
+    },
+    /// The global standardisation a study's coordinator pooled from its PDCs' feature summaries, before the study's
+    /// first round: every PDC and the validation set are standardised with it.
+    StandardizationFitted {
+        /// The study.
+        study_id: String,
+        /// The PDCs whose `StatisticsReleased` summaries were pooled, sorted.
+        contributors: Vec<String>,
+        /// Each feature's pooled mean.
+        mean: Vec<f64>,
+        /// Each feature's pooled standard deviation.
+        std: Vec<f64>,
+    },
 }
 
 /// Why bytes are not a canonical entry, or why an entry's signature does not check.
@@ -366,6 +388,14 @@ pub enum EntryError {
         /// Where it is.
         offset: usize,
     },
+    /// A statistic-kind byte names no kind.
+    #[error("unknown statistic kind {code} at byte {offset}")]
+    UnknownStatisticKind {
+        /// The byte found.
+        code: u8,
+        /// Where it is.
+        offset: usize,
+    },
     /// Bytes follow a complete entry.
     #[error("{count} trailing bytes after the entry, from byte {offset}")]
     TrailingBytes {
@@ -406,10 +436,14 @@ impl Entry {
             Entry::RewardsAllotted { .. } => 15,
             Entry::CentralDpRelease { .. } => 16,
             Entry::CoalitionValues { .. } => 17,
+            Entry::StatisticsReleased { .. } => 18,
+            Entry::StandardizationFitted { .. } => 19,
         }
     }
 
-    /// The study the entry belongs to; `None` for membership and budget entries, which concern a party.
+    /// The study the entry belongs to; `None` for membership and budget entries, which concern a party. A
+    /// `StatisticsReleased` belongs to the study its scope names, if it feeds one (a feature summary); cohort counts
+    /// answer a feasibility query, not a study.
     pub fn study_id(&self) -> Option<&str> {
         match self {
             Entry::StudyCreated { study_id, .. }
@@ -422,10 +456,14 @@ impl Entry {
             | Entry::RewardsAllotted { study_id, .. }
             | Entry::CentralDpRelease { study_id, .. }
             | Entry::CoalitionValues { study_id, .. }
+            | Entry::StandardizationFitted { study_id, .. }
             | Entry::RewardPaid { study_id, .. }
             | Entry::PrivacySpent { study_id, .. }
             | Entry::StudyClosed { study_id, .. } => Some(study_id),
             Entry::ContributionAccepted { contribution, .. } => Some(&contribution.study_id),
+            Entry::StatisticsReleased { release, .. } => {
+                (release.kind == StatisticKind::FeatureSummary).then_some(release.scope.as_str())
+            }
             Entry::MemberRegistered { .. } | Entry::KeyRotated { .. } | Entry::BudgetDeclared { .. } => None,
         }
     }
@@ -450,6 +488,8 @@ impl Entry {
             Entry::RewardsAllotted { .. } => "RewardsAllotted",
             Entry::CentralDpRelease { .. } => "CentralDpRelease",
             Entry::CoalitionValues { .. } => "CoalitionValues",
+            Entry::StatisticsReleased { .. } => "StatisticsReleased",
+            Entry::StandardizationFitted { .. } => "StandardizationFitted",
         }
     }
 
@@ -573,6 +613,23 @@ impl Entry {
                 writer.string(study_id);
                 writer.u32(*round);
                 writer.pairs(values);
+            }
+            Entry::StatisticsReleased { release, signature } => {
+                writer.string(&release.scope);
+                writer.string(&release.pdc_id);
+                writer.0.push(release.kind.code());
+                writer.string(&release.dataset);
+                writer.f64(release.noise_multiplier);
+                writer.f64s(&release.values);
+                writer.f64(release.epsilon);
+                writer.f64(release.delta);
+                writer.bytes(signature);
+            }
+            Entry::StandardizationFitted { study_id, contributors, mean, std } => {
+                writer.string(study_id);
+                writer.strings(contributors);
+                writer.f64s(mean);
+                writer.f64s(std);
             }
         }
         writer.0
@@ -707,6 +764,25 @@ impl Entry {
                 round: reader.u32("round")?,
                 values: reader.pairs("values")?,
             },
+            18 => Entry::StatisticsReleased {
+                release: StatisticsRelease {
+                    scope: reader.string("scope")?,
+                    pdc_id: reader.string("pdc_id")?,
+                    kind: reader.statistic_kind()?,
+                    dataset: reader.string("dataset")?,
+                    noise_multiplier: reader.f64("noise_multiplier")?,
+                    values: reader.f64s("values")?,
+                    epsilon: reader.f64("epsilon")?,
+                    delta: reader.f64("delta")?,
+                },
+                signature: reader.array("signature")?,
+            },
+            19 => Entry::StandardizationFitted {
+                study_id: reader.string("study_id")?,
+                contributors: reader.strings("contributors")?,
+                mean: reader.f64s("mean")?,
+                std: reader.f64s("std")?,
+            },
             tag => return Err(EntryError::UnknownTag { tag }),
         };
         let remaining = reader.remaining();
@@ -719,7 +795,8 @@ impl Entry {
     /// Checks the signature a signed entry carries against `key`, the signer's registered key.
     ///
     /// `ConsentGranted` and `ConsentRevoked` are signed over [`signing::consent_message`];
-    /// `ContributionAccepted` over [`Contribution::signing_bytes`]; `KeyRotated` over [`signing::rotate_message`], by the
+    /// `ContributionAccepted` over [`Contribution::signing_bytes`]; `StatisticsReleased` over
+    /// [`StatisticsRelease::signing_bytes`]; `KeyRotated` over [`signing::rotate_message`], by the
     /// old key. Other kinds carry no signature and give
     /// [`EntryError::Unsigned`].
     pub fn verify_signature(&self, key: &PublicKey) -> Result<(), EntryError> {
@@ -736,6 +813,7 @@ impl Entry {
             Entry::KeyRotated { pdc_id, old_key, new_key, signature } => {
                 (signing::rotate_message(pdc_id, old_key, new_key), signature, pdc_id)
             }
+            Entry::StatisticsReleased { release, signature } => (release.signing_bytes(), signature, &release.pdc_id),
             other => return Err(EntryError::Unsigned { kind: other.kind() }),
         };
         key.verify(&message, signature, signer)?;
@@ -782,6 +860,13 @@ impl Writer {
         self.length(values.len());
         for (name, value) in values {
             self.string(name);
+            self.f64(*value);
+        }
+    }
+
+    fn f64s(&mut self, values: &[f64]) {
+        self.length(values.len());
+        for value in values {
             self.f64(*value);
         }
     }
@@ -881,6 +966,17 @@ impl<'a> Reader<'a> {
         let count = self.length(what, 12)?;
         (0..count).map(|_| Ok((self.string(what)?, self.f64(what)?))).collect()
     }
+
+    fn f64s(&mut self, what: &'static str) -> Result<Vec<f64>, EntryError> {
+        let count = self.length(what, 8)?;
+        (0..count).map(|_| self.f64(what)).collect()
+    }
+
+    fn statistic_kind(&mut self) -> Result<StatisticKind, EntryError> {
+        let offset = self.offset;
+        let code = self.u8("statistic kind")?;
+        StatisticKind::from_code(code).ok_or(EntryError::UnknownStatisticKind { code, offset })
+    }
 }
 
 #[cfg(test)]
@@ -953,7 +1049,7 @@ mod tests {
                 Entry::RoundOpened { study_id, round, participants, model_hash }
             }),
             (
-                (text(), any::<u32>(), text(), any::<u64>(), any::<u64>(), hash, finite(), signature),
+                (text(), any::<u32>(), text(), any::<u64>(), any::<u64>(), hash, finite(), signature.clone()),
                 prop::option::of(claim()),
             )
                 .prop_map(
@@ -1026,6 +1122,34 @@ mod tests {
                 round,
                 values,
             }),
+            (
+                (text(), text(), any::<bool>(), text(), finite()),
+                (prop::collection::vec(finite(), 0..5), finite(), finite(), signature.clone()),
+            )
+                .prop_map(
+                    |((scope, pdc_id, counts, dataset, noise_multiplier), (values, epsilon, delta, signature))| {
+                        let kind = if counts { StatisticKind::CohortCounts } else { StatisticKind::FeatureSummary };
+                        let release = StatisticsRelease {
+                            scope,
+                            pdc_id,
+                            kind,
+                            dataset,
+                            noise_multiplier,
+                            values,
+                            epsilon,
+                            delta,
+                        };
+                        Entry::StatisticsReleased { release, signature }
+                    }
+                ),
+            (text(), names(), prop::collection::vec(finite(), 0..4), prop::collection::vec(finite(), 0..4)).prop_map(
+                |(study_id, contributors, mean, std)| Entry::StandardizationFitted {
+                    study_id,
+                    contributors,
+                    mean,
+                    std
+                }
+            ),
         ]
     }
 
@@ -1153,12 +1277,31 @@ mod tests {
                 round: 2,
                 values: vec![(String::new(), 0.5), ("a+b".into(), 0.75)],
             },
+            Entry::StatisticsReleased {
+                release: StatisticsRelease {
+                    scope: "s".into(),
+                    pdc_id: "h".into(),
+                    kind: StatisticKind::FeatureSummary,
+                    dataset: "d".into(),
+                    noise_multiplier: 2.0,
+                    values: vec![10.0, -1.5, 0.25],
+                    epsilon: 0.5,
+                    delta: 1e-5,
+                },
+                signature: [0x88; 64],
+            },
+            Entry::StandardizationFitted {
+                study_id: "s".into(),
+                contributors: vec!["h".into()],
+                mean: vec![4.0],
+                std: vec![2.0],
+            },
         ]
     }
 
     /// The version-1 encodings of [`samples`]. A change here is a format change: bump [`FORMAT_VERSION`] and keep
     /// a decoder for the old version rather than editing these.
-    const GOLDEN: [&str; 17] = [
+    const GOLDEN: [&str; 19] = [
         "0101010000006802aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
         concat!(
             "01020100000068aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaabbbbbbbbbbbbbbbbbb",
@@ -1201,6 +1344,12 @@ mod tests {
             "000000000000e03f0000000000000040f168e388b5f8e43e",
         ),
         "01110100000073020000000200000000000000000000000000e03f03000000612b62000000000000e83f",
+        concat!(
+            "0112010000007301000000680101000000640000000000000040030000000000000000002440000000000000f8bf0000",
+            "00000000d03f000000000000e03ff168e388b5f8e43e8888888888888888888888888888888888888888888888888888",
+            "8888888888888888888888888888888888888888888888888888888888888888888888888888",
+        ),
+        "01130100000073010000000100000068010000000000000000001040010000000000000000000040",
     ];
 
     #[test]
@@ -1213,7 +1362,7 @@ mod tests {
         }
         // Every kind appears once, in tag order.
         let tags: Vec<u8> = samples.iter().map(Entry::tag).collect();
-        assert_eq!(tags, (1..=17).collect::<Vec<u8>>());
+        assert_eq!(tags, (1..=19).collect::<Vec<u8>>());
     }
 
     #[test]
@@ -1259,7 +1408,7 @@ mod tests {
         let mut wrong_version = bytes.clone();
         wrong_version[0] = 2;
         assert!(matches!(Entry::decode(&wrong_version), Err(EntryError::UnsupportedVersion { version: 2 })));
-        for tag in [0, 18, 255] {
+        for tag in [0, 20, 255] {
             let mut wrong_tag = bytes.clone();
             wrong_tag[1] = tag;
             assert!(matches!(Entry::decode(&wrong_tag), Err(EntryError::UnknownTag { tag: t }) if t == tag));

@@ -140,6 +140,87 @@ impl Contribution {
     }
 }
 
+/// Which statistic a [`StatisticsRelease`] holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum StatisticKind {
+    /// Per-feature count, deviation sums and square sums of the clamped table, for a study's federated
+    /// standardisation: `1 + 2d` values for `d` features.
+    FeatureSummary,
+    /// The numbers of rows labelled 1 and 0, for a researcher's feasibility query: 2 values.
+    CohortCounts,
+}
+
+impl StatisticKind {
+    /// The byte that stands for the kind in signatures and ledger entries.
+    pub fn code(self) -> u8 {
+        match self {
+            StatisticKind::FeatureSummary => 1,
+            StatisticKind::CohortCounts => 2,
+        }
+    }
+
+    /// The kind a byte stands for.
+    pub fn from_code(code: u8) -> Option<Self> {
+        match code {
+            1 => Some(StatisticKind::FeatureSummary),
+            2 => Some(StatisticKind::CohortCounts),
+            _ => None,
+        }
+    }
+
+    /// The kind's name, as in the enum.
+    pub fn name(self) -> &'static str {
+        match self {
+            StatisticKind::FeatureSummary => "FeatureSummary",
+            StatisticKind::CohortCounts => "CohortCounts",
+        }
+    }
+}
+
+/// A differentially private release of statistics about a PDC's table outside training, as the PDC signs it:
+/// the noisy values themselves, the mechanism's noise multiplier, and the table's cumulative spend after it. The
+/// coordinator can neither alter the values it pools nor the spend it records.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StatisticsRelease {
+    /// What the release answers: the study whose standardisation it feeds, or the feasibility query's id. A PDC
+    /// answers each scope once, so a release cannot be replayed into another query.
+    pub scope: String,
+    /// The releasing PDC.
+    pub pdc_id: String,
+    /// The statistic.
+    pub kind: StatisticKind,
+    /// The local table (the name its budget was declared under).
+    pub dataset: String,
+    /// The Gaussian mechanism's noise multiplier: its noise is this times the statistic's L2 sensitivity.
+    pub noise_multiplier: f64,
+    /// The noisy values, in the kind's order.
+    pub values: Vec<f64>,
+    /// The table's cumulative ε after the release, over everything it was used for, at `delta`.
+    pub epsilon: f64,
+    /// The δ `epsilon` is measured at (the budget's δ).
+    pub delta: f64,
+}
+
+impl StatisticsRelease {
+    /// The canonical bytes the PDC signs.
+    pub fn signing_bytes(&self) -> Vec<u8> {
+        let mut message = b"pdc.v1.statistics\0".to_vec();
+        for text in [&self.scope, &self.pdc_id] {
+            message.extend_from_slice(text.as_bytes());
+            message.push(0);
+        }
+        message.push(self.kind.code());
+        message.extend_from_slice(self.dataset.as_bytes());
+        message.push(0);
+        message.extend_from_slice(&self.noise_multiplier.to_bits().to_le_bytes());
+        message.extend_from_slice(&(self.values.len() as u64).to_le_bytes());
+        for value in self.values.iter().chain([&self.epsilon, &self.delta]) {
+            message.extend_from_slice(&value.to_bits().to_le_bytes());
+        }
+        message
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -153,6 +234,40 @@ mod tests {
         assert_ne!(request_message("WaitTasks", "a", 1), request_message("ListStudies", "a", 1));
         // The NUL separator keeps ("ab", "c") and ("a", "bc") apart.
         assert_ne!(request_message("ab", "c", 1), request_message("a", "bc", 1));
+    }
+
+    #[test]
+    fn every_statistics_field_is_signed() {
+        let base = StatisticsRelease {
+            scope: "s".into(),
+            pdc_id: "a".into(),
+            kind: StatisticKind::CohortCounts,
+            dataset: "icu".into(),
+            noise_multiplier: 2.0,
+            values: vec![10.0, 20.0],
+            epsilon: 0.5,
+            delta: 1e-5,
+        };
+        let variants = [
+            StatisticsRelease { scope: "t".into(), ..base.clone() },
+            StatisticsRelease { pdc_id: "b".into(), ..base.clone() },
+            StatisticsRelease { kind: StatisticKind::FeatureSummary, ..base.clone() },
+            StatisticsRelease { dataset: "ed".into(), ..base.clone() },
+            StatisticsRelease { noise_multiplier: 2.5, ..base.clone() },
+            StatisticsRelease { values: vec![10.0, 21.0], ..base.clone() },
+            StatisticsRelease { values: vec![10.0, 20.0, 0.0], ..base.clone() },
+            StatisticsRelease { epsilon: 0.25, ..base.clone() },
+            StatisticsRelease { delta: 1e-6, ..base.clone() },
+            // The separators keep ("s", "a") and ("sa", "") apart.
+            StatisticsRelease { scope: "sa".into(), pdc_id: String::new(), ..base.clone() },
+        ];
+        for variant in variants {
+            assert_ne!(variant.signing_bytes(), base.signing_bytes(), "{variant:?}");
+        }
+        for kind in [StatisticKind::FeatureSummary, StatisticKind::CohortCounts] {
+            assert_eq!(StatisticKind::from_code(kind.code()), Some(kind));
+        }
+        assert_eq!(StatisticKind::from_code(0), None);
     }
 
     #[test]

@@ -60,7 +60,7 @@ pub use error::{Error, Result};
 pub use metrics::{Metrics, auroc, evaluate, predict};
 pub use partition::{MIN_ROWS_PER_PART, partition_dirichlet, partition_iid, train_validation_split};
 pub use spec::{Layout, ModelKind, ModelSpec, Task, TensorLayout};
-pub use standardize::{MIN_STD, Standardizer};
+pub use standardize::{FederatedStandardization, MIN_STD, Standardizer};
 pub use synthetic::{SyntheticConfig, synthetic};
 pub use train::{TrainConfig, TrainOutcome, train_local};
 

@@ -1,5 +1,8 @@
 //! Per-feature standardisation to zero mean and unit variance, fitted on training data only.
 
+use std::collections::BTreeMap;
+
+use pdc_privacy::stats::{FeatureBounds, GlobalStandardization};
 use serde::{Deserialize, Serialize};
 
 use crate::{Dataset, Error, Result};
@@ -110,6 +113,97 @@ impl Standardizer {
     }
 }
 
+impl From<&GlobalStandardization> for Standardizer {
+    /// The standardiser of a pooled DP estimate (whose standard deviations are positive by construction).
+    fn from(global: &GlobalStandardization) -> Self {
+        Standardizer {
+            mean: global.mean.iter().map(|&mean| mean as f32).collect(),
+            std: global.std.iter().map(|&std| (std as f32).max(f32::MIN_POSITIVE)).collect(),
+        }
+    }
+}
+
+/// A study's `[federated_standardization]`: instead of fitting the standardisation on the researcher's validation
+/// set, every PDC releases a DP feature summary of its own table (see [`pdc_privacy::stats`]), charged to its
+/// privacy budget, and the coordinator pools them into the global mean and standard deviation every PDC and the
+/// validation set are standardised with.
+///
+/// The bounds are public: they are part of the manifest every PDC consents to, and must be chosen without looking
+/// at the data (a range from the literature, the measuring device or the clinical scale), since bounds taken from
+/// the data leak it. Values outside are clamped.
+///
+/// ```
+/// let settings: pdc_models::FederatedStandardization = toml::from_str(r#"
+///     epsilon = 0.5
+///     delta = 1e-6
+///     bounds = { age = [18, 100], bmi = [10, 70] }
+/// "#)?;
+/// let bounds = settings.bounds_for(&["bmi".to_owned(), "age".to_owned()])?;
+/// assert_eq!((bounds[0].lower(), bounds[1].upper()), (10.0, 100.0));
+/// assert!(settings.noise_multiplier()? > 1.0);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FederatedStandardization {
+    /// The noise multiplier `z` of each PDC's release: its noise is `z` times the summary's L2 sensitivity. Give
+    /// this or `epsilon`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub noise_multiplier: Option<f64>,
+    /// The ε each PDC's release may cost at `delta`; the noise multiplier is calibrated to it. Give this or
+    /// `noise_multiplier`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epsilon: Option<f64>,
+    /// The δ `epsilon` is stated at (required with `epsilon`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delta: Option<f64>,
+    /// Each feature's clamping range `[lower, upper]`, by column name; every feature of the study needs one.
+    pub bounds: BTreeMap<String, [f64; 2]>,
+}
+
+impl FederatedStandardization {
+    /// The noise multiplier of every PDC's release: as given, or the smallest that meets `epsilon` at `delta` for
+    /// one Gaussian release.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] unless exactly one of `noise_multiplier` and `epsilon` is given, with valid
+    /// values (and `delta` with `epsilon`).
+    pub fn noise_multiplier(&self) -> Result<f64> {
+        let invalid = |reason: String| Error::InvalidArgument { name: "federated_standardization", reason };
+        match (self.noise_multiplier, self.epsilon, self.delta) {
+            (Some(z), None, None) if z.is_finite() && z > 0.0 => Ok(z),
+            (Some(z), None, None) => Err(invalid(format!("noise_multiplier {z} must be finite and positive"))),
+            (None, Some(epsilon), Some(delta)) => {
+                pdc_privacy::calibrate_noise_multiplier(epsilon, delta, 1.0, 1).map_err(|e| invalid(e.to_string()))
+            }
+            (None, Some(_), None) => Err(invalid("epsilon needs the delta it is stated at".into())),
+            _ => Err(invalid("give either noise_multiplier, or epsilon with delta".into())),
+        }
+    }
+
+    /// The bounds of `features`, in their order.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] for a feature without bounds, bounds naming a column that is not a feature, or
+    /// invalid bounds (not finite, or `lower >= upper`).
+    pub fn bounds_for(&self, features: &[String]) -> Result<Vec<FeatureBounds>> {
+        let invalid = |reason: String| Error::InvalidArgument { name: "federated_standardization.bounds", reason };
+        if let Some(extra) = self.bounds.keys().find(|name| !features.contains(name)) {
+            return Err(invalid(format!("`{extra}` is not one of the study's features")));
+        }
+        features
+            .iter()
+            .map(|feature| {
+                let [lower, upper] =
+                    *self.bounds.get(feature).ok_or_else(|| invalid(format!("feature `{feature}` has no bounds")))?;
+                FeatureBounds::new(lower, upper).map_err(|e| invalid(format!("`{feature}`: {e}")))
+            })
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -168,5 +262,37 @@ mod tests {
         let standardizer = Standardizer::fit(&empty);
         assert_eq!(standardizer.mean, vec![0.0; 3]);
         assert_eq!(standardizer.std, vec![1.0; 3]);
+    }
+
+    #[test]
+    fn federated_settings_need_one_noise_figure_and_bounds_for_exactly_the_features() {
+        let parse = |text: &str| toml::from_str::<FederatedStandardization>(text).unwrap();
+        let features = ["a".to_owned(), "b".to_owned()];
+        let settings = parse("noise_multiplier = 3.0\nbounds = { a = [0, 1], b = [-5, 5] }");
+        assert_eq!(settings.noise_multiplier().unwrap(), 3.0);
+        let bounds = settings.bounds_for(&features).unwrap();
+        assert_eq!((bounds[1].lower(), bounds[1].upper()), (-5.0, 5.0));
+
+        // ε = 1 at δ = 1e-5 for one Gaussian release needs σ ≈ 3.7 under RDP (analytically, 3.73).
+        let calibrated = parse("epsilon = 1.0\ndelta = 1e-5\nbounds = {}").noise_multiplier().unwrap();
+        assert!((3.0..4.5).contains(&calibrated), "{calibrated}");
+
+        for (text, expected) in [
+            ("bounds = {}", "give either noise_multiplier, or epsilon with delta"),
+            ("noise_multiplier = 1.0\nepsilon = 1.0\ndelta = 1e-5\nbounds = {}", "give either"),
+            ("epsilon = 1.0\nbounds = {}", "epsilon needs the delta"),
+            ("noise_multiplier = -1.0\nbounds = {}", "must be finite and positive"),
+        ] {
+            let error = parse(text).noise_multiplier().unwrap_err().to_string();
+            assert!(error.contains(expected), "{text}: {error}");
+        }
+        for (text, expected) in [
+            ("noise_multiplier = 1.0\nbounds = { a = [0, 1] }", "feature `b` has no bounds"),
+            ("noise_multiplier = 1.0\nbounds = { a = [0, 1], b = [0, 1], c = [0, 1] }", "`c` is not one of"),
+            ("noise_multiplier = 1.0\nbounds = { a = [1, 0], b = [0, 1] }", "`a`:"),
+        ] {
+            let error = parse(text).bounds_for(&features).unwrap_err().to_string();
+            assert!(error.contains(expected), "{text}: {error}");
+        }
     }
 }

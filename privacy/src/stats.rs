@@ -220,6 +220,40 @@ pub struct NoisyFeatureSummary {
 }
 
 impl NoisyFeatureSummary {
+    /// Rebuilds a release from its flat values `(count, deviation sums…, square sums…)`, as [`Self::values`] gives
+    /// them and a PDC sends them, checking them like deserialisation does.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NoFeatures`] for empty `bounds`; [`Error::NonPositiveNoiseMultiplier`];
+    /// [`Error::MalformedRelease`] unless there are `1 + 2·bounds.len()` values, all finite.
+    pub fn from_values(bounds: &[FeatureBounds], noise_multiplier: f64, values: &[f64]) -> Result<Self> {
+        let d = bounds.len();
+        if d > 0 && values.len() != 1 + 2 * d {
+            return Err(malformed(format!(
+                "{} released values for {d} features; expected {}",
+                values.len(),
+                1 + 2 * d
+            )));
+        }
+        NoisyFeatureSummaryFields {
+            bounds: bounds.to_vec(),
+            noise_multiplier,
+            count: values.first().copied().unwrap_or(0.0),
+            deviation_sums: values.get(1..=d).map(<[f64]>::to_vec).unwrap_or_default(),
+            square_sums: values.get(d + 1..).map(<[f64]>::to_vec).unwrap_or_default(),
+        }
+        .try_into()
+    }
+
+    /// The released values, flat: the count, then the deviation sums, then the square sums.
+    pub fn values(&self) -> Vec<f64> {
+        std::iter::once(self.count)
+            .chain(self.deviation_sums.iter().copied())
+            .chain(self.square_sums.iter().copied())
+            .collect()
+    }
+
     /// The clamping bounds, one per feature.
     pub fn bounds(&self) -> &[FeatureBounds] {
         &self.bounds
@@ -451,6 +485,15 @@ pub struct RoundedCohortCounts {
 }
 
 impl NoisyCohortCounts {
+    /// Rebuilds a release from the `(positives, negatives)` a PDC sent.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NonPositiveNoiseMultiplier`]; [`Error::MalformedRelease`] for a non-finite count.
+    pub fn from_values(noise_multiplier: f64, positives: f64, negatives: f64) -> Result<Self> {
+        NoisyCohortCountsFields { rows: positives + negatives, positives, negatives, noise_multiplier }.try_into()
+    }
+
     /// The noise multiplier `z` of the release.
     pub fn noise_multiplier(&self) -> f64 {
         self.noise_multiplier
@@ -752,6 +795,27 @@ mod tests {
         // The widest finite range is fine: centre and half-width are formed without overflow.
         let widest = bounds(-f64::MAX, f64::MAX);
         assert_eq!((widest.centre(), widest.half_width()), (0.0, f64::MAX));
+    }
+
+    #[test]
+    fn releases_rebuild_from_their_flat_values() {
+        let box2 = [bounds(0.0, 10.0), bounds(-1.0, 1.0)];
+        let rows = [[1.0, 0.5], [9.0, -0.25], [4.0, 0.0]];
+        let summary = release_feature_summary(&rows, &box2, 3.0).unwrap();
+        let values = summary.values();
+        assert_eq!(values.len(), 5);
+        assert_eq!(NoisyFeatureSummary::from_values(&box2, 3.0, &values).unwrap(), summary);
+        let short = NoisyFeatureSummary::from_values(&box2, 3.0, &values[..4]).unwrap_err().to_string();
+        assert!(short.contains("4 released values for 2 features; expected 5"), "{short}");
+        let mut bad = values.clone();
+        bad[3] = f64::NAN;
+        assert!(NoisyFeatureSummary::from_values(&box2, 3.0, &bad).is_err());
+        assert!(NoisyFeatureSummary::from_values(&box2, 0.0, &values).is_err());
+        assert_eq!(NoisyFeatureSummary::from_values(&[], 3.0, &[1.0]), Err(Error::NoFeatures));
+
+        let counts = release_cohort_counts(&[1.0, 0.0, 1.0], 2.0).unwrap();
+        assert_eq!(NoisyCohortCounts::from_values(2.0, counts.positives, counts.negatives).unwrap(), counts);
+        assert!(NoisyCohortCounts::from_values(2.0, f64::INFINITY, 1.0).is_err());
     }
 
     #[test]

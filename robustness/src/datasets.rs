@@ -222,6 +222,7 @@ impl DatasetConfig {
                 proximal_mu: 0.0,
             },
             privacy: None,
+            federated_standardization: None,
         };
         let initial = terms.model_spec().init_parameters(derive(seed, Purpose::InitialModel, 0));
         let attacker_order = crate::seeds::permutation(self.n_hospitals, derive(seed, Purpose::Attackers, 0));

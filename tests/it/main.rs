@@ -10,4 +10,5 @@ mod processes;
 mod replay;
 mod retry;
 mod rewards;
+mod statistics;
 mod support;

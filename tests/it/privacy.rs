@@ -43,7 +43,7 @@ delta = 1e-5
 
 /// Splits 80 % of the breast-cancer table between `n` hospitals with label skew; returns each hospital's CSV and
 /// the held-out 20 % as the researcher's validation CSV.
-fn split(dir: &Path, n: usize, seed: u64) -> (Vec<PathBuf>, Vec<u8>) {
+pub(crate) fn split(dir: &Path, n: usize, seed: u64) -> (Vec<PathBuf>, Vec<u8>) {
     let text = support::breast_cancer_csv();
     let header: Vec<String> = text.lines().next().unwrap().split(',').map(str::to_owned).collect();
     let label = "malignant".to_owned();
@@ -64,7 +64,7 @@ fn split(dir: &Path, n: usize, seed: u64) -> (Vec<PathBuf>, Vec<u8>) {
 }
 
 /// Writes `name`'s hospital.toml with a budget of `epsilon` at δ = 1e-5 and returns its path.
-fn hospital_config(dir: &Path, name: &str, url: &str, data: &Path, epsilon: f64) -> PathBuf {
+pub(crate) fn hospital_config(dir: &Path, name: &str, url: &str, data: &Path, epsilon: f64) -> PathBuf {
     let folder = dir.join(name);
     std::fs::create_dir_all(&folder).unwrap();
     let text = format!(
@@ -77,12 +77,12 @@ fn hospital_config(dir: &Path, name: &str, url: &str, data: &Path, epsilon: f64)
     path
 }
 
-fn start_agent(config: &Path) -> tokio::task::JoinHandle<pdc_client::Result<()>> {
+pub(crate) fn start_agent(config: &Path) -> tokio::task::JoinHandle<pdc_client::Result<()>> {
     let agent = pdc_client::Agent::new(pdc_client::HospitalConfig::load(config).unwrap()).unwrap();
     tokio::spawn(agent.run())
 }
 
-async fn create_and_start(url: &str, manifest: &str, validation: Vec<u8>, hospitals: usize) -> String {
+pub(crate) async fn create_and_start(url: &str, manifest: &str, validation: Vec<u8>, hospitals: usize) -> String {
     let mut researcher = support::researcher(url).await;
     let request = pb::CreateStudyRequest { manifest_toml: manifest.to_owned(), validation_csv: validation };
     let study_id = researcher.create_study(request).await.unwrap().into_inner().study_id;

@@ -4,7 +4,7 @@
 use pdc_ledger::Identity;
 use pdc_ledger::audit::{self, AuditKeys, AuditReport, Failure, Rule};
 use pdc_ledger::entry::Entry;
-use pdc_ledger::signing::{self, ConsentAction, PrivacyClaim};
+use pdc_ledger::signing::{self, ConsentAction, PrivacyClaim, StatisticKind, StatisticsRelease};
 use pdc_ledger::store::MemoryStore;
 
 use crate::support::*;
@@ -409,4 +409,105 @@ fn a_round_opened_again_before_it_was_aggregated_is_a_retry_and_in_order() {
     entries.insert(round_2 as usize + 1, again);
     let report = audit_entries(&entries);
     assert!(report.passed(), "{report}");
+}
+
+/// `pdc_id`'s signed statistics release for `scope` at cumulative ε `epsilon`.
+fn release(scope: &str, pdc_id: &str, kind: StatisticKind, epsilon: f64, signer: &Identity) -> Entry {
+    let values = match kind {
+        StatisticKind::FeatureSummary => vec![101.5, -3.25, 7.0],
+        StatisticKind::CohortCounts => vec![40.5, 61.0],
+    };
+    let release = StatisticsRelease {
+        scope: scope.into(),
+        pdc_id: pdc_id.into(),
+        kind,
+        dataset: format!("{pdc_id}/icu.csv"),
+        noise_multiplier: 4.0,
+        values,
+        epsilon,
+        delta: 1e-6,
+    };
+    let signature = signer.sign(&release.signing_bytes());
+    Entry::StatisticsReleased { release, signature }
+}
+
+/// The study with a federated standardisation before round 1 (each hospital releases a summary at ε = 0.25 and
+/// the coordinator pools them), and h1 answering a feasibility query before the study; the index of the fit.
+fn with_standardisation() -> (Vec<Entry>, u64) {
+    let mut entries = study_entries();
+    let at = find(&entries, is_round_opened(1)) as usize;
+    let mut phase: Vec<Entry> =
+        HOSPITALS.iter().map(|h| release(STUDY, h, StatisticKind::FeatureSummary, 0.25, &hospital(h))).collect();
+    phase.push(Entry::StandardizationFitted {
+        study_id: STUDY.into(),
+        contributors: HOSPITALS.iter().map(|h| h.to_string()).collect(),
+        mean: vec![4.0],
+        std: vec![1.5],
+    });
+    let fitted = (at + phase.len() - 1) as u64;
+    entries.splice(at..at, phase);
+    let consents = find(&entries, |e| matches!(e, Entry::ConsentGranted { .. })) as usize;
+    entries.insert(consents, release("feasibility-1", "h1", StatisticKind::CohortCounts, 0.125, &hospital("h1")));
+    (entries, fitted + 1)
+}
+
+fn is_release(pdc_id: &'static str, kind: StatisticKind) -> impl Fn(&Entry) -> bool {
+    move |entry| matches!(entry, Entry::StatisticsReleased { release, .. } if release.pdc_id == pdc_id && release.kind == kind)
+}
+
+#[test]
+fn statistics_releases_are_spends_signed_by_their_pdc_and_precede_the_first_round() {
+    let (entries, fitted) = with_standardisation();
+    let report = audit_entries(&entries);
+    assert!(report.passed(), "{report}");
+
+    // A release the PDC did not sign.
+    let (mut entries, _) = with_standardisation();
+    let at = find(&entries, is_release("h2", StatisticKind::FeatureSummary));
+    entries[at as usize] = release(STUDY, "h2", StatisticKind::FeatureSummary, 0.25, &hospital("h3"));
+    assert_eq!(only(&audit_entries(&entries), Rule::Signature), [[at]]);
+
+    // A release beyond the budget, and one whose spend goes back below what was recorded before.
+    let (mut entries, _) = with_standardisation();
+    let at = find(&entries, is_release("h3", StatisticKind::FeatureSummary));
+    entries[at as usize] = release(STUDY, "h3", StatisticKind::FeatureSummary, EPSILON_BUDGET + 1.0, &hospital("h3"));
+    let report = audit_entries(&entries);
+    let declared = find(&entries, |e| matches!(e, Entry::BudgetDeclared { pdc_id, .. } if pdc_id == "h3"));
+    assert!(has(&report, Rule::PrivacyBudget, &[declared, at]), "{report}");
+    let (mut entries, _) = with_standardisation();
+    let at = find(&entries, is_release("h1", StatisticKind::FeatureSummary));
+    entries[at as usize] = release(STUDY, "h1", StatisticKind::FeatureSummary, 0.0625, &hospital("h1"));
+    let counts = find(&entries, is_release("h1", StatisticKind::CohortCounts));
+    assert_eq!(only(&audit_entries(&entries), Rule::PrivacyBudget), [[counts, at]]);
+
+    // A summary from a PDC without consent, and a fit that pools a PDC which released nothing.
+    let (mut entries, _) = with_standardisation();
+    entries.retain(|entry| !matches!(entry, Entry::ConsentGranted { pdc_id, .. } if pdc_id == "h3"));
+    let report = audit_entries(&entries);
+    let at = find(&entries, is_release("h3", StatisticKind::FeatureSummary));
+    assert!(has(&report, Rule::ConsentBeforeContribution, &[at]), "{report}");
+    let (mut entries, fitted_at) = with_standardisation();
+    let at = find(&entries, is_release("h2", StatisticKind::FeatureSummary));
+    entries.remove(at as usize);
+    let report = audit_entries(&entries);
+    assert_eq!(only(&report, Rule::Study), [[fitted_at - 1]], "{report}");
+    assert!(report.failures[0].message.contains("\"h2\", which released none"), "{report}");
+
+    // A fit after the first round opened, a second summary of one PDC, and a query answered twice.
+    let (mut entries, _) = with_standardisation();
+    let fit = entries.remove(fitted as usize);
+    let round_2 = find(&entries, is_round_opened(2)) as usize;
+    entries.insert(round_2, fit);
+    let report = audit_entries(&entries);
+    assert_eq!(only(&report, Rule::RoundOrder), [[find(&entries, is_round_opened(1)), round_2 as u64]]);
+    let (mut entries, _) = with_standardisation();
+    let again = release(STUDY, "h1", StatisticKind::FeatureSummary, 0.5, &hospital("h1"));
+    entries.insert(fitted as usize, again);
+    let first = find(&entries, is_release("h1", StatisticKind::FeatureSummary));
+    assert_eq!(only(&audit_entries(&entries), Rule::RoundOrder), [[first, fitted]]);
+    let (mut entries, _) = with_standardisation();
+    let counts = find(&entries, is_release("h1", StatisticKind::CohortCounts));
+    let repeat = release("feasibility-1", "h1", StatisticKind::CohortCounts, 0.125, &hospital("h1"));
+    entries.insert(counts as usize + 1, repeat);
+    assert_eq!(only(&audit_entries(&entries), Rule::RoundOrder), [[counts, counts + 1]]);
 }
