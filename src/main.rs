@@ -19,6 +19,10 @@ struct Cli {
     /// Log filter (tracing's env-filter syntax), e.g. `info` or `pdc_coordinator=debug`.
     #[arg(long, global = true, env = "PDC_LOG")]
     log: Option<String>,
+    /// Log lines as human-readable text or as one JSON object per line (with the study, round and hospital of
+    /// each event and its spans), on standard error.
+    #[arg(long, global = true, env = "PDC_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -66,15 +70,25 @@ enum Command {
     Demo(demo::DemoArgs),
 }
 
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
 #[derive(Subcommand)]
 enum DataCommand {
     /// Splits a table into a validation set and hospital tables.
     Split(data::SplitArgs),
 }
 
-fn init_logging(filter: &str) {
+fn init_logging(filter: &str, format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| "info".into());
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().with_current_span(true).with_span_list(true).try_init(),
+    };
 }
 
 #[tokio::main]
@@ -88,7 +102,7 @@ async fn main() -> anyhow::Result<()> {
         | Command::Hospital { command: Some(_), .. } => "warn",
         _ => "info",
     };
-    init_logging(cli.log.as_deref().unwrap_or(default_filter));
+    init_logging(cli.log.as_deref().unwrap_or(default_filter), cli.log_format);
     match cli.command {
         Command::Coordinator { config } => run_coordinator(config).await,
         Command::Hospital { command: Some(command), .. } => hospital::run(command).await,
@@ -119,6 +133,19 @@ async fn run_coordinator(config_path: PathBuf) -> anyhow::Result<()> {
     let key = hex::encode(info.public_key.to_bytes());
     let mut stdout = std::io::stdout();
     let _ = writeln!(stdout, "pdc coordinator ledger {} key {} {key}", info.origin, info.key_name);
+    if let Some(metrics_listen) = config.metrics_listen {
+        let listener = tokio::net::TcpListener::bind(metrics_listen)
+            .await
+            .with_context(|| format!("cannot listen on {metrics_listen} for metrics"))?;
+        let metrics_address = listener.local_addr()?;
+        let _ = writeln!(stdout, "pdc coordinator metrics on http://{metrics_address}/metrics");
+        let metrics = std::sync::Arc::clone(coordinator.metrics());
+        tokio::spawn(async move {
+            if let Err(error) = pdc_coordinator::metrics::serve(metrics, listener, std::future::pending()).await {
+                tracing::error!(%error, "the metrics endpoint failed");
+            }
+        });
+    }
     let _ = stdout.flush();
     tracing::info!(%address, data_dir = %config.data_dir.display(), "coordinator started");
     let shutdown = async {

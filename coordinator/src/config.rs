@@ -28,6 +28,10 @@ pub struct ConfigFile {
     /// The ledger's name, signing key and witnesses.
     #[serde(default)]
     pub ledger: LedgerSection,
+    /// Where to serve Prometheus metrics (`GET /metrics`, plain HTTP), e.g. `127.0.0.1:9464`; port 0 picks a free
+    /// port. Absent: no metrics endpoint.
+    #[serde(default)]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// `[ledger]`: how checkpoints are named, signed and witnessed.

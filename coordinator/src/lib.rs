@@ -10,6 +10,7 @@ pub mod config;
 mod error;
 pub mod ledger;
 pub mod manifest;
+pub mod metrics;
 pub mod replay;
 pub mod rewards;
 pub mod round;

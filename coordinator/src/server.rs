@@ -18,6 +18,7 @@ use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::audit_server::{AuditApi, WitnessApi};
+use crate::metrics::{Telemetry, code_label};
 use crate::service::{
     Coordinator, FailureKind, MAX_FEASIBILITY_TIMEOUT, ModelSnapshot, RequestAuth, RoundRecord, StudyEvent, StudyState,
     StudyStatus, TaskSpec, UpdateHeader,
@@ -151,7 +152,7 @@ impl StudyService for StudyApi {
         request: Request<pb::StudyRef>,
     ) -> Result<Response<Self::DownloadModelStream>, Status> {
         let snapshot = self.coordinator.current_model(&request.into_inner().study_id)?;
-        Ok(Response::new(model_stream(snapshot)))
+        Ok(Response::new(model_stream(snapshot, Arc::clone(self.coordinator.metrics()))))
     }
 
     async fn feasibility(
@@ -253,38 +254,18 @@ impl FederationService for FederationApi {
         let request = request.into_inner();
         let auth = auth_from_pb(request.auth)?;
         let snapshot = self.coordinator.participant_model(&auth, &request.study_id, request.round)?;
-        Ok(Response::new(model_stream(snapshot)))
+        Ok(Response::new(model_stream(snapshot, Arc::clone(self.coordinator.metrics()))))
     }
 
     async fn submit_update(
         &self,
         request: Request<Streaming<pb::UpdatePart>>,
     ) -> Result<Response<pb::UpdateReceipt>, Status> {
-        let mut parts = request.into_inner();
-        let header = match parts.message().await? {
-            Some(pb::UpdatePart { part: Some(pb::update_part::Part::Header(header)) }) => header_from_pb(header)?,
-            Some(_) => return Err(Status::invalid_argument("the first message of an upload must be its header")),
-            None => return Err(Status::invalid_argument("empty upload")),
-        };
-        let mut incoming = self.coordinator.begin_update(&header)?;
-        while let Some(part) = parts.message().await? {
-            let chunk = match part.part {
-                Some(pb::update_part::Part::Chunk(chunk)) => chunk,
-                _ => return Err(Status::invalid_argument("an upload has one header, then only chunks")),
-            };
-            if chunk.data.len() > MAX_CHUNK_BYTES {
-                return Err(Status::resource_exhausted(format!(
-                    "chunk of {} bytes exceeds the {MAX_CHUNK_BYTES}-byte limit",
-                    chunk.data.len()
-                )));
-            }
-            if let Err(error) = incoming.append(chunk.offset, &chunk.data) {
-                self.coordinator.reject(&header.contribution, &error);
-                return Err(error.into());
-            }
+        let result = self.receive_update(request.into_inner()).await;
+        if let Err(status) = &result {
+            self.coordinator.metrics().update_rejected(code_label(status.code()));
         }
-        let (id, received) = self.coordinator.finish_update(&header, incoming)?;
-        Ok(Response::new(pb::UpdateReceipt { update_id: hex::encode(id), received_in_round: received }))
+        result
     }
 
     async fn report_failure(&self, request: Request<pb::FailureReport>) -> Result<Response<pb::FailureAck>, Status> {
@@ -352,6 +333,51 @@ impl FederationService for FederationApi {
     }
 }
 
+impl FederationApi {
+    /// An upload: the header is checked before the body is read, and the rest runs in the sender's span.
+    async fn receive_update(
+        &self,
+        mut parts: Streaming<pb::UpdatePart>,
+    ) -> Result<Response<pb::UpdateReceipt>, Status> {
+        let header = match parts.message().await? {
+            Some(pb::UpdatePart { part: Some(pb::update_part::Part::Header(header)) }) => header_from_pb(header)?,
+            Some(_) => return Err(Status::invalid_argument("the first message of an upload must be its header")),
+            None => return Err(Status::invalid_argument("empty upload")),
+        };
+        let span = tracing::info_span!(
+            "upload",
+            study = %header.contribution.study_id,
+            round = header.contribution.round,
+            pdc = %header.contribution.pdc_id
+        );
+        let body = async {
+            let mut incoming = self.coordinator.begin_update(&header)?;
+            while let Some(part) = parts.message().await? {
+                let chunk = match part.part {
+                    Some(pb::update_part::Part::Chunk(chunk)) => chunk,
+                    _ => return Err(Status::invalid_argument("an upload has one header, then only chunks")),
+                };
+                if chunk.data.len() > MAX_CHUNK_BYTES {
+                    return Err(Status::resource_exhausted(format!(
+                        "chunk of {} bytes exceeds the {MAX_CHUNK_BYTES}-byte limit",
+                        chunk.data.len()
+                    )));
+                }
+                if let Err(error) = incoming.append(chunk.offset, &chunk.data) {
+                    self.coordinator.reject(&header.contribution, &error);
+                    return Err(error.into());
+                }
+            }
+            let (id, received) = self.coordinator.finish_update(&header, incoming)?;
+            Ok::<_, Status>(Response::new(pb::UpdateReceipt {
+                update_id: hex::encode(id),
+                received_in_round: received,
+            }))
+        };
+        tracing::Instrument::instrument(body, span).await
+    }
+}
+
 fn auth_from_pb(auth: Option<pb::SignedRequest>) -> Result<RequestAuth, Status> {
     let auth = auth.ok_or_else(|| Status::unauthenticated("the request carries no signature"))?;
     Ok(RequestAuth { pdc_id: auth.pdc_id, timestamp_ms: auth.timestamp_ms, signature: auth.signature })
@@ -387,7 +413,7 @@ fn header_from_pb(header: pb::UpdateHeader) -> Result<UpdateHeader, Status> {
     })
 }
 
-fn model_stream(snapshot: ModelSnapshot) -> ResponseStream<pb::ModelPart> {
+fn model_stream(snapshot: ModelSnapshot, metrics: Arc<Telemetry>) -> ResponseStream<pb::ModelPart> {
     let header = pb::ModelPart {
         part: Some(pb::model_part::Part::Header(pb::ModelHeader {
             study_id: snapshot.study_id.clone(),
@@ -416,6 +442,7 @@ fn model_stream(snapshot: ModelSnapshot) -> ResponseStream<pb::ModelPart> {
         let start = index * values_per_chunk;
         let end = (start + values_per_chunk).min(parameters.len());
         let data = pdc_ledger::hash::f32_bytes(&parameters[start..end]);
+        metrics.model_bytes_sent(data.len() as u64);
         Ok(pb::ModelPart { part: Some(pb::model_part::Part::Chunk(pb::Chunk { offset: start as u64 * 4, data })) })
     });
     Box::pin(futures::stream::once(async move { Ok(header) }).chain(chunks))

@@ -23,6 +23,7 @@ use crate::aggregation::{
 use crate::archive::{IncomingUpdate, UpdateArchive};
 use crate::ledger::{Ledger, LedgerSettings};
 use crate::manifest::{self, Manifest};
+use crate::metrics::Telemetry;
 use crate::rewards::{RoundUpdate, RoundValuation, ValuationSettings};
 use crate::round::{AcceptedUpdate, Action, Event, Phase, RoundMachine, RoundPolicy};
 use crate::statistics::{CohortAnswer, FeasibilityQuery, Standardization, StandardizationStep, StatisticsQuery};
@@ -277,6 +278,8 @@ struct Study {
     events: broadcast::Sender<StudyEvent>,
     round_participants: Vec<String>,
     round_deadline_ms: u64,
+    /// When the open round opened (coordinator milliseconds), for its latency.
+    round_opened_ms: u64,
     /// The study's server optimiser and its moments, when the manifest names one.
     optimizer: Arc<Mutex<Option<ServerOptimizer>>>,
     /// Reward budget carried over from rounds without measurable gain.
@@ -401,6 +404,7 @@ pub struct Coordinator {
     archive: UpdateArchive,
     ledger: Arc<Ledger>,
     started: Instant,
+    metrics: Arc<Telemetry>,
 }
 
 impl Coordinator {
@@ -417,6 +421,7 @@ impl Coordinator {
             archive,
             ledger: Arc::new(ledger),
             started: Instant::now(),
+            metrics: Arc::new(Telemetry::default()),
         }))
     }
 
@@ -428,6 +433,11 @@ impl Coordinator {
     /// The ledger.
     pub fn ledger(&self) -> &Arc<Ledger> {
         &self.ledger
+    }
+
+    /// The operational metrics (see [`crate::metrics`]).
+    pub fn metrics(&self) -> &Arc<Telemetry> {
+        &self.metrics
     }
 
     /// Seals the ledger now: a checkpoint over every entry so far, co-signed by the witness quorum.
@@ -505,6 +515,8 @@ impl Coordinator {
                         return;
                     }
                     tracing::info!(study = %study.id, round, attempt, ?participants, "round opened");
+                    self.metrics.round_opened();
+                    study.round_opened_ms = now;
                     let deadline_in_ms = deadline_ms.saturating_sub(now);
                     study.round_participants = participants.clone();
                     study.round_deadline_ms = deadline_ms;
@@ -520,6 +532,7 @@ impl Coordinator {
                 }
                 Action::RoundAbandoned { round, reason } => {
                     tracing::warn!(study = %study.id, round, %reason, "round abandoned");
+                    self.metrics.round_abandoned();
                     study.emit(StudyEvent::UpdateRejected { round, pdc_id: String::new(), reason });
                 }
                 Action::Ended => {
@@ -609,7 +622,8 @@ impl Coordinator {
         let carried_in = study.carried;
         let central = study.central.clone();
         let manifest = study.manifest.clone();
-        tokio::spawn(async move {
+        let span = tracing::info_span!("aggregation", study = %study_id, round);
+        let task = async move {
             let archive = coordinator.archive.clone();
             let work = contributions.clone();
             let release_study = study_id.clone();
@@ -662,7 +676,8 @@ impl Coordinator {
             let Some(study) = state.studies.get_mut(&study_id) else { return };
             let actions = study.machine.handle(now, Event::Aggregated { round }).unwrap_or_default();
             coordinator.execute(&mut state.pdcs, study, now, actions);
-        });
+        };
+        tokio::spawn(tracing::Instrument::instrument(task, span));
     }
 
     /// Records a round's aggregate on the ledger and installs it as the study's model; returns whether the round
@@ -710,8 +725,10 @@ impl Coordinator {
                                 stats.strikes += u32::from(pdc.strike.is_some());
                             }
                         }
+                        self.metrics.round_aggregated(Duration::from_millis(now.saturating_sub(study.round_opened_ms)));
                         for (pdc_id, reason) in &excluded {
                             tracing::warn!(study = %study_id, round, pdc = %pdc_id, %reason, "update left out");
+                            self.metrics.update_rejected("flagged");
                             study.emit(StudyEvent::UpdateRejected {
                                 round,
                                 pdc_id: pdc_id.clone(),
@@ -847,6 +864,7 @@ impl Coordinator {
                 events,
                 round_participants: Vec::new(),
                 round_deadline_ms: 0,
+                round_opened_ms: 0,
                 optimizer: Arc::new(Mutex::new(optimizer)),
                 carried: 0.0,
                 round_spend: BTreeMap::new(),
@@ -1137,7 +1155,9 @@ impl Coordinator {
         }
         self.ledger.record(&entries)?;
         let study = state.studies.get_mut(&contribution.study_id).expect("looked up above");
+        self.metrics.update_accepted(contribution.n_parameters.saturating_mul(4));
         if let Some(claim) = &contribution.privacy {
+            self.metrics.epsilon_spent(&contribution.pdc_id, claim.epsilon);
             state.spent.insert(contribution.pdc_id.clone(), (claim.epsilon, claim.delta));
             study.round_spend.insert(contribution.pdc_id.clone(), (claim.epsilon, claim.delta));
             study.hospitals.entry(contribution.pdc_id.clone()).or_default().epsilon = claim.epsilon;
@@ -1392,6 +1412,8 @@ impl Coordinator {
         let (epsilon, delta, scope) = (release.epsilon, release.delta, release.scope.clone());
         self.ledger.record(&[Entry::StatisticsReleased { release, signature }])?;
         state.spent.insert(pdc_id.clone(), (epsilon, delta));
+        self.metrics.statistics_released();
+        self.metrics.epsilon_spent(&pdc_id, epsilon);
         tracing::info!(scope = %scope, pdc = %pdc_id, epsilon, "statistics released");
         match answer {
             Ok(summary) => {

@@ -5,6 +5,7 @@ mod bad_input;
 mod central;
 mod keys;
 mod ledger;
+mod observability;
 mod privacy;
 mod processes;
 mod replay;

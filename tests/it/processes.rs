@@ -30,7 +30,8 @@ async fn start_coordinator(dir: &Path) -> (Child, String) {
     let config = example
         .replace("listen = \"127.0.0.1:50051\"", "listen = \"127.0.0.1:0\"")
         .replace("data_dir = \"../target/pdc-coordinator\"", "data_dir = \"coordinator\"")
-        .replace("tick_ms = 100", "tick_ms = 20");
+        .replace("tick_ms = 100", "tick_ms = 20")
+        .replace("metrics_listen = \"127.0.0.1:9464\"", "metrics_listen = \"127.0.0.1:0\"");
     assert_ne!(config, example, "examples/coordinator.toml changed: update this test");
     let path = dir.join("coordinator.toml");
     std::fs::write(&path, config).unwrap();
