@@ -141,8 +141,20 @@ pub struct ParticipantsSection {
     pub min: usize,
     /// At most this many PDCs are selected per round.
     pub max: usize,
+    /// The share of the available PDCs each round samples (FedAvg's C), in (0, 1]; within `min` and `max`.
+    /// 1 (the default, left out of the canonical form) takes every available PDC up to `max`.
+    #[serde(default = "all_of_them", skip_serializing_if = "is_all_of_them")]
+    pub fraction: f64,
     /// Seconds a round stays open for updates.
     pub round_deadline_secs: u64,
+}
+
+fn all_of_them() -> f64 {
+    1.0
+}
+
+fn is_all_of_them(fraction: &f64) -> bool {
+    *fraction == 1.0
 }
 
 /// Update checks.
@@ -201,6 +213,9 @@ impl Manifest {
         let participants = &self.participants;
         if participants.min == 0 || participants.max < participants.min {
             return invalid("participants: need 1 <= min <= max".into());
+        }
+        if !(participants.fraction > 0.0 && participants.fraction <= 1.0) {
+            return invalid(format!("participants.fraction {} must be in (0, 1]", participants.fraction));
         }
         if participants.round_deadline_secs == 0 || participants.round_deadline_secs > 7 * 24 * 3600 {
             return invalid("participants.round_deadline_secs must be between 1 and 604800".into());
@@ -386,6 +401,8 @@ round_deadline_secs = 10
             ("rounds = 2", "rounds = 0", "training.rounds"),
             ("learning_rate = 0.1", "learning_rate = nan", "learning_rate"),
             ("min = 1", "min = 4", "min <= max"),
+            ("max = 3", "max = 3\nfraction = 0.0", "participants.fraction 0 must be in (0, 1]"),
+            ("max = 3", "max = 3\nfraction = 1.5", "participants.fraction 1.5 must be in (0, 1]"),
             ("label = \"y\"", "label = \"z\"", "label column `z` is not in the validation set"),
         ] {
             let text = MANIFEST.replace(from, to);

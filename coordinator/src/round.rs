@@ -20,6 +20,10 @@ pub struct RoundPolicy {
     pub min_participants: usize,
     /// Most PDCs selected for a round.
     pub max_participants: usize,
+    /// The share of the available PDCs selected for a round (FedAvg's client fraction C), in `(0, 1]`: a round
+    /// takes `⌈fraction × available⌉` of them, but never fewer than `min_participants` nor more than
+    /// `max_participants`.
+    pub fraction: f64,
     /// How long a round stays open, in milliseconds.
     pub deadline_ms: u64,
     /// A round that times out with too few updates is tried again; after this many failed attempts in a row
@@ -299,10 +303,11 @@ impl RoundMachine {
         }
     }
 
-    /// Picks at most `max_participants` of the sorted `available` PDCs: all of them when few enough, else those
+    /// Picks [`Self::selection_size`] of the sorted `available` PDCs: all of them when few enough, else those
     /// ranked first by a hash of (seed, round, id), so selection rotates between rounds and is reproducible.
     fn select(&self, round: u32, available: Vec<String>) -> Vec<String> {
-        if available.len() <= self.policy.max_participants {
+        let size = self.selection_size(available.len());
+        if available.len() <= size {
             return available;
         }
         let mut ranked: Vec<(Hash, String)> = available
@@ -315,9 +320,15 @@ impl RoundMachine {
             })
             .collect();
         ranked.sort();
-        let mut chosen: Vec<String> = ranked.into_iter().take(self.policy.max_participants).map(|(_, id)| id).collect();
+        let mut chosen: Vec<String> = ranked.into_iter().take(size).map(|(_, id)| id).collect();
         chosen.sort();
         chosen
+    }
+
+    /// How many of `available` PDCs a round takes: `⌈fraction × available⌉` within `[min, max]`.
+    fn selection_size(&self, available: usize) -> usize {
+        let wanted = (self.policy.fraction * available as f64).ceil() as usize;
+        wanted.clamp(self.policy.min_participants, self.policy.max_participants.max(self.policy.min_participants))
     }
 
     fn close_if_complete(&mut self) -> Vec<Action> {
@@ -369,6 +380,7 @@ mod tests {
             rounds: 2,
             min_participants: 2,
             max_participants: 3,
+            fraction: 1.0,
             deadline_ms: 1_000,
             max_attempts: 2,
             seed: 1,
@@ -504,6 +516,24 @@ mod tests {
         // The same seed chooses the same PDCs.
         let again = RoundMachine::new(policy).select(1, available);
         assert_eq!(again, chosen[0]);
+    }
+
+    #[test]
+    fn a_fraction_selects_its_share_of_the_available_within_min_and_max() {
+        let mut policy = policy();
+        policy.max_participants = 10;
+        policy.fraction = 0.3;
+        let machine = RoundMachine::new(policy);
+        // ⌈0.3 × 10⌉ = 3; ⌈0.3 × 3⌉ = 1 is raised to the minimum 2; ⌈0.3 × 40⌉ = 12 is capped at 10.
+        assert_eq!(machine.selection_size(10), 3);
+        assert_eq!(machine.selection_size(3), 2);
+        assert_eq!(machine.selection_size(40), 10);
+        let available: Vec<String> = (0..10).map(|i| format!("h{i}")).collect();
+        let chosen = machine.select(1, available.clone());
+        assert_eq!(chosen.len(), 3);
+        assert!(chosen.windows(2).all(|w| w[0] < w[1]) && chosen.iter().all(|id| available.contains(id)));
+        assert_ne!(machine.select(2, available.clone()), chosen, "the sample rotates between rounds");
+        assert_eq!(machine.select(1, available), chosen, "and is reproducible");
     }
 
     #[test]

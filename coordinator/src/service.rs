@@ -830,6 +830,7 @@ impl Coordinator {
             rounds: manifest.training.rounds,
             min_participants: manifest.participants.min,
             max_participants: manifest.participants.max,
+            fraction: manifest.participants.fraction,
             deadline_ms: manifest.participants.round_deadline_secs.saturating_mul(1000),
             max_attempts: self.config.max_round_attempts,
             seed: manifest.seed,

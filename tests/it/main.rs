@@ -11,5 +11,6 @@ mod processes;
 mod replay;
 mod retry;
 mod rewards;
+mod selection;
 mod statistics;
 mod support;
