@@ -1479,10 +1479,32 @@ impl Coordinator {
             state.queries.insert(query_id.clone(), (query, Arc::clone(&done)));
             query_id
         };
+        // The query closes when this call ends, even if the researcher's call is dropped mid-wait.
+        let open = OpenQuery { coordinator: self, query_id: &query_id };
         // A completion between the insert and this wait leaves a permit, so it is not missed.
         let _ = tokio::time::timeout(timeout, done.notified()).await;
-        let (query, _) = self.lock().queries.remove(&query_id).expect("only this call removes its query");
+        let (query, _) = open.close().expect("only this call removes its query");
+        drop(open);
         Ok(Feasibility { query_id, noise_multiplier, answers: query.answers().clone() })
+    }
+}
+
+/// A feasibility query open in the coordinator's state, closed (removed, so later answers are refused) when
+/// dropped.
+struct OpenQuery<'a> {
+    coordinator: &'a Coordinator,
+    query_id: &'a str,
+}
+
+impl OpenQuery<'_> {
+    fn close(&self) -> Option<(FeasibilityQuery, Arc<Notify>)> {
+        self.coordinator.lock().queries.remove(self.query_id)
+    }
+}
+
+impl Drop for OpenQuery<'_> {
+    fn drop(&mut self) {
+        self.close();
     }
 }
 
