@@ -22,6 +22,7 @@ use crate::service::{
     Coordinator, FailureKind, ModelSnapshot, RequestAuth, RoundRecord, StudyEvent, StudyState, StudyStatus, TaskSpec,
     UpdateHeader,
 };
+use crate::tls::{Peer, bound};
 use crate::{Error, Result};
 
 type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -30,6 +31,17 @@ type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 pub async fn serve(
     coordinator: Arc<Coordinator>,
     listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> std::result::Result<(), tonic::transport::Error> {
+    serve_with_tls(coordinator, listener, None, shutdown).await
+}
+
+/// Serves the coordinator's gRPC services on `listener` until `shutdown` completes, over TLS when `tls` is given
+/// (see [`crate::tls`]: FederationService calls must then come with the PDC's own client certificate).
+pub async fn serve_with_tls(
+    coordinator: Arc<Coordinator>,
+    listener: TcpListener,
+    tls: Option<&crate::tls::TlsSettings>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> std::result::Result<(), tonic::transport::Error> {
     let study = StudyServiceServer::new(StudyApi { coordinator: Arc::clone(&coordinator) })
@@ -41,7 +53,11 @@ pub async fn serve(
     let federation = FederationServiceServer::new(FederationApi { coordinator })
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls.server_config())?;
+    }
+    builder
         .add_service(study)
         .add_service(federation)
         .add_service(audit)
@@ -157,7 +173,9 @@ impl StudyService for StudyApi {
 #[tonic::async_trait]
 impl FederationService for FederationApi {
     async fn register(&self, request: Request<pb::RegisterRequest>) -> Result<Response<pb::RegisterResponse>, Status> {
+        let peer = Peer::of(&request);
         let request = request.into_inner();
+        peer.check_registration(&request.pdc_id, &request.public_key)?;
         let newly_registered = self.coordinator.register(&request.pdc_id, &request.public_key, &request.signature)?;
         Ok(Response::new(pb::RegisterResponse { newly_registered }))
     }
@@ -166,7 +184,7 @@ impl FederationService for FederationApi {
         &self,
         request: Request<pb::SignedRequest>,
     ) -> Result<Response<pb::ListStudiesResponse>, Status> {
-        let auth = auth_from_pb(Some(request.into_inner()))?;
+        let auth = auth_from_pb(Some(bound(&self.coordinator, request, |r| &r.pdc_id)?))?;
         let studies = self
             .coordinator
             .list_studies(&auth)?
@@ -183,7 +201,7 @@ impl FederationService for FederationApi {
     }
 
     async fn consent(&self, request: Request<pb::ConsentRequest>) -> Result<Response<pb::ConsentResponse>, Status> {
-        let request = request.into_inner();
+        let request = bound(&self.coordinator, request, |r| &r.pdc_id)?;
         self.coordinator.consent(ConsentAction::Grant, &request.pdc_id, &request.study_id, &request.signature)?;
         Ok(Response::new(pb::ConsentResponse {}))
     }
@@ -192,7 +210,7 @@ impl FederationService for FederationApi {
         &self,
         request: Request<pb::ConsentRequest>,
     ) -> Result<Response<pb::ConsentResponse>, Status> {
-        let request = request.into_inner();
+        let request = bound(&self.coordinator, request, |r| &r.pdc_id)?;
         self.coordinator.consent(ConsentAction::Revoke, &request.pdc_id, &request.study_id, &request.signature)?;
         Ok(Response::new(pb::ConsentResponse {}))
     }
@@ -200,7 +218,7 @@ impl FederationService for FederationApi {
     type WaitTasksStream = ResponseStream<pb::Task>;
 
     async fn wait_tasks(&self, request: Request<pb::SignedRequest>) -> Result<Response<Self::WaitTasksStream>, Status> {
-        let auth = auth_from_pb(Some(request.into_inner()))?;
+        let auth = auth_from_pb(Some(bound(&self.coordinator, request, |r| &r.pdc_id)?))?;
         let receiver = self.coordinator.open_task_stream(&auth)?;
         let stream = ReceiverStream::new(receiver).map(|task| Ok(task_to_pb(task)));
         Ok(Response::new(Box::pin(stream)))
@@ -212,7 +230,7 @@ impl FederationService for FederationApi {
         &self,
         request: Request<pb::ModelRequest>,
     ) -> Result<Response<Self::DownloadGlobalModelStream>, Status> {
-        let request = request.into_inner();
+        let request = bound(&self.coordinator, request, |r| r.auth.as_ref().map_or("", |auth| auth.pdc_id.as_str()))?;
         let auth = auth_from_pb(request.auth)?;
         let snapshot = self.coordinator.participant_model(&auth, &request.study_id, request.round)?;
         Ok(Response::new(model_stream(snapshot)))
@@ -222,12 +240,14 @@ impl FederationService for FederationApi {
         &self,
         request: Request<Streaming<pb::UpdatePart>>,
     ) -> Result<Response<pb::UpdateReceipt>, Status> {
+        let peer = Peer::of(&request);
         let mut parts = request.into_inner();
         let header = match parts.message().await? {
             Some(pb::UpdatePart { part: Some(pb::update_part::Part::Header(header)) }) => header_from_pb(header)?,
             Some(_) => return Err(Status::invalid_argument("the first message of an upload must be its header")),
             None => return Err(Status::invalid_argument("empty upload")),
         };
+        peer.check_pdc(&self.coordinator, &header.contribution.pdc_id)?;
         let mut incoming = self.coordinator.begin_update(&header)?;
         while let Some(part) = parts.message().await? {
             let chunk = match part.part {
@@ -250,7 +270,7 @@ impl FederationService for FederationApi {
     }
 
     async fn report_failure(&self, request: Request<pb::FailureReport>) -> Result<Response<pb::FailureAck>, Status> {
-        let request = request.into_inner();
+        let request = bound(&self.coordinator, request, |r| r.auth.as_ref().map_or("", |auth| auth.pdc_id.as_str()))?;
         let auth = auth_from_pb(request.auth)?;
         let kind = match pb::FailureKind::try_from(request.kind) {
             Ok(pb::FailureKind::Unspecified) => FailureKind::Other,
@@ -267,7 +287,7 @@ impl FederationService for FederationApi {
         &self,
         request: Request<pb::BudgetDeclaration>,
     ) -> Result<Response<pb::BudgetResponse>, Status> {
-        let request = request.into_inner();
+        let request = bound(&self.coordinator, request, |r| &r.pdc_id)?;
         let newly_declared = self.coordinator.declare_budget(
             &request.pdc_id,
             &request.dataset,
@@ -279,7 +299,7 @@ impl FederationService for FederationApi {
     }
 
     async fn rotate_key(&self, request: Request<pb::KeyRotation>) -> Result<Response<pb::KeyRotationResponse>, Status> {
-        let request = request.into_inner();
+        let request = bound(&self.coordinator, request, |r| &r.pdc_id)?;
         self.coordinator.rotate_key(
             &request.pdc_id,
             &request.new_public_key,

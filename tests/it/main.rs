@@ -11,3 +11,4 @@ mod replay;
 mod retry;
 mod rewards;
 mod support;
+mod tls;
