@@ -2,7 +2,7 @@
 //! certificate to the Ed25519 key it registered.
 //!
 //! With TLS on, a PDC connects with its own certificate (made by `pdc keygen`, whose key is the PDC's identity
-//! key) and every FederationService call is checked by [`Peer::check_pdc`]: the certificate the TLS handshake
+//! key) and every FederationService call is checked by `Peer::check_pdc`: the certificate the TLS handshake
 //! verified must certify the key registered for the `pdc_id` the request names. So a hospital holding the
 //! certificate of PDC a cannot act as PDC b even with b's signatures. Without TLS the checks pass and the
 //! signatures alone authenticate, as before.
