@@ -174,7 +174,9 @@ async fn an_unknown_client_certificate_is_refused_at_the_handshake() {
             Ok(channel) => {
                 let mut federation = FederationServiceClient::new(channel);
                 let status = federation.register(register_request(&stranger, "stranger")).await.unwrap_err();
-                assert!(matches!(status.code(), Code::Unavailable | Code::Unknown), "{status:?}");
+                // A transport failure, never an answer from a service; which code depends on when the client
+                // notices the closed connection.
+                assert!(matches!(status.code(), Code::Unavailable | Code::Unknown | Code::Cancelled), "{status:?}");
                 format!("{status:?}")
             }
         };
