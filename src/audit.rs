@@ -94,6 +94,8 @@ pub struct Source {
     /// The log's public key (hex), obtained independently; the audit fails if the ledger names another.
     #[arg(long)]
     log_key: Option<String>,
+    #[command(flatten)]
+    tls: crate::tls::TlsArgs,
 }
 
 /// A ledger as the auditor holds it: the keys it is checked against, the entries and the checkpoints.
@@ -166,7 +168,13 @@ pub async fn run(command: AuditCommand) -> anyhow::Result<()> {
 
 /// `pdc audit replay`: the ledger is verified first, then the study replayed against it.
 async fn replay(data_dir: &std::path::Path, study_id: &str, log_key: Option<String>) -> anyhow::Result<()> {
-    let source = Source { coordinator: String::new(), ledger: Some(data_dir.join("ledger")), file: None, log_key };
+    let source = Source {
+        coordinator: String::new(),
+        ledger: Some(data_dir.join("ledger")),
+        file: None,
+        log_key,
+        tls: Default::default(),
+    };
     let copy = load(&source).await?;
     let audit = audit::verify_parts(&copy.entries, &copy.checkpoints, &copy.keys);
     println!("ledger: {}", audit.to_string().lines().next().unwrap_or_default());
@@ -194,7 +202,7 @@ async fn replay(data_dir: &std::path::Path, study_id: &str, log_key: Option<Stri
 
 /// Audits a running coordinator over its AuditService; `log_key` pins the log's key when given.
 pub async fn verify_remote(url: &str, log_key: Option<String>) -> anyhow::Result<RemoteAudit> {
-    let source = Source { coordinator: url.to_owned(), ledger: None, file: None, log_key };
+    let source = Source { coordinator: url.to_owned(), ledger: None, file: None, log_key, tls: Default::default() };
     let copy = load(&source).await?;
     let report = audit::verify_parts(&copy.entries, &copy.checkpoints, &copy.keys);
     Ok(RemoteAudit { report, latest_checkpoint: copy.checkpoints.last().cloned() })
@@ -242,12 +250,8 @@ fn folder_keys(store: &dyn Store) -> anyhow::Result<AuditKeys> {
     Ok(LogInfo::from_text(&text)?.audit_keys())
 }
 
-async fn connect(url: &str) -> anyhow::Result<AuditServiceClient<Channel>> {
-    let channel = tonic::transport::Endpoint::from_shared(url.to_owned())
-        .with_context(|| format!("invalid coordinator address {url}"))?
-        .connect()
-        .await
-        .with_context(|| format!("cannot reach the coordinator at {url}"))?;
+async fn connect(source: &Source) -> anyhow::Result<AuditServiceClient<Channel>> {
+    let channel = crate::tls::channel(&source.coordinator, &source.tls).await?;
     Ok(AuditServiceClient::new(channel).max_decoding_message_size(pdc_proto::MAX_MESSAGE_BYTES))
 }
 
@@ -273,7 +277,7 @@ pub async fn load(source: &Source) -> anyhow::Result<LedgerCopy> {
         }
         return Ok(LedgerCopy { keys, entries, checkpoints });
     }
-    let mut client = connect(&source.coordinator).await?;
+    let mut client = connect(source).await?;
     let info = client.get_log_info(pb::LogInfoRequest {}).await.context("GetLogInfo")?.into_inner();
     let keys = pin(keys_from_pb(&info)?, source)?;
     let mut entries = Vec::new();
@@ -348,7 +352,7 @@ async fn prove(source: &Source, index: u64) -> anyhow::Result<()> {
     }
     // Against a coordinator the proof is the server's; it is checked here against the signed root either way.
     let proof = if source.file.is_none() && source.ledger.is_none() {
-        let mut client = connect(&source.coordinator).await?;
+        let mut client = connect(source).await?;
         let proof = client
             .get_inclusion_proof(pb::InclusionProofRequest { index, tree_size: size })
             .await
@@ -389,7 +393,7 @@ async fn consistency(source: &Source, from: u64, to: u64) -> anyhow::Result<()> 
     };
     let (old_root, new_root) = (find(from)?, find(to)?);
     let proof = if source.file.is_none() && source.ledger.is_none() {
-        let mut client = connect(&source.coordinator).await?;
+        let mut client = connect(source).await?;
         let proof = client
             .get_consistency_proof(pb::ConsistencyProofRequest { old_size: from, new_size: to })
             .await

@@ -4,7 +4,9 @@ mod audit;
 mod data;
 mod demo;
 mod hospital;
+mod keygen;
 mod study;
+mod tls;
 mod witness;
 
 use std::io::Write as _;
@@ -60,6 +62,8 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Makes a party's Ed25519 identity (`<name>.key`) and its self-signed TLS certificate (`<name>.crt`).
+    Keygen(keygen::KeygenArgs),
     /// Prepares data files.
     Data {
         #[command(subcommand)]
@@ -99,6 +103,7 @@ async fn main() -> anyhow::Result<()> {
         | Command::Study { .. }
         | Command::Data { .. }
         | Command::Audit { .. }
+        | Command::Keygen(_)
         | Command::Hospital { command: Some(_), .. } => "warn",
         _ => "info",
     };
@@ -114,12 +119,14 @@ async fn main() -> anyhow::Result<()> {
         Command::Audit { command } => audit::run(command).await,
         Command::Witness { config } => witness::run(&config).await,
         Command::Data { command: DataCommand::Split(args) } => data::split(args),
+        Command::Keygen(args) => keygen::run(args),
         Command::Demo(args) => demo::run(args).await,
     }
 }
 
 async fn run_coordinator(config_path: PathBuf) -> anyhow::Result<()> {
     let config = pdc_coordinator::config::ConfigFile::load(&config_path)?;
+    let tls = config.tls_settings()?;
     let coordinator = pdc_coordinator::Coordinator::new(config.coordinator_config()?)
         .with_context(|| format!("cannot open the data folder {}", config.data_dir.display()))?;
     let _driver = coordinator.spawn_driver();
@@ -147,12 +154,19 @@ async fn run_coordinator(config_path: PathBuf) -> anyhow::Result<()> {
         });
     }
     let _ = stdout.flush();
-    tracing::info!(%address, data_dir = %config.data_dir.display(), "coordinator started");
+    match &tls {
+        Some(tls) => tracing::info!(%address, data_dir = %config.data_dir.display(),
+            require_client_cert = tls.requires_client_cert(), "coordinator started with TLS"),
+        None => tracing::warn!(%address, data_dir = %config.data_dir.display(),
+            "coordinator started without TLS: plaintext, for loopback only"),
+    }
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
         tracing::info!("shutting down");
     };
-    pdc_coordinator::server::serve(coordinator, listener, shutdown).await.context("the gRPC server failed")
+    pdc_coordinator::server::serve_with_tls(coordinator, listener, tls.as_ref(), shutdown)
+        .await
+        .context("the gRPC server failed")
 }
 
 async fn run_hospital(config_path: PathBuf) -> anyhow::Result<()> {

@@ -78,7 +78,7 @@ pub enum StudyCommand {
         #[arg(long, default_value_t = 30)]
         timeout: u32,
     },
-    /// Writes the current global model (little-endian f32) and prints its hash.
+    /// Writes the current global model (little-endian f32, or safetensors) and prints its hash.
     Download {
         #[command(flatten)]
         target: Target,
@@ -87,7 +87,20 @@ pub enum StudyCommand {
         /// Output file.
         #[arg(long)]
         out: PathBuf,
+        /// `f32`: the flat parameter vector, little-endian; `safetensors`: one tensor per layer in PyTorch's
+        /// layout, with the study, round, model hash and manifest hash in its metadata.
+        #[arg(long, value_enum, default_value_t = ModelFormat::F32)]
+        format: ModelFormat,
     },
+}
+
+/// The file formats of `pdc study download`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ModelFormat {
+    /// The flat little-endian `f32` vector, as hashed and sent.
+    F32,
+    /// safetensors (see `pdc_models::to_safetensors`).
+    Safetensors,
 }
 
 #[derive(clap::Args)]
@@ -95,17 +108,25 @@ pub struct Target {
     /// The coordinator's URL.
     #[arg(long, default_value = "http://127.0.0.1:50051", env = "PDC_COORDINATOR")]
     coordinator: String,
+    #[command(flatten)]
+    tls: crate::tls::TlsArgs,
+}
+
+impl Target {
+    async fn channel(&self) -> anyhow::Result<Channel> {
+        crate::tls::channel(&self.coordinator, &self.tls).await
+    }
 }
 
 pub async fn connect(url: &str) -> anyhow::Result<StudyServiceClient<Channel>> {
-    let channel = tonic::transport::Endpoint::from_shared(url.to_owned())
-        .with_context(|| format!("invalid coordinator URL {url}"))?
-        .connect()
-        .await
-        .with_context(|| format!("cannot reach the coordinator at {url}"))?;
-    Ok(StudyServiceClient::new(channel)
+    let target = Target { coordinator: url.to_owned(), tls: Default::default() };
+    Ok(client(target.channel().await?))
+}
+
+fn client(channel: Channel) -> StudyServiceClient<Channel> {
+    StudyServiceClient::new(channel)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES))
+        .max_encoding_message_size(MAX_MESSAGE_BYTES)
 }
 
 fn status_error(status: tonic::Status) -> anyhow::Error {
@@ -119,7 +140,7 @@ pub async fn run(command: StudyCommand) -> anyhow::Result<()> {
                 .with_context(|| format!("cannot read the manifest {}", manifest.display()))?;
             let validation_csv = std::fs::read(&validation)
                 .with_context(|| format!("cannot read the validation set {}", validation.display()))?;
-            let mut client = connect(&target.coordinator).await?;
+            let mut client = client(target.channel().await?);
             let response = client
                 .create_study(pb::CreateStudyRequest { manifest_toml, validation_csv })
                 .await
@@ -129,11 +150,7 @@ pub async fn run(command: StudyCommand) -> anyhow::Result<()> {
             eprintln!("manifest hash {}", response.manifest_hash);
         }
         StudyCommand::Rewards { target, study_id } => {
-            let channel = tonic::transport::Endpoint::from_shared(target.coordinator.clone())
-                .with_context(|| format!("invalid coordinator URL {}", target.coordinator))?
-                .connect()
-                .await
-                .with_context(|| format!("cannot reach the coordinator at {}", target.coordinator))?;
+            let channel = target.channel().await?;
             let mut audit = pdc_proto::pb::audit_service_client::AuditServiceClient::new(channel);
             let report =
                 audit.get_rewards(pb::StudyQuery { study_id: study_id.clone() }).await.map_err(status_error)?;
@@ -141,23 +158,20 @@ pub async fn run(command: StudyCommand) -> anyhow::Result<()> {
         }
         StudyCommand::Feasibility { target, label, epsilon, delta, timeout } => {
             let request = pb::FeasibilityRequest { label, epsilon, delta, timeout_secs: timeout };
-            let report = connect(&target.coordinator).await?.feasibility(request).await.map_err(status_error)?;
+            let report = client(target.channel().await?).feasibility(request).await.map_err(status_error)?;
             print!("{}", feasibility_table(&report.into_inner()));
         }
         StudyCommand::Start { target, study_id } => {
-            let status = connect(&target.coordinator).await?.start_study(pb::StudyRef { study_id }).await;
+            let status = client(target.channel().await?).start_study(pb::StudyRef { study_id }).await;
             print_status(&status.map_err(status_error)?.into_inner());
         }
         StudyCommand::Stop { target, study_id } => {
-            let status = connect(&target.coordinator).await?.stop_study(pb::StudyRef { study_id }).await;
+            let status = client(target.channel().await?).stop_study(pb::StudyRef { study_id }).await;
             print_status(&status.map_err(status_error)?.into_inner());
         }
         StudyCommand::Status { target, study_id, raw } => {
-            let status = connect(&target.coordinator)
-                .await?
-                .get_status(pb::StudyRef { study_id })
-                .await
-                .map_err(status_error)?;
+            let status =
+                client(target.channel().await?).get_status(pb::StudyRef { study_id }).await.map_err(status_error)?;
             if raw {
                 println!("{:#?}", status.into_inner());
             } else {
@@ -165,8 +179,7 @@ pub async fn run(command: StudyCommand) -> anyhow::Result<()> {
             }
         }
         StudyCommand::Watch { target, study_id } => {
-            let mut events = connect(&target.coordinator)
-                .await?
+            let mut events = client(target.channel().await?)
                 .watch_study(pb::StudyRef { study_id })
                 .await
                 .map_err(status_error)?
@@ -192,9 +205,9 @@ pub async fn run(command: StudyCommand) -> anyhow::Result<()> {
                 }
             }
         }
-        StudyCommand::Download { target, study_id, out } => {
-            let mut parts = connect(&target.coordinator)
-                .await?
+        StudyCommand::Download { target, study_id, out, format } => {
+            let channel = target.channel().await?;
+            let mut parts = client(channel.clone())
                 .download_model(pb::StudyRef { study_id })
                 .await
                 .map_err(status_error)?
@@ -214,6 +227,9 @@ pub async fn run(command: StudyCommand) -> anyhow::Result<()> {
             if hash != header.model_hash {
                 bail!("downloaded model hash {hash} does not match the announced {}", header.model_hash);
             }
+            if format == ModelFormat::Safetensors {
+                bytes = safetensors_file(channel, &header, &bytes).await?;
+            }
             std::fs::write(&out, &bytes).with_context(|| format!("cannot write {}", out.display()))?;
             println!(
                 "round {} model, {} parameters, sha3-256 {hash} -> {}",
@@ -224,6 +240,39 @@ pub async fn run(command: StudyCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The downloaded model (`values`, the flat little-endian vector `header` announced) as a safetensors file whose
+/// metadata names its study, round, model hash and the study's manifest hash (from the AuditService's provenance).
+async fn safetensors_file(channel: Channel, header: &pb::ModelHeader, values: &[u8]) -> anyhow::Result<Vec<u8>> {
+    let layout = pdc_models::Layout {
+        tensors: header
+            .layout
+            .as_ref()
+            .context("the coordinator sent no layout with the model")?
+            .tensors
+            .iter()
+            .map(|tensor| pdc_models::TensorLayout {
+                name: tensor.name.clone(),
+                shape: tensor.shape.iter().map(|&d| d as usize).collect(),
+            })
+            .collect(),
+    };
+    let provenance = pdc_proto::pb::audit_service_client::AuditServiceClient::new(channel)
+        .get_provenance(pb::StudyQuery { study_id: header.study_id.clone() })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    let parameters: Vec<f32> = values.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+    let metadata = std::collections::BTreeMap::from([
+        ("study_id".to_owned(), header.study_id.clone()),
+        ("round".to_owned(), header.round.to_string()),
+        // The SHA3-256 of the flat little-endian f32 vector in pdc's own layout, as the ledger records it.
+        ("model_hash".to_owned(), header.model_hash.clone()),
+        ("manifest_hash".to_owned(), provenance.manifest_hash),
+        ("model".to_owned(), header.model_toml.clone()),
+    ]);
+    pdc_models::to_safetensors(&layout, &parameters, &metadata).context("cannot write the model as safetensors")
 }
 
 pub fn round_line(round: &pb::RoundSummary) -> String {

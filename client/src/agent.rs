@@ -122,9 +122,13 @@ impl Agent {
 
     async fn connect(&self) -> Result<Client> {
         let unreachable = |detail: String| Error::Unreachable { endpoint: self.config.coordinator.clone(), detail };
-        let endpoint = Endpoint::from_shared(self.config.coordinator.clone())
+        let mut endpoint = Endpoint::from_shared(self.config.coordinator.clone())
             .map_err(|e| unreachable(e.to_string()))?
             .connect_timeout(Duration::from_secs(3));
+        if let Some(tls) = &self.config.tls {
+            let config = crate::tls::agent_config(tls, &self.identity)?;
+            endpoint = endpoint.tls_config(config).map_err(|e| unreachable(e.to_string()))?;
+        }
         let channel = endpoint.connect().await.map_err(|e| unreachable(e.to_string()))?;
         Ok(FederationServiceClient::new(channel)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)

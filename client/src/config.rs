@@ -35,6 +35,24 @@ pub struct HospitalConfig {
     /// local DP; without it, only studies that do not.
     #[serde(default)]
     pub privacy: Option<PrivacyConfig>,
+    /// TLS to the coordinator (then an `https://` URL), with the PDC's own certificate; without it the
+    /// connection is plaintext (for loopback demos and tests).
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+}
+
+/// `[tls]`: whom to trust, and the certificate that proves the PDC's identity (mutual TLS).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The coordinator's certificate, or the CA that issued it (PEM); relative to the config file.
+    pub ca: PathBuf,
+    /// The PDC's certificate (PEM, from `pdc keygen`), which must certify the key in `key_file`: that key is the
+    /// TLS key. Relative to the config file.
+    pub cert: PathBuf,
+    /// The name to check the coordinator's certificate for, when it is not the URL's host.
+    #[serde(default)]
+    pub domain: Option<String>,
 }
 
 /// `[privacy]`: the most the PDC will ever spend on its table, over every study, and where it keeps its spend.
@@ -117,6 +135,10 @@ impl HospitalConfig {
         let base = path.parent().unwrap_or(Path::new("."));
         config.key_file = base.join(&config.key_file);
         config.data = base.join(&config.data);
+        if let Some(tls) = &mut config.tls {
+            tls.ca = base.join(&tls.ca);
+            tls.cert = base.join(&tls.cert);
+        }
         if let Some(privacy) = &mut config.privacy {
             let file = privacy.spend_file.clone().unwrap_or_else(|| format!("{}.spend.json", config.pdc_id).into());
             privacy.spend_file = Some(base.join(file));
@@ -132,6 +154,11 @@ impl HospitalConfig {
         }
         if !(self.coordinator.starts_with("http://") || self.coordinator.starts_with("https://")) {
             return Err(format!("coordinator `{}` must be an http:// or https:// URL", self.coordinator));
+        }
+        match (self.coordinator.starts_with("https://"), self.tls.is_some()) {
+            (true, false) => return Err("an https:// coordinator needs a [tls] table (ca, cert)".into()),
+            (false, true) => return Err("with [tls] the coordinator URL must be https://".into()),
+            _ => {}
         }
         let retry = &self.retry;
         if retry.initial_ms == 0 || retry.max_ms < retry.initial_ms || retry.poll_ms == 0 {
@@ -203,6 +230,26 @@ mod tests {
         std::fs::write(&path, cap("3.0")).unwrap();
         let error = HospitalConfig::load(&path).unwrap_err().to_string();
         assert!(error.contains("at most the budget's ε 2"), "{error}");
+    }
+
+    #[test]
+    fn a_tls_table_resolves_its_paths_and_must_match_the_url_scheme() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("h.toml");
+        let base = "pdc_id = \"a\"\nkey_file = \"a.key\"\ndata = \"a.csv\"\n";
+        let tls = "[tls]\nca = \"coordinator.crt\"\ncert = \"a.crt\"\n";
+        std::fs::write(&path, format!("coordinator = \"https://127.0.0.1:1\"\n{base}{tls}")).unwrap();
+        let config = HospitalConfig::load(&path).unwrap();
+        let expected =
+            TlsConfig { ca: dir.path().join("coordinator.crt"), cert: dir.path().join("a.crt"), domain: None };
+        assert_eq!(config.tls, Some(expected));
+
+        std::fs::write(&path, format!("coordinator = \"http://127.0.0.1:1\"\n{base}{tls}")).unwrap();
+        let error = HospitalConfig::load(&path).unwrap_err().to_string();
+        assert!(error.ends_with("with [tls] the coordinator URL must be https://"), "{error}");
+        std::fs::write(&path, format!("coordinator = \"https://127.0.0.1:1\"\n{base}")).unwrap();
+        let error = HospitalConfig::load(&path).unwrap_err().to_string();
+        assert!(error.ends_with("an https:// coordinator needs a [tls] table (ca, cert)"), "{error}");
     }
 
     #[test]

@@ -3,13 +3,15 @@
 //! model delta does.
 //!
 //! [`training`] is the pure part (task + model + local data → update); [`agent`] is the gRPC edge with its
-//! reconnect loop; [`config`] reads `hospital.toml`; [`attack`] makes a hospital misbehave for robustness tests.
+//! reconnect loop, over TLS with [`tls`]; [`config`] reads `hospital.toml`; [`attack`] makes a hospital misbehave
+//! for robustness tests.
 
 pub mod agent;
 pub mod attack;
 pub mod config;
 mod error;
 pub mod spend;
+pub mod tls;
 pub mod training;
 
 pub use agent::Agent;

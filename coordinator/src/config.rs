@@ -9,6 +9,7 @@ use serde::Deserialize;
 use pdc_ledger::PublicKey;
 
 use crate::ledger::{LedgerSettings, WitnessEndpoint};
+use crate::tls::TlsSettings;
 use crate::{CoordinatorConfig, Error, Result};
 
 /// `coordinator.toml` (see `examples/coordinator.toml`).
@@ -32,6 +33,33 @@ pub struct ConfigFile {
     /// port. Absent: no metrics endpoint.
     #[serde(default)]
     pub metrics_listen: Option<SocketAddr>,
+    /// TLS for every connection; without it the coordinator serves plaintext (for loopback demos and tests).
+    #[serde(default)]
+    pub tls: Option<TlsSection>,
+}
+
+/// `[tls]`: the coordinator's certificate and key, and the client certificates it trusts (mutual TLS).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    /// The server's certificate chain (PEM), e.g. `coordinator.crt` from `pdc keygen`; relative to the config
+    /// file.
+    pub cert: PathBuf,
+    /// Its private key: a pdc key file (e.g. the ledger's key file, so the certificate is bound to the ledger key)
+    /// or a PKCS#8 PEM file; relative to the config file.
+    pub key: PathBuf,
+    /// The trusted client certificates (PEM files: each party's self-signed certificate, or a CA's); relative to
+    /// the config file.
+    #[serde(default)]
+    pub client_certs: Vec<PathBuf>,
+    /// Refuse, during the handshake, a client without a trusted certificate. Default true. Either way the
+    /// FederationService needs the PDC's own certificate.
+    #[serde(default = "default_require_client_cert")]
+    pub require_client_cert: bool,
+}
+
+fn default_require_client_cert() -> bool {
+    true
 }
 
 /// `[ledger]`: how checkpoints are named, signed and witnessed.
@@ -95,6 +123,15 @@ impl ConfigFile {
             let base = path.parent().unwrap_or(Path::new("."));
             config.ledger.key_file = Some(base.join(key_file));
         }
+        if let Some(tls) = &mut config.tls {
+            let base = path.parent().unwrap_or(Path::new("."));
+            tls.cert = base.join(&tls.cert);
+            tls.key = base.join(&tls.key);
+            for cert in &mut tls.client_certs {
+                *cert = base.join(&*cert);
+            }
+            config.tls_settings()?;
+        }
         config.ledger_settings()?.validate()?;
         if config.max_round_attempts == 0 {
             return Err(Error::InvalidArgument { field: "max_round_attempts", detail: "must be at least 1".into() });
@@ -129,6 +166,14 @@ impl ConfigFile {
             quorum: section.quorum,
             witness_timeout: defaults.witness_timeout,
         })
+    }
+
+    /// The TLS settings the `[tls]` section describes (its files read and checked), if it is present.
+    pub fn tls_settings(&self) -> Result<Option<TlsSettings>> {
+        self.tls
+            .as_ref()
+            .map(|tls| TlsSettings::load(&tls.cert, &tls.key, &tls.client_certs, tls.require_client_cert))
+            .transpose()
     }
 
     /// The runtime settings.

@@ -1,7 +1,8 @@
 //! pdc's coordinator: study manifests, the round state machine, update validation, FedAvg, and the gRPC server.
 //!
-//! The cores ([`round`], [`aggregation`], [`manifest`], [`statistics`]) do no I/O and read no clock. [`service::Coordinator`]
-//! holds the state and reads the clock; [`server`] is the tonic edge; [`archive`] stores updates on disk.
+//! The cores ([`round`], [`aggregation`], [`manifest`], [`statistics`]) do no I/O and read no clock.
+//! [`service::Coordinator`] holds the state and reads the clock; [`server`] is the tonic edge, over TLS with
+//! [`tls`]; [`archive`] stores updates on disk.
 
 pub mod aggregation;
 pub mod archive;
@@ -17,6 +18,7 @@ pub mod round;
 pub mod server;
 pub mod service;
 pub mod statistics;
+pub mod tls;
 pub mod valuation;
 
 pub use error::{Error, Result, to_status};

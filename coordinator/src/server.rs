@@ -24,6 +24,7 @@ use crate::service::{
     StudyStatus, TaskSpec, UpdateHeader,
 };
 use crate::statistics::CohortAnswer;
+use crate::tls::{Peer, bound};
 use crate::{Error, Result};
 
 type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -32,6 +33,17 @@ type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 pub async fn serve(
     coordinator: Arc<Coordinator>,
     listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> std::result::Result<(), tonic::transport::Error> {
+    serve_with_tls(coordinator, listener, None, shutdown).await
+}
+
+/// Serves the coordinator's gRPC services on `listener` until `shutdown` completes, over TLS when `tls` is given
+/// (see [`crate::tls`]: FederationService calls must then come with the PDC's own client certificate).
+pub async fn serve_with_tls(
+    coordinator: Arc<Coordinator>,
+    listener: TcpListener,
+    tls: Option<&crate::tls::TlsSettings>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> std::result::Result<(), tonic::transport::Error> {
     let study = StudyServiceServer::new(StudyApi { coordinator: Arc::clone(&coordinator) })
@@ -43,7 +55,11 @@ pub async fn serve(
     let federation = FederationServiceServer::new(FederationApi { coordinator })
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls.server_config())?;
+    }
+    builder
         .add_service(study)
         .add_service(federation)
         .add_service(audit)
@@ -196,7 +212,9 @@ impl StudyService for StudyApi {
 #[tonic::async_trait]
 impl FederationService for FederationApi {
     async fn register(&self, request: Request<pb::RegisterRequest>) -> Result<Response<pb::RegisterResponse>, Status> {
+        let peer = Peer::of(&request);
         let request = request.into_inner();
+        peer.check_registration(&request.pdc_id, &request.public_key)?;
         let newly_registered = self.coordinator.register(&request.pdc_id, &request.public_key, &request.signature)?;
         Ok(Response::new(pb::RegisterResponse { newly_registered }))
     }
@@ -205,7 +223,7 @@ impl FederationService for FederationApi {
         &self,
         request: Request<pb::SignedRequest>,
     ) -> Result<Response<pb::ListStudiesResponse>, Status> {
-        let auth = auth_from_pb(Some(request.into_inner()))?;
+        let auth = auth_from_pb(Some(bound(&self.coordinator, request, |r| &r.pdc_id)?))?;
         let studies = self
             .coordinator
             .list_studies(&auth)?
@@ -222,7 +240,7 @@ impl FederationService for FederationApi {
     }
 
     async fn consent(&self, request: Request<pb::ConsentRequest>) -> Result<Response<pb::ConsentResponse>, Status> {
-        let request = request.into_inner();
+        let request = bound(&self.coordinator, request, |r| &r.pdc_id)?;
         self.coordinator.consent(ConsentAction::Grant, &request.pdc_id, &request.study_id, &request.signature)?;
         Ok(Response::new(pb::ConsentResponse {}))
     }
@@ -231,7 +249,7 @@ impl FederationService for FederationApi {
         &self,
         request: Request<pb::ConsentRequest>,
     ) -> Result<Response<pb::ConsentResponse>, Status> {
-        let request = request.into_inner();
+        let request = bound(&self.coordinator, request, |r| &r.pdc_id)?;
         self.coordinator.consent(ConsentAction::Revoke, &request.pdc_id, &request.study_id, &request.signature)?;
         Ok(Response::new(pb::ConsentResponse {}))
     }
@@ -239,7 +257,7 @@ impl FederationService for FederationApi {
     type WaitTasksStream = ResponseStream<pb::Task>;
 
     async fn wait_tasks(&self, request: Request<pb::SignedRequest>) -> Result<Response<Self::WaitTasksStream>, Status> {
-        let auth = auth_from_pb(Some(request.into_inner()))?;
+        let auth = auth_from_pb(Some(bound(&self.coordinator, request, |r| &r.pdc_id)?))?;
         let receiver = self.coordinator.open_task_stream(&auth)?;
         let stream = ReceiverStream::new(receiver).map(|task| Ok(task_to_pb(task)));
         Ok(Response::new(Box::pin(stream)))
@@ -251,7 +269,7 @@ impl FederationService for FederationApi {
         &self,
         request: Request<pb::ModelRequest>,
     ) -> Result<Response<Self::DownloadGlobalModelStream>, Status> {
-        let request = request.into_inner();
+        let request = bound(&self.coordinator, request, |r| r.auth.as_ref().map_or("", |auth| auth.pdc_id.as_str()))?;
         let auth = auth_from_pb(request.auth)?;
         let snapshot = self.coordinator.participant_model(&auth, &request.study_id, request.round)?;
         Ok(Response::new(model_stream(snapshot, Arc::clone(self.coordinator.metrics()))))
@@ -261,7 +279,8 @@ impl FederationService for FederationApi {
         &self,
         request: Request<Streaming<pb::UpdatePart>>,
     ) -> Result<Response<pb::UpdateReceipt>, Status> {
-        let result = self.receive_update(request.into_inner()).await;
+        let peer = Peer::of(&request);
+        let result = self.receive_update(peer, request.into_inner()).await;
         if let Err(status) = &result {
             self.coordinator.metrics().update_rejected(code_label(status.code()));
         }
@@ -269,7 +288,7 @@ impl FederationService for FederationApi {
     }
 
     async fn report_failure(&self, request: Request<pb::FailureReport>) -> Result<Response<pb::FailureAck>, Status> {
-        let request = request.into_inner();
+        let request = bound(&self.coordinator, request, |r| r.auth.as_ref().map_or("", |auth| auth.pdc_id.as_str()))?;
         let auth = auth_from_pb(request.auth)?;
         let kind = match pb::FailureKind::try_from(request.kind) {
             Ok(pb::FailureKind::Unspecified) => FailureKind::Other,
@@ -286,7 +305,7 @@ impl FederationService for FederationApi {
         &self,
         request: Request<pb::BudgetDeclaration>,
     ) -> Result<Response<pb::BudgetResponse>, Status> {
-        let request = request.into_inner();
+        let request = bound(&self.coordinator, request, |r| &r.pdc_id)?;
         let newly_declared = self.coordinator.declare_budget(
             &request.pdc_id,
             &request.dataset,
@@ -298,7 +317,7 @@ impl FederationService for FederationApi {
     }
 
     async fn rotate_key(&self, request: Request<pb::KeyRotation>) -> Result<Response<pb::KeyRotationResponse>, Status> {
-        let request = request.into_inner();
+        let request = bound(&self.coordinator, request, |r| &r.pdc_id)?;
         self.coordinator.rotate_key(
             &request.pdc_id,
             &request.new_public_key,
@@ -312,7 +331,7 @@ impl FederationService for FederationApi {
         &self,
         request: Request<pb::StatisticsSubmission>,
     ) -> Result<Response<pb::StatisticsReceipt>, Status> {
-        let request = request.into_inner();
+        let request = bound(&self.coordinator, request, |r| r.pdc_id.as_str())?;
         let kind = match pb::StatisticKind::try_from(request.kind) {
             Ok(pb::StatisticKind::FeatureSummary) => StatisticKind::FeatureSummary,
             Ok(pb::StatisticKind::CohortCounts) => StatisticKind::CohortCounts,
@@ -337,6 +356,7 @@ impl FederationApi {
     /// An upload: the header is checked before the body is read, and the rest runs in the sender's span.
     async fn receive_update(
         &self,
+        peer: Peer,
         mut parts: Streaming<pb::UpdatePart>,
     ) -> Result<Response<pb::UpdateReceipt>, Status> {
         let header = match parts.message().await? {
@@ -344,6 +364,7 @@ impl FederationApi {
             Some(_) => return Err(Status::invalid_argument("the first message of an upload must be its header")),
             None => return Err(Status::invalid_argument("empty upload")),
         };
+        peer.check_pdc(&self.coordinator, &header.contribution.pdc_id)?;
         let span = tracing::info_span!(
             "upload",
             study = %header.contribution.study_id,

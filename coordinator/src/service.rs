@@ -952,6 +952,11 @@ impl Coordinator {
         }
     }
 
+    /// The key `pdc_id` is registered with, if it is registered; the TLS edge binds client certificates to it.
+    pub fn registered_key(&self, pdc_id: &str) -> Option<PublicKey> {
+        self.lock().pdcs.get(pdc_id).map(|pdc| pdc.key)
+    }
+
     fn wall_clock_ms() -> u64 {
         SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
     }

@@ -84,6 +84,24 @@ impl Role {
         }
     }
 
+    /// The role's lower-case name, as the CLI and certificates spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Coordinator => "coordinator",
+            Role::Hospital => "hospital",
+            Role::Researcher => "researcher",
+            Role::Auditor => "auditor",
+            Role::Witness => "witness",
+        }
+    }
+
+    /// The role named `name` (see [`Role::name`]), if any.
+    pub fn from_name(name: &str) -> Option<Role> {
+        [Role::Coordinator, Role::Hospital, Role::Researcher, Role::Auditor, Role::Witness]
+            .into_iter()
+            .find(|role| role.name() == name)
+    }
+
     /// The role with byte `code`, if any.
     pub fn from_code(code: u8) -> Option<Role> {
         Some(match code {

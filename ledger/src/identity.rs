@@ -61,27 +61,56 @@ impl Identity {
 
     /// Loads the identity in `path` (the secret seed, hex), or creates it there (mode 0600) when absent.
     pub fn load_or_create(path: &Path) -> Result<Self> {
-        let key_file = |source| Error::KeyFile { path: path.to_owned(), source };
         match std::fs::read_to_string(path) {
-            Ok(text) => {
-                let bytes = hex::decode(text.trim())
-                    .map_err(|e| Error::Malformed { what: "key file", detail: format!("{}: {e}", path.display()) })?;
-                let seed: [u8; 32] = bytes.try_into().map_err(|_| Error::Malformed {
-                    what: "key file",
-                    detail: format!("{}: expected 32 hex-encoded bytes", path.display()),
-                })?;
-                Ok(Self::from_seed(seed))
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let identity = Self::generate();
-                if let Some(parent) = path.parent() {
-                    std::fs::create_dir_all(parent).map_err(key_file)?;
-                }
-                write_secret(path, &hex::encode(identity.key.to_bytes())).map_err(key_file)?;
-                Ok(identity)
-            }
-            Err(e) => Err(key_file(e)),
+            Ok(text) => Self::parse_key_file(path, &text),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Self::create(path),
+            Err(e) => Err(Error::KeyFile { path: path.to_owned(), source: e }),
         }
+    }
+
+    /// Loads the identity in the key file `path`, which must exist.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::KeyFile { path: path.to_owned(), source })?;
+        Self::parse_key_file(path, &text)
+    }
+
+    /// Makes a fresh identity and writes it to `path` (mode 0600), creating its folder; an existing file is never
+    /// overwritten (the error's source is then [`std::io::ErrorKind::AlreadyExists`]).
+    pub fn create(path: &Path) -> Result<Self> {
+        let identity = Self::generate();
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(|source| Error::KeyFile { path: path.to_owned(), source })?;
+        }
+        identity.write_new(path)?;
+        Ok(identity)
+    }
+
+    /// Writes the identity to the new key file `path` (the secret seed, hex, mode 0600); an existing file is never
+    /// overwritten.
+    pub fn write_new(&self, path: &Path) -> Result<()> {
+        write_secret(path, &hex::encode(self.key.to_bytes()))
+            .map_err(|source| Error::KeyFile { path: path.to_owned(), source })
+    }
+
+    fn parse_key_file(path: &Path, text: &str) -> Result<Self> {
+        let bytes = hex::decode(text.trim())
+            .map_err(|e| Error::Malformed { what: "key file", detail: format!("{}: {e}", path.display()) })?;
+        let seed: [u8; 32] = bytes.try_into().map_err(|_| Error::Malformed {
+            what: "key file",
+            detail: format!("{}: expected 32 hex-encoded bytes", path.display()),
+        })?;
+        Ok(Self::from_seed(seed))
+    }
+
+    /// The key as an unencrypted PKCS#8 v1 `PrivateKeyInfo` (RFC 8410 §7), the form TLS libraries take an
+    /// Ed25519 key in. The bytes are the secret: keep them in memory only.
+    pub fn pkcs8_der(&self) -> Vec<u8> {
+        // SEQUENCE { INTEGER 0, SEQUENCE { OID 1.3.101.112 }, OCTET STRING { OCTET STRING seed } }.
+        const PREFIX: [u8; 16] =
+            [0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20];
+        let mut der = PREFIX.to_vec();
+        der.extend_from_slice(&self.key.to_bytes());
+        der
     }
 
     /// The public half.
@@ -143,6 +172,29 @@ mod tests {
         let first = Identity::load_or_create(&path).unwrap();
         let second = Identity::load_or_create(&path).unwrap();
         assert_eq!(first.public_key(), second.public_key());
+    }
+
+    #[test]
+    fn create_never_overwrites_and_load_needs_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("party.key");
+        assert!(matches!(Identity::load(&path), Err(Error::KeyFile { .. })));
+        let created = Identity::create(&path).unwrap();
+        assert_eq!(Identity::load(&path).unwrap().public_key(), created.public_key());
+        match Identity::create(&path) {
+            Err(Error::KeyFile { source, .. }) => assert_eq!(source.kind(), std::io::ErrorKind::AlreadyExists),
+            other => panic!("expected AlreadyExists, got {other:?}"),
+        }
+        assert_eq!(Identity::load(&path).unwrap().public_key(), created.public_key());
+    }
+
+    #[test]
+    fn pkcs8_holds_the_seed_after_the_rfc_8410_prefix() {
+        let identity = Identity::from_seed([9; 32]);
+        let der = identity.pkcs8_der();
+        assert_eq!(der.len(), 48);
+        assert_eq!(hex::encode(&der[..16]), "302e020100300506032b657004220420");
+        assert_eq!(&der[16..], &[9; 32]);
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! pdc's ledger crate: identities, the canonical signed messages every party exchanges, and the verifiable log.
 //!
 //! [`identity`], [`hash`] and [`signing`] are what the federation protocol needs to authenticate PDCs: Ed25519
-//! identities, SHA3-256 content hashes, and the domain-separated byte strings PDCs sign. [`merkle`] is the RFC 9162
+//! identities, SHA3-256 content hashes, and the domain-separated byte strings PDCs sign; [`certificate`] makes the
+//! self-signed X.509 certificate whose key is a party's identity key, for TLS. [`merkle`] is the RFC 9162
 //! Merkle tree over SHA3-256 with inclusion and consistency proofs; [`store`] keeps a log of entries with its tree
 //! nodes, in memory or in RocksDB, and [`log`] shares a store between threads with group commit. [`entry`] is the
 //! typed records, [`checkpoint`] the signed checkpoints, [`witness`] the witnesses' co-signing logic, [`audit`]
@@ -9,6 +10,7 @@
 //! file an auditor verifies.
 
 pub mod audit;
+pub mod certificate;
 pub mod checkpoint;
 pub mod entry;
 pub mod export;
@@ -39,6 +41,12 @@ pub enum Error {
     BadSignature {
         /// Who was claimed to have signed.
         signer: String,
+    },
+    /// A certificate could not be made or read, or certifies no Ed25519 key.
+    #[error("certificate: {detail}")]
+    Certificate {
+        /// What is wrong.
+        detail: String,
     },
     /// A key file could not be read or written.
     #[error("key file {path}: {source}")]

@@ -187,6 +187,10 @@ pub enum Error {
         actual: usize,
     },
 
+    /// A safetensors file could not be written, or read back into a model's layout.
+    #[error("safetensors: {0}")]
+    Safetensors(String),
+
     /// A parameter is NaN or infinite.
     #[error("parameter {index} (in tensor `{tensor}`) is not finite: {value}")]
     NonFiniteParameter {

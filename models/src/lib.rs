@@ -5,8 +5,8 @@
 //! clip, noise and average. This crate turns CSV files into [`Dataset`]s, trains parameters
 //! locally with mini-batch SGD ([`train_local`]) or with differentially private DP-SGD
 //! ([`train_dp`]: Poisson sampling, per-example clipping, Gaussian noise), evaluates them
-//! ([`evaluate`]), and splits data for simulations ([`partition_iid`], [`partition_dirichlet`],
-//! [`synthetic`]).
+//! ([`evaluate`]), splits data for simulations ([`partition_iid`], [`partition_dirichlet`],
+//! [`synthetic`]), and exports a model as safetensors for PyTorch ([`to_safetensors`]).
 //!
 //! Everything is deterministic: initial parameters, shuffles, partitions and synthetic data come
 //! from seeded ChaCha streams, never from burn's global RNG. The one deliberate exception is
@@ -46,6 +46,7 @@
 mod data;
 mod dp_sgd;
 mod error;
+mod export;
 mod metrics;
 mod network;
 mod partition;
@@ -57,6 +58,7 @@ mod train;
 pub use data::{Dataset, Schema, load_csv, parse_csv, read_csv};
 pub use dp_sgd::{DpTrainConfig, DpTrainOutcome, LocalDpSettings, train_dp};
 pub use error::{Error, Result};
+pub use export::{WEIGHT_LAYOUT_KEY, from_safetensors, to_safetensors};
 pub use metrics::{Metrics, auroc, evaluate, predict};
 pub use partition::{MIN_ROWS_PER_PART, partition_dirichlet, partition_iid, train_validation_split};
 pub use spec::{Layout, ModelKind, ModelSpec, Task, TensorLayout};

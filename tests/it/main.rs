@@ -14,3 +14,4 @@ mod rewards;
 mod selection;
 mod statistics;
 mod support;
+mod tls;
