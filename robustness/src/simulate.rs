@@ -219,16 +219,29 @@ mod tests {
 
     #[test]
     fn a_failed_aggregation_stops_the_study_with_the_last_model() {
-        // Multi-Krum with f = 3 needs 9 updates; with the two echoes left out only 8 remain.
+        // Multi-Krum with f = 5 needs 13 updates; the consortium has 10 hospitals.
+        let study = DatasetKind::BreastCancer.config().prepare(1, 2).unwrap();
+        let config = AggregationConfig { rule: RuleKind::MultiKrum, f: Some(5), ..AggregationConfig::default() };
+        let outcome = run_study(&study, AttackKind::FreeRide, 20, &config, 2).unwrap();
+        let (round, reason) = outcome.stopped.unwrap();
+        assert_eq!(round, 1);
+        assert!(reason.contains("Krum needs n >= 2f + 3 = 13"), "{reason}");
+        // Nothing was aggregated: the initial model is final.
+        let initial = evaluate(&study.terms.model_spec(), &study.initial, &study.validation).unwrap();
+        assert_eq!(Some(outcome.auroc), initial.auroc);
+    }
+
+    #[test]
+    fn leaving_flagged_updates_out_no_longer_stops_a_krum_study() {
+        // Multi-Krum with f = 3 needs 9 updates: with the two echoes left out 8 remain, and the rule runs with
+        // f = 2 instead of refusing the round (which used to stop the study in round 1).
         let study = DatasetKind::BreastCancer.config().prepare(1, 2).unwrap();
         let mut config = AggregationConfig { rule: RuleKind::MultiKrum, f: Some(3), ..AggregationConfig::default() };
         config.anomaly.exclude_flagged = true;
         let outcome = run_study(&study, AttackKind::FreeRide, 20, &config, 2).unwrap();
-        let (round, reason) = outcome.stopped.unwrap();
-        assert_eq!(round, 1);
-        assert!(reason.contains("Krum needs n >= 2f + 3 = 9"), "{reason}");
-        // Nothing was aggregated: the initial model is final.
+        assert_eq!(outcome.stopped, None);
+        assert_eq!(outcome.flags.attacker_flagged, 4);
         let initial = evaluate(&study.terms.model_spec(), &study.initial, &study.validation).unwrap();
-        assert_eq!(Some(outcome.auroc), initial.auroc);
+        assert_ne!(Some(outcome.auroc), initial.auroc);
     }
 }
