@@ -16,9 +16,7 @@ use pdc_ledger::{Hash, Identity, PublicKey, sha3_256};
 use pdc_models::{Dataset, Layout, Metrics, ModelSpec, Standardizer};
 use tokio::sync::{broadcast, mpsc};
 
-use crate::aggregation::{
-    AggregationConfig, FedAvg, RoundInputs, ServerOptimizer, SuspensionTracker, aggregate_round, apply_delta,
-};
+use crate::aggregation::{AggregationConfig, FedAvg, ServerState, SuspensionTracker, aggregate_round, apply_delta};
 use crate::archive::{IncomingUpdate, UpdateArchive};
 use crate::ledger::{Ledger, LedgerSettings};
 use crate::manifest::{self, Manifest};
@@ -264,8 +262,9 @@ struct Study {
     events: broadcast::Sender<StudyEvent>,
     round_participants: Vec<String>,
     round_deadline_ms: u64,
-    /// The study's server optimiser and its moments, when the manifest names one.
-    optimizer: Arc<Mutex<Option<ServerOptimizer>>>,
+    /// The study's server optimiser and its moments, when the manifest names one, and the previous round's
+    /// aggregate when the rule centres on it (centered clipping).
+    optimizer: Arc<Mutex<ServerState>>,
     /// Reward budget carried over from rounds without measurable gain.
     carried: f64,
     /// The open round's signed spends, by PDC: cumulative `(ε, δ)`.
@@ -1391,7 +1390,7 @@ pub(crate) struct PreparedStudy {
     pub(crate) spec: ModelSpec,
     /// The initial global model.
     pub(crate) global: Vec<f32>,
-    pub(crate) optimizer: Option<ServerOptimizer>,
+    pub(crate) optimizer: ServerState,
 }
 
 /// Parses and checks a manifest against its validation set, and derives everything a study starts from.
@@ -1406,7 +1405,7 @@ pub(crate) fn prepare_study(manifest_toml: &str, validation_csv: &[u8]) -> Resul
     let manifest_hash = sha3_256(canonical.as_bytes());
     let spec = manifest.model_spec();
     let global = spec.init_parameters(manifest.seed);
-    let optimizer = manifest.aggregation.new_server_optimizer(global.len())?;
+    let optimizer = ServerState::new(&manifest.aggregation, global.len())?;
     Ok(PreparedStudy { manifest, canonical, manifest_hash, validation, standardizer, spec, global, optimizer })
 }
 
@@ -1532,7 +1531,7 @@ pub(crate) fn aggregate(
     global: &[f32],
     contributions: &[(String, AcceptedUpdate)],
     config: &AggregationConfig,
-    optimizer: &Mutex<Option<ServerOptimizer>>,
+    optimizer: &Mutex<ServerState>,
     root: &RootData<'_>,
 ) -> Result<Aggregated> {
     if config.is_default() {
@@ -1566,8 +1565,8 @@ pub(crate) fn aggregate(
     } else {
         None
     };
-    let inputs = RoundInputs { server_update: server_update.as_deref(), ..RoundInputs::default() };
-    let round = aggregate_round(config, &rows, &inputs)?;
+    let mut state = optimizer.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let round = aggregate_round(config, &rows, &state.round_inputs(server_update.as_deref()))?;
     let excluded = round
         .excluded
         .iter()
@@ -1576,15 +1575,7 @@ pub(crate) fn aggregate(
             (pdc_id.clone(), format!("{LEFT_OUT_PREFIX}{}", why.unwrap_or_default()))
         })
         .collect();
-    let mut optimizer = optimizer.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    let model = match optimizer.as_mut() {
-        Some(optimizer) => {
-            let mut model = global.to_vec();
-            optimizer.step(&mut model, &round.delta)?;
-            model
-        }
-        None => apply_delta(global, &round.delta)?,
-    };
+    let model = state.apply(global, &round.delta)?;
     let flagged = round.scores.iter().filter(|(_, score)| score.flagged).map(|(id, _)| id.clone()).collect();
     Ok(Aggregated { model, excluded, valuation: None, release: None, flagged })
 }
