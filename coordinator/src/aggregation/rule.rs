@@ -572,7 +572,8 @@ pub fn aggregate_round(
         return Ok(RoundAggregate { delta, scores: Vec::new(), excluded: Vec::new(), rule });
     }
     let matrix = stack(&rows);
-    let scores = score_updates(&config.anomaly, matrix.view())?;
+    let weights: Vec<f64> = rows.iter().map(|row| row.1).collect();
+    let scores = score_updates(&config.anomaly, matrix.view(), &weights)?;
     let kept: Vec<usize> = if config.anomaly.exclude_flagged {
         (0..rows.len()).filter(|&i| !scores[i].flagged).collect()
     } else {
@@ -1052,9 +1053,9 @@ mod tests {
 
     #[test]
     fn aggregate_round_scores_and_optionally_excludes() {
-        // Eight similar updates and one sign-flipped one with a large weight.
+        // Eight similar (but not nearly identical) updates and one sign-flipped one with a large weight.
         let mut owned: Vec<(String, f64, Vec<f32>)> =
-            (0..8).map(|i| (format!("h{i}"), 1.0, vec![1.0 + 0.01 * i as f32, 1.0 - 0.01 * i as f32, 0.5])).collect();
+            (0..8).map(|i| (format!("h{i}"), 1.0, vec![1.0 + 0.03 * i as f32, 1.0 - 0.03 * i as f32, 0.5])).collect();
         owned.push(("x".to_owned(), 50.0, vec![-1.0, -1.0, -0.5]));
         let updates: Vec<(&str, f64, &[f32])> =
             owned.iter().map(|(id, weight, delta)| (id.as_str(), *weight, delta.as_slice())).collect();
@@ -1069,7 +1070,7 @@ mod tests {
         let excluded =
             aggregate_round(&parse("[anomaly]\nexclude_flagged = true"), &updates, &RoundInputs::default()).unwrap();
         assert_eq!(excluded.excluded, ["x"]);
-        assert!((excluded.delta[0] - 1.035).abs() < 1e-6, "{:?}", excluded.delta);
+        assert!((excluded.delta[0] - 1.105).abs() < 1e-6, "{:?}", excluded.delta);
         assert_eq!(excluded.scores, recorded.scores);
         // Scoring disabled: no scores, the plain aggregate.
         let plain = aggregate_round(&parse("[anomaly]\nenabled = false"), &updates, &RoundInputs::default()).unwrap();
