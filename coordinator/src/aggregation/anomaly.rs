@@ -764,8 +764,8 @@ mod tests {
         // at half its length: [1.1, 0]. Scaled norms 1, 1.2, 1.1, 1.5 (e: 0), median 1.15; deviations 0.15, 0.05,
         // 0.05, 0.35: MAD 0.1, spread 1.4826·0.1. Centre = coordinate median of the four non-zero scaled updates:
         // [(1 + 1.1)/2, (0 + 0.9)/2] = [1.05, 0.45].
-        let rows = vec![vec![1.0, 0.0], vec![0.0, 1.2], vec![2.2, 0.0], vec![1.2, 0.9], vec![0.0, 0.0]];
-        let updates = Array2::from_shape_fn((5, 2), |(i, j)| rows[i][j] as f32);
+        let rows: [[f32; 2]; 5] = [[1.0, 0.0], [0.0, 1.2], [2.2, 0.0], [1.2, 0.9], [0.0, 0.0]];
+        let updates = Array2::from_shape_fn((5, 2), |(i, j)| rows[i][j]);
         let scores = score_updates(&AnomalyConfig::default(), updates.view(), &[1.0, 1.0, 4.0, 1.0, 1.0]).unwrap();
         let close = |got: f64, want: f64| assert!((got - want).abs() < 1e-6, "{got} vs {want}");
         let spread = MAD_TO_STD * 0.1;

@@ -1093,9 +1093,8 @@ mod tests {
 
     /// `n` similar updates `h0`, `h1`, … and `n_echoes` echoes `x0`, `x1`, … (zero deltas, always flagged).
     fn similar_and_echoes(n: usize, n_echoes: usize) -> Vec<(String, f64, Vec<f32>)> {
-        let mut owned: Vec<(String, f64, Vec<f32>)> = (0..n)
-            .map(|i| (format!("h{i}"), 1.0, vec![1.0 + 0.01 * i as f32, 1.0 - 0.02 * i as f32, 0.5]))
-            .collect();
+        let mut owned: Vec<(String, f64, Vec<f32>)> =
+            (0..n).map(|i| (format!("h{i}"), 1.0, vec![1.0 + 0.01 * i as f32, 1.0 - 0.02 * i as f32, 0.5])).collect();
         owned.extend((0..n_echoes).map(|i| (format!("x{i}"), 1.0, vec![0.0; 3])));
         owned
     }
