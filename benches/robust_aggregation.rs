@@ -61,7 +61,10 @@ fn robust_aggregation(c: &mut Criterion) {
     owned.iter().for_each(|update| values.extend_from_slice(update));
     let matrix = ndarray::Array2::from_shape_vec((N_UPDATES, N_PARAMETERS), values).unwrap();
     let anomaly = AnomalyConfig::default();
-    group.bench_function("anomaly_scores", |b| b.iter(|| black_box(score_updates(&anomaly, matrix.view()).unwrap())));
+    let weights: Vec<f64> = (1..=N_UPDATES).map(|u| u as f64).collect();
+    group.bench_function("anomaly_scores", |b| {
+        b.iter(|| black_box(score_updates(&anomaly, matrix.view(), &weights).unwrap()))
+    });
 
     let spec = ServerOptimizerSpec::FedAdam {
         learning_rate: 0.1,

@@ -51,7 +51,8 @@ impl Round {
         let mut deltas = Vec::new();
         let mut n_examples = Vec::new();
         for (index, part) in parts.iter().enumerate() {
-            let config = TrainConfig { epochs: 1, batch_size: 16, learning_rate: 0.1, seed: index as u64 };
+            let config =
+                TrainConfig { epochs: 1, batch_size: 16, learning_rate: 0.1, seed: index as u64, proximal_mu: 0.0 };
             let trained = pdc_models::train_local(&spec, &global, part, &config).unwrap();
             deltas.push(trained.parameters.iter().zip(&global).map(|(t, g)| t - g).collect());
             n_examples.push(trained.n_examples as u64);

@@ -93,13 +93,15 @@ pub struct LocalUpdate {
 pub fn dp_config(terms: &StudyTerms, n_rows: usize) -> Result<Option<DpTrainConfig>> {
     let Some(privacy) = &terms.privacy else { return Ok(None) };
     let training = &terms.training;
-    let config = privacy.train_config(
+    let mut config = privacy.train_config(
         training.local_epochs,
         training.batch_size,
         training.learning_rate,
         training.rounds,
         n_rows,
     )?;
+    config.proximal_mu = training.proximal_mu;
+    config.validate()?;
     Ok(Some(config))
 }
 
@@ -118,8 +120,8 @@ pub struct PrivateUpdate {
     pub local_loss: f64,
 }
 
-/// Trains `global` on `data` with DP-SGD at `config` for one round (FedProx's proximal term does not apply: the
-/// private path is plain DP-SGD).
+/// Trains `global` on `data` with DP-SGD at `config` for one round (with FedProx's proximal term when
+/// [`dp_config`] set one from the manifest).
 pub fn train_round_private(
     terms: &StudyTerms,
     global: &[f32],
@@ -218,78 +220,19 @@ fn estimate_benign(
     BenignEstimate::from_deltas(&deltas)
 }
 
-/// Trains on a table already standardised; FedProx when `proximal_mu > 0`.
+/// Trains on a table already standardised; FedProx when `proximal_mu > 0` (`pdc-models` adds the proximal term
+/// to each step's gradient).
 fn train_standardized(terms: &StudyTerms, global: &[f32], data: &Dataset, seed: u64) -> Result<LocalUpdate> {
     let config = TrainConfig {
         epochs: terms.training.local_epochs,
         batch_size: terms.training.batch_size,
         learning_rate: terms.training.learning_rate,
         seed,
+        proximal_mu: terms.training.proximal_mu,
     };
-    let mu = terms.training.proximal_mu;
-    let (parameters, n_examples, train_loss) = if mu == 0.0 {
-        let outcome = pdc_models::train_local(&terms.model_spec(), global, data, &config)?;
-        (outcome.parameters, outcome.n_examples, outcome.mean_loss)
-    } else {
-        train_proximal(&terms.model_spec(), global, data, &config, mu)?
-    };
-    let delta = parameters.iter().zip(global).map(|(trained, start)| trained - start).collect();
-    Ok(LocalUpdate { delta, n_examples: n_examples as u64, train_loss })
-}
-
-/// Mini-batch SGD on FedProx's objective `F(w) + μ/2·‖w − w_global‖²`, built from single steps of
-/// [`pdc_models::train_local`] since `pdc-models` has no proximal term: each step runs one plain SGD step on the
-/// batch from `w_t`, giving `w_t − η∇F_B(w_t)`, then subtracts `η·μ·(w_t − w_global)`, which is exactly
-/// `w_t − η(∇F_B(w_t) + μ(w_t − w_global))`.
-///
-/// The batch order is a seeded shuffle per epoch, as in `train_local`, but from rand's `StdRng` rather than
-/// `train_local`'s ChaCha8, so the order differs from a μ = 0 run with the same seed. The reported loss is the
-/// data loss alone (each batch's loss before its step), without the proximal term. Returns the parameters, the
-/// row count and the mean loss.
-fn train_proximal(
-    spec: &ModelSpec,
-    global: &[f32],
-    data: &Dataset,
-    config: &TrainConfig,
-    mu: f64,
-) -> Result<(Vec<f32>, usize, f64)> {
-    config.validate()?;
-    let rate = config.learning_rate;
-    if !(mu.is_finite() && mu > 0.0 && rate * mu < 1.0) {
-        return Err(pdc_models::Error::InvalidArgument {
-            name: "proximal_mu",
-            reason: format!(
-                "must be finite and non-negative with learning_rate × proximal_mu < 1 (else the proximal step \
-                 overshoots the global model), got μ = {mu} with learning rate {rate}"
-            ),
-        }
-        .into());
-    }
-    let mut parameters = global.to_vec();
-    let mut order: Vec<usize> = (0..data.n_rows()).collect();
-    let mut rng = StdRng::seed_from_u64(config.seed);
-    let mut loss_sum = 0.0f64;
-    for epoch in 1..=config.epochs {
-        order.shuffle(&mut rng);
-        for (step, batch) in order.chunks(config.batch_size).enumerate() {
-            let one_step = TrainConfig {
-                epochs: 1,
-                batch_size: batch.len(),
-                learning_rate: rate,
-                seed: config.seed ^ (u64::from(epoch) << 32) ^ step as u64,
-            };
-            let outcome = pdc_models::train_local(spec, &parameters, &data.subset(batch), &one_step)?;
-            loss_sum += outcome.mean_loss * batch.len() as f64;
-            for ((current, trained), start) in parameters.iter_mut().zip(outcome.parameters).zip(global) {
-                let pull = rate * mu * (f64::from(*current) - f64::from(*start));
-                *current = (f64::from(trained) - pull) as f32;
-            }
-        }
-    }
-    // `train_local` checked every parameter it returned; the proximal pull only moves them towards the global
-    // model, whose values are finite.
-    let visits = data.n_rows() as f64 * f64::from(config.epochs);
-    Ok((parameters, data.n_rows(), loss_sum / visits))
+    let outcome = pdc_models::train_local(&terms.model_spec(), global, data, &config)?;
+    let delta = outcome.parameters.iter().zip(global).map(|(trained, start)| trained - start).collect();
+    Ok(LocalUpdate { delta, n_examples: outcome.n_examples as u64, train_loss: outcome.mean_loss })
 }
 
 /// Builds the standardiser a task sends, checking it fits the schema.
@@ -372,7 +315,7 @@ mod tests {
         let mut standardized = data.clone();
         standardizer.apply(&mut standardized).unwrap();
         let step = |from: &[f32]| {
-            let config = TrainConfig { epochs: 1, batch_size: 120, learning_rate: 0.5, seed: 0 };
+            let config = TrainConfig { epochs: 1, batch_size: 120, learning_rate: 0.5, seed: 0, proximal_mu: 0.0 };
             pdc_models::train_local(&terms.model_spec(), from, &standardized, &config).unwrap().parameters
         };
         let w1 = step(&global);
@@ -396,6 +339,20 @@ mod tests {
         assert!(norm(&strong.delta) < norm(&plain.delta));
         assert_eq!(strong, train_round(&terms(16, 1.5), &global, &data, &standardizer, 5).unwrap());
         assert!(strong.train_loss.is_finite() && strong.n_examples == 120);
+    }
+
+    #[test]
+    fn private_training_carries_the_proximal_term() {
+        let (_, global, data, standardizer) = setup(16, 0.0);
+        let mut private_terms = terms(16, 0.4);
+        private_terms.privacy = Some(toml::from_str("clip_norm = 1.0\nnoise_multiplier = 1.0\ndelta = 1e-5").unwrap());
+        let config = dp_config(&private_terms, data.n_rows()).unwrap().unwrap();
+        assert_eq!(config.proximal_mu, 0.4);
+        let update = train_round_private(&private_terms, &global, &data, &standardizer, &config).unwrap();
+        assert_eq!(update.update.n_examples, 120);
+        // μ = 2 with learning rate 0.5 would overshoot the global model: refused before training.
+        private_terms.training.proximal_mu = 2.0;
+        assert!(dp_config(&private_terms, data.n_rows()).unwrap_err().to_string().contains("proximal_mu"));
     }
 
     #[test]

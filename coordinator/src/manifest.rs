@@ -130,6 +130,16 @@ pub struct TrainingSection {
     pub batch_size: usize,
     /// Learning rate of local SGD.
     pub learning_rate: f64,
+    /// FedProx's proximal coefficient μ (Li et al., 2020): every PDC's local objective gains `μ/2·‖w − w_global‖²`,
+    /// which keeps hospitals with skewed data from drifting far from the global model. 0 (the default, left out
+    /// of the canonical form so that older manifests keep their hash) is plain local SGD. Needs
+    /// `learning_rate × proximal_mu < 1`.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub proximal_mu: f64,
+}
+
+fn is_zero(value: &f64) -> bool {
+    *value == 0.0
 }
 
 /// Participation.
@@ -209,6 +219,13 @@ impl Manifest {
         }
         if !(training.learning_rate.is_finite() && training.learning_rate > 0.0) {
             return invalid("training.learning_rate must be finite and positive".into());
+        }
+        if pdc_models::check_proximal_mu(training.proximal_mu, training.learning_rate).is_err() {
+            return invalid(format!(
+                "training.proximal_mu must be finite and non-negative with learning_rate × proximal_mu < 1, got {} \
+                 with learning_rate {}",
+                training.proximal_mu, training.learning_rate
+            ));
         }
         let participants = &self.participants;
         if participants.min == 0 || participants.max < participants.min {
@@ -327,6 +344,7 @@ impl Manifest {
             batch_size: self.training.batch_size,
             learning_rate: self.training.learning_rate,
             seed,
+            proximal_mu: self.training.proximal_mu,
         }
     }
 }
@@ -400,6 +418,8 @@ round_deadline_secs = 10
         for (from, to, expected) in [
             ("rounds = 2", "rounds = 0", "training.rounds"),
             ("learning_rate = 0.1", "learning_rate = nan", "learning_rate"),
+            ("learning_rate = 0.1", "learning_rate = 0.1\nproximal_mu = -0.5", "training.proximal_mu must be"),
+            ("learning_rate = 0.1", "learning_rate = 0.1\nproximal_mu = 10.0", "with learning_rate 0.1"),
             ("min = 1", "min = 4", "min <= max"),
             ("max = 3", "max = 3\nfraction = 0.0", "participants.fraction 0 must be in (0, 1]"),
             ("max = 3", "max = 3\nfraction = 1.5", "participants.fraction 1.5 must be in (0, 1]"),
@@ -409,6 +429,22 @@ round_deadline_secs = 10
             let error = Manifest::parse(&text).and_then(|m| m.resolve(&header())).unwrap_err().to_string();
             assert!(error.contains(expected), "{to}: {error}");
         }
+    }
+
+    #[test]
+    fn proximal_mu_reaches_local_training_and_stays_out_of_a_plain_manifests_canonical_form() {
+        let plain = Manifest::parse(MANIFEST).unwrap().resolve(&header()).unwrap();
+        assert_eq!(plain.training.proximal_mu, 0.0);
+        assert_eq!(plain.train_config(1).proximal_mu, 0.0);
+        assert!(!plain.to_canonical_toml().contains("proximal_mu"));
+        let text = MANIFEST.replace("learning_rate = 0.1", "learning_rate = 0.1\nproximal_mu = 0.5");
+        let fedprox = Manifest::parse(&text).unwrap().resolve(&header()).unwrap();
+        assert_eq!(fedprox.train_config(1).proximal_mu, 0.5);
+        let canonical = fedprox.to_canonical_toml();
+        assert!(canonical.contains("proximal_mu = 0.5"), "{canonical}");
+        assert_eq!(Manifest::parse(&canonical).unwrap(), fedprox);
+        // The hospital reads the same key from the canonical manifest its task carries.
+        assert_ne!(canonical, plain.to_canonical_toml());
     }
 
     #[test]

@@ -1287,6 +1287,7 @@ mod tests {
                         batch_size: 16,
                         learning_rate: 0.1,
                         seed: 1000 * u64::from(round) + index as u64,
+                        proximal_mu: 0.0,
                     };
                     let trained = pdc_models::train_local(spec, global, data, &config).unwrap();
                     trained.parameters.iter().zip(global).map(|(t, g)| t - g).collect()

@@ -17,9 +17,7 @@ use pdc_models::{Dataset, Layout, Metrics, ModelSpec, Standardizer};
 use pdc_privacy::stats::{NoisyCohortCounts, NoisyFeatureSummary};
 use tokio::sync::{Notify, broadcast, mpsc};
 
-use crate::aggregation::{
-    AggregationConfig, FedAvg, RoundInputs, ServerOptimizer, SuspensionTracker, aggregate_round, apply_delta,
-};
+use crate::aggregation::{AggregationConfig, FedAvg, ServerState, SuspensionTracker, aggregate_round, apply_delta};
 use crate::archive::{IncomingUpdate, UpdateArchive};
 use crate::ledger::{Ledger, LedgerSettings};
 use crate::manifest::{self, Manifest};
@@ -280,8 +278,9 @@ struct Study {
     round_deadline_ms: u64,
     /// When the open round opened (coordinator milliseconds), for its latency.
     round_opened_ms: u64,
-    /// The study's server optimiser and its moments, when the manifest names one.
-    optimizer: Arc<Mutex<Option<ServerOptimizer>>>,
+    /// The study's server optimiser and its moments, when the manifest names one, and the previous round's
+    /// aggregate when the rule centres on it (centered clipping).
+    optimizer: Arc<Mutex<ServerState>>,
     /// Reward budget carried over from rounds without measurable gain.
     carried: f64,
     /// The open round's signed spends, by PDC: cumulative `(ε, δ)`.
@@ -1798,7 +1797,7 @@ pub(crate) struct PreparedStudy {
     pub(crate) spec: ModelSpec,
     /// The initial global model.
     pub(crate) global: Vec<f32>,
-    pub(crate) optimizer: Option<ServerOptimizer>,
+    pub(crate) optimizer: ServerState,
 }
 
 /// Parses and checks a manifest against its validation set, and derives everything a study starts from.
@@ -1814,7 +1813,7 @@ pub(crate) fn prepare_study(manifest_toml: &str, validation_csv: &[u8]) -> Resul
     let manifest_hash = sha3_256(canonical.as_bytes());
     let spec = manifest.model_spec();
     let global = spec.init_parameters(manifest.seed);
-    let optimizer = manifest.aggregation.new_server_optimizer(global.len())?;
+    let optimizer = ServerState::new(&manifest.aggregation, global.len())?;
     Ok(PreparedStudy {
         manifest,
         canonical,
@@ -1950,7 +1949,7 @@ pub(crate) fn aggregate(
     global: &[f32],
     contributions: &[(String, AcceptedUpdate)],
     config: &AggregationConfig,
-    optimizer: &Mutex<Option<ServerOptimizer>>,
+    optimizer: &Mutex<ServerState>,
     root: &RootData<'_>,
 ) -> Result<Aggregated> {
     if config.is_default() {
@@ -1984,8 +1983,8 @@ pub(crate) fn aggregate(
     } else {
         None
     };
-    let inputs = RoundInputs { server_update: server_update.as_deref(), ..RoundInputs::default() };
-    let round = aggregate_round(config, &rows, &inputs)?;
+    let mut state = optimizer.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let round = aggregate_round(config, &rows, &state.round_inputs(server_update.as_deref()))?;
     let excluded = round
         .excluded
         .iter()
@@ -1994,15 +1993,7 @@ pub(crate) fn aggregate(
             (pdc_id.clone(), format!("{LEFT_OUT_PREFIX}{}", why.unwrap_or_default()))
         })
         .collect();
-    let mut optimizer = optimizer.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    let model = match optimizer.as_mut() {
-        Some(optimizer) => {
-            let mut model = global.to_vec();
-            optimizer.step(&mut model, &round.delta)?;
-            model
-        }
-        None => apply_delta(global, &round.delta)?,
-    };
+    let model = state.apply(global, &round.delta)?;
     let flagged = round.scores.iter().filter(|(_, score)| score.flagged).map(|(id, _)| id.clone()).collect();
     Ok(Aggregated { model, excluded, valuation: None, release: None, flagged })
 }

@@ -29,7 +29,7 @@ fn data() -> Dataset {
 
 fn training(c: &mut Criterion) {
     let data = data();
-    let non_private = TrainConfig { epochs: 1, batch_size: BATCH_SIZE, learning_rate: 0.05, seed: 1 };
+    let non_private = TrainConfig { epochs: 1, batch_size: BATCH_SIZE, learning_rate: 0.05, seed: 1, proximal_mu: 0.0 };
     let private = DpTrainConfig {
         epochs: 1,
         expected_batch_size: BATCH_SIZE,
@@ -38,6 +38,7 @@ fn training(c: &mut Criterion) {
         noise_multiplier: 1.1,
         noise_mode: NoiseMode::Fast,
         sampling_seed: None,
+        proximal_mu: 0.0,
     };
     let models = [
         ("mlp_32_16", ModelKind::Mlp { hidden: vec![32, 16] }),

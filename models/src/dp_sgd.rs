@@ -65,6 +65,7 @@ use crate::{Dataset, Error, ModelSpec, Result, Task};
 ///     noise_multiplier: 1.1,
 ///     noise_mode: NoiseMode::Fast,
 ///     sampling_seed: None,
+///     proximal_mu: 0.0,
 /// };
 /// // On 1,000 local rows: q = 64 / 1000 and 5 x ceil(1000 / 64) = 80 steps.
 /// assert_eq!(config.sampling_rate(1000), 0.064);
@@ -95,6 +96,12 @@ pub struct DpTrainConfig {
     /// system; a fixed seed makes the batches reproducible, for tests and simulations only (see the module docs).
     #[serde(default)]
     pub sampling_seed: Option<u64>,
+    /// FedProx's proximal coefficient μ, as in [`TrainConfig::proximal_mu`](crate::TrainConfig::proximal_mu): each
+    /// step also moves `w` by `−learning_rate·μ·(w − w₀)`, `w₀` the model training started from. The term
+    /// depends only on the current parameters and the global model, never on a row, so it needs no clipping or
+    /// noise and leaves the privacy analysis unchanged (post-processing). 0 (the default) is plain DP-SGD.
+    #[serde(default)]
+    pub proximal_mu: f64,
 }
 
 /// What DP-SGD produced: the trained parameters and the bookkeeping an accountant needs.
@@ -125,8 +132,8 @@ pub struct DpTrainOutcome {
 
 impl DpTrainConfig {
     /// Checks every field: epochs and expected batch size at least 1, the learning rate finite and positive, the
-    /// noise multiplier finite and non-negative, the clip norm positive (infinite only without noise), and the noise
-    /// standard deviation `σ·C` finite.
+    /// noise multiplier finite and non-negative, the clip norm positive (infinite only without noise), the noise
+    /// standard deviation `σ·C` finite, and the proximal coefficient valid ([`crate::check_proximal_mu`]).
     pub fn validate(&self) -> Result<()> {
         let invalid = |name, reason: String| Err(Error::InvalidArgument { name, reason });
         if self.epochs == 0 {
@@ -153,7 +160,7 @@ impl DpTrainConfig {
                 ),
             );
         }
-        Ok(())
+        crate::train::check_proximal_mu(self.proximal_mu, self.learning_rate)
     }
 
     /// The Poisson sampling rate on `n_rows` local rows: `min(1, expected_batch_size / n_rows)` (1 when `n_rows`
@@ -194,6 +201,7 @@ impl DpTrainOutcome {
     ///     noise_multiplier: 1.1,
     ///     noise_mode: NoiseMode::Fast,
     ///     sampling_seed: None,
+    ///     proximal_mu: 0.0,
     /// };
     /// let outcome = train_dp(&spec, &spec.init_parameters(0), &data, &config)?;
     /// assert_eq!((outcome.steps, outcome.sampling_rate), (20, 0.1));
@@ -295,6 +303,7 @@ impl LocalDpSettings {
             noise_multiplier: self.noise_multiplier.unwrap_or(0.0),
             noise_mode: self.noise,
             sampling_seed: None,
+            proximal_mu: 0.0,
         };
         if let Some(target) = self.target_epsilon {
             let steps = config.steps(n_rows).saturating_mul(u64::from(rounds));
@@ -377,8 +386,17 @@ fn run(
         if let Some(noise) = &mut noise {
             noise.add(gradients.sum_mut(), config.noise_mode)?;
         }
-        for (parameter, &gradient) in parameters.iter_mut().zip(gradients.sum()) {
-            *parameter = (f64::from(*parameter) - step_size * f64::from(gradient)) as f32;
+        if config.proximal_mu > 0.0 {
+            // FedProx: the proximal gradient μ·(w − w₀) joins the privatised mean gradient.
+            let pull = config.learning_rate * config.proximal_mu;
+            for ((parameter, &gradient), &anchor) in parameters.iter_mut().zip(gradients.sum()).zip(initial) {
+                let current = f64::from(*parameter);
+                *parameter = (current - step_size * f64::from(gradient) - pull * (current - f64::from(anchor))) as f32;
+            }
+        } else {
+            for (parameter, &gradient) in parameters.iter_mut().zip(gradients.sum()) {
+                *parameter = (f64::from(*parameter) - step_size * f64::from(gradient)) as f32;
+            }
         }
     }
 
@@ -726,6 +744,7 @@ mod tests {
             noise_multiplier: 0.0,
             noise_mode: NoiseMode::Fast,
             sampling_seed: Some(seed),
+            proximal_mu: 0.0,
         }
     }
 
@@ -823,13 +842,48 @@ mod tests {
         for (spec, data) in zoo() {
             let initial = spec.init_parameters(8);
             let outcome = train_dp(&spec, &initial, &data, &plain(6, data.n_rows(), 0.1, 1)).unwrap();
-            let config = TrainConfig { epochs: 6, batch_size: data.n_rows(), learning_rate: 0.1, seed: 1 };
+            let config =
+                TrainConfig { epochs: 6, batch_size: data.n_rows(), learning_rate: 0.1, seed: 1, proximal_mu: 0.0 };
             let reference = train_local(&spec, &initial, &data, &config).unwrap();
             assert_eq!((outcome.steps, outcome.sampling_rate), (6, 1.0));
             assert_eq!(outcome.n_sampled, 6 * data.n_rows() as u64);
             assert_close(&outcome.parameters, &reference.parameters, 1e-4, &format!("{spec:?}"));
             assert!((outcome.mean_loss - reference.mean_loss).abs() < 1e-5, "{outcome:?} {reference:?}");
         }
+    }
+
+    #[test]
+    fn full_batch_fedprox_dp_sgd_equals_fedprox_train_local_and_pulls_towards_the_start() {
+        // The proximal step of DP-SGD (applied after the noisy mean gradient) and train_local's (the gradient of
+        // μ/2·‖w − w₀‖² through autodiff) are the same update.
+        for (spec, data) in zoo() {
+            let initial = spec.init_parameters(8);
+            let mu = 2.0;
+            let fedprox = DpTrainConfig { proximal_mu: mu, ..plain(6, data.n_rows(), 0.1, 1) };
+            let outcome = train_dp(&spec, &initial, &data, &fedprox).unwrap();
+            let config =
+                TrainConfig { epochs: 6, batch_size: data.n_rows(), learning_rate: 0.1, seed: 1, proximal_mu: mu };
+            let reference = train_local(&spec, &initial, &data, &config).unwrap();
+            assert_close(&outcome.parameters, &reference.parameters, 1e-4, &format!("{spec:?}"));
+            let plain_outcome = train_dp(&spec, &initial, &data, &plain(6, data.n_rows(), 0.1, 1)).unwrap();
+            let distance = |parameters: &[f32]| {
+                let moved: Vec<f32> = parameters.iter().zip(&initial).map(|(w, w0)| w - w0).collect();
+                norm(&moved)
+            };
+            assert!(distance(&outcome.parameters) < distance(&plain_outcome.parameters), "{spec:?}");
+            assert!(outcome.parameters != plain_outcome.parameters);
+        }
+        // With noise, μ changes nothing the accountant sees.
+        let (spec, data) = zoo().remove(0);
+        let noisy = DpTrainConfig { proximal_mu: 0.5, ..private(1.0, 1.1) };
+        let outcome = train_dp(&spec, &spec.init_parameters(1), &data, &noisy).unwrap();
+        let without = train_dp(&spec, &spec.init_parameters(1), &data, &private(1.0, 1.1)).unwrap();
+        assert_eq!(
+            (outcome.steps, outcome.sampling_rate, outcome.noise_multiplier, outcome.clip_norm),
+            (without.steps, without.sampling_rate, without.noise_multiplier, without.clip_norm)
+        );
+        let refused = DpTrainConfig { proximal_mu: 10.0, ..private(1.0, 1.1) };
+        assert!(refused.validate().unwrap_err().to_string().starts_with("invalid proximal_mu"));
     }
 
     #[test]
@@ -840,7 +894,7 @@ mod tests {
                 &spec,
                 &spec.init_parameters(2),
                 &data,
-                &TrainConfig { epochs: 1, batch_size: 16, learning_rate: 0.05, seed: 3 },
+                &TrainConfig { epochs: 1, batch_size: 16, learning_rate: 0.05, seed: 3, proximal_mu: 0.0 },
             )
             .unwrap()
             .parameters;
@@ -1144,6 +1198,7 @@ mod tests {
                 noise_multiplier: 0.0,
                 noise_mode: NoiseMode::Fast,
                 sampling_seed: None,
+                proximal_mu: 0.0,
             };
             let n_rows = train.n_rows();
             config.noise_multiplier =

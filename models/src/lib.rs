@@ -34,7 +34,7 @@
 //!     task: Task::BinaryClassification,
 //! };
 //! let initial = spec.init_parameters(42);
-//! let config = TrainConfig { epochs: 5, batch_size: 32, learning_rate: 0.1, seed: 1 };
+//! let config = TrainConfig { epochs: 5, batch_size: 32, learning_rate: 0.1, seed: 1, proximal_mu: 0.0 };
 //! let outcome = train_local(&spec, &initial, &train, &config)?;
 //! assert_eq!(outcome.n_examples, train.n_rows());
 //!
@@ -64,7 +64,7 @@ pub use partition::{MIN_ROWS_PER_PART, partition_dirichlet, partition_iid, train
 pub use spec::{Layout, ModelKind, ModelSpec, Task, TensorLayout};
 pub use standardize::{FederatedStandardization, MIN_STD, Standardizer};
 pub use synthetic::{SyntheticConfig, synthetic};
-pub use train::{TrainConfig, TrainOutcome, train_local};
+pub use train::{TrainConfig, TrainOutcome, check_proximal_mu, train_local};
 
 /// Which Gaussian sampler DP-SGD draws its noise with (re-exported from `pdc-privacy` for [`DpTrainConfig`]).
 pub use pdc_privacy::NoiseMode;

@@ -55,6 +55,24 @@ impl Network {
         activations
     }
 
+    /// `‖w − w₀‖²` over every parameter, with `anchor` holding `w₀`: differentiable in this network's
+    /// parameters, a constant in the anchor's (FedProx's proximal term is `μ/2` times it).
+    ///
+    /// # Shapes
+    ///
+    /// - result: `[1]`
+    pub(crate) fn squared_distance(&self, anchor: &Network) -> Tensor<1> {
+        let mut terms = Vec::with_capacity(2 * self.layers.len());
+        for (layer, fixed) in self.layers.iter().zip(&anchor.layers) {
+            let weight = layer.weight.val() - fixed.weight.val().detach();
+            terms.push(weight.square().sum());
+            if let (Some(bias), Some(fixed_bias)) = (&layer.bias, &fixed.bias) {
+                terms.push((bias.val() - fixed_bias.val().detach()).square().sum());
+            }
+        }
+        terms.into_iter().reduce(|total, term| total + term).expect("a network has at least one layer")
+    }
+
     /// The gradients in `gradients` of every parameter, as a flat vector in [`ModelSpec::layout`] order.
     #[cfg(test)]
     pub(crate) fn flat_gradients(&self, gradients: &burn::tensor::Gradients) -> Result<Vec<f32>> {

@@ -274,7 +274,7 @@ mod tests {
         standardizer.apply(&mut train).unwrap();
         standardizer.apply(&mut validation).unwrap();
         let spec = ModelSpec { kind: ModelKind::LogisticRegression, n_features: 12, task: Task::BinaryClassification };
-        let settings = TrainConfig { epochs: 3, batch_size: 32, learning_rate: 0.1, seed: 3 };
+        let settings = TrainConfig { epochs: 3, batch_size: 32, learning_rate: 0.1, seed: 3, proximal_mu: 0.0 };
         let outcome = train_local(&spec, &spec.init_parameters(3), &train, &settings).unwrap();
         let auroc = evaluate(&spec, &outcome.parameters, &validation).unwrap().auroc.unwrap();
         assert!((0.8..0.97).contains(&auroc), "{auroc}");

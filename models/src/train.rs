@@ -1,4 +1,5 @@
-//! Local training: mini-batch SGD with burn's autodiff on the ndarray backend.
+//! Local training: mini-batch SGD with burn's autodiff on the ndarray backend, optionally with FedProx's proximal
+//! term (Li et al., "Federated Optimization in Heterogeneous Networks", 2020).
 
 use burn::optim::{GradientsParams, SgdConfig};
 use burn::prelude::*;
@@ -22,6 +23,11 @@ pub struct TrainConfig {
     pub learning_rate: f64,
     /// Seeds the shuffle that orders each epoch's rows.
     pub seed: u64,
+    /// FedProx's proximal coefficient μ: each step minimises the batch loss plus `μ/2·‖w − w₀‖²`, where `w₀` is
+    /// the model training started from (the round's global model), so its gradient gains `μ·(w − w₀)`. Finite,
+    /// non-negative and with `learning_rate × proximal_mu < 1`; 0 (the default) is plain SGD.
+    #[serde(default)]
+    pub proximal_mu: f64,
 }
 
 /// What local training produced.
@@ -39,7 +45,8 @@ pub struct TrainOutcome {
 }
 
 impl TrainConfig {
-    /// Checks that epochs and batch size are at least 1 and the learning rate finite and positive.
+    /// Checks that epochs and batch size are at least 1, the learning rate finite and positive, and the proximal
+    /// coefficient valid ([`check_proximal_mu`]).
     pub fn validate(&self) -> Result<()> {
         if self.epochs == 0 {
             return Err(Error::InvalidArgument { name: "epochs", reason: "must be at least 1".to_owned() });
@@ -53,15 +60,33 @@ impl TrainConfig {
                 reason: format!("{} is not finite and positive", self.learning_rate),
             });
         }
-        Ok(())
+        check_proximal_mu(self.proximal_mu, self.learning_rate)
     }
+}
+
+/// Checks FedProx's μ against the learning rate η: finite, `μ ≥ 0` and `η·μ < 1`. The proximal part of a step
+/// moves `w` to `w − η·μ·(w − w₀)`; with `η·μ ≥ 1` it would land on or overshoot the global model `w₀` instead of
+/// pulling towards it.
+pub fn check_proximal_mu(proximal_mu: f64, learning_rate: f64) -> Result<()> {
+    if proximal_mu.is_finite() && proximal_mu >= 0.0 && learning_rate * proximal_mu < 1.0 {
+        return Ok(());
+    }
+    Err(Error::InvalidArgument {
+        name: "proximal_mu",
+        reason: format!(
+            "must be finite and non-negative with learning_rate × proximal_mu < 1 (else the proximal step \
+             overshoots the global model), got μ = {proximal_mu} with learning rate {learning_rate}"
+        ),
+    })
 }
 
 /// Trains `initial` parameters on `data` with plain mini-batch SGD (no momentum, no weight decay).
 ///
 /// Each epoch visits the rows in an order drawn from a ChaCha8 stream seeded with
 /// `config.seed`; each step minimises the batch's mean loss (binary cross-entropy with logits,
-/// or mean squared error). The same inputs give bit-identical outputs.
+/// or mean squared error), plus `μ/2·‖w − initial‖²` when `config.proximal_mu = μ > 0` (FedProx;
+/// the reported loss stays the data loss). The same inputs give bit-identical outputs, and μ = 0
+/// is exactly the plain run.
 ///
 /// Fails before training if the spec, parameters, data or config are invalid (including
 /// labels other than 0 and 1 for binary classification); fails with [`Error::Diverged`] as
@@ -73,6 +98,8 @@ pub fn train_local(spec: &ModelSpec, initial: &[f32], data: &Dataset, config: &T
 
     let device = cpu_device().autodiff();
     let mut network = Network::from_parameters(spec, initial, &device)?;
+    // FedProx's anchor, the global model, as constants: autodiff differentiates only the trained copy.
+    let anchor = if config.proximal_mu > 0.0 { Some(Network::from_parameters(spec, initial, &device)?) } else { None };
     let mut optimizer = SgdConfig::new().init();
     let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
     let n_features = data.n_features();
@@ -99,6 +126,10 @@ pub fn train_local(spec: &ModelSpec, initial: &[f32], data: &Dataset, config: &T
                 return Err(Error::Diverged { epoch, step: steps, loss: loss_value });
             }
             loss_sum += loss_value * batch.len() as f64;
+            let loss = match &anchor {
+                Some(anchor) => loss + network.squared_distance(anchor).mul_scalar(config.proximal_mu / 2.0),
+                None => loss,
+            };
 
             let gradients = GradientsParams::from_grads(loss.backward(), &network);
             network = optimizer.step(config.learning_rate, network, gradients);
@@ -160,7 +191,7 @@ mod tests {
     use crate::{ModelKind, evaluate};
 
     fn config(epochs: u32, batch_size: usize, learning_rate: f64) -> TrainConfig {
-        TrainConfig { epochs, batch_size, learning_rate, seed: 17 }
+        TrainConfig { epochs, batch_size, learning_rate, seed: 17, proximal_mu: 0.0 }
     }
 
     #[test]
@@ -202,6 +233,62 @@ mod tests {
         let before = evaluate(&spec, &initial, &train).unwrap().loss;
         let after = evaluate(&spec, &first.parameters, &train).unwrap().loss;
         assert!(after < 0.5 * before, "loss {before} -> {after}");
+    }
+
+    #[test]
+    fn fedprox_steps_add_mu_times_the_distance_to_the_start_to_the_gradient() {
+        // One full batch per epoch. Epoch 1 starts at w₀, where the proximal gradient is zero: a plain step.
+        // Epoch 2 is a plain step from w₁ minus η·μ·(w₁ − w₀).
+        let (train, _) = cancer_split();
+        let spec = test_data::cancer_spec(ModelKind::Mlp { hidden: vec![8] });
+        let initial = spec.init_parameters(5);
+        let (rate, mu) = (0.5, 0.8);
+        let full = |epochs: u32, proximal_mu: f64| TrainConfig { proximal_mu, ..config(epochs, train.n_rows(), rate) };
+        let fedprox = train_local(&spec, &initial, &train, &full(2, mu)).unwrap();
+        let w1 = train_local(&spec, &initial, &train, &full(1, 0.0)).unwrap().parameters;
+        let w1_plain_step = train_local(&spec, &w1, &train, &full(1, 0.0)).unwrap().parameters;
+        for (i, (&got, (&stepped, (&current, &start)))) in
+            fedprox.parameters.iter().zip(w1_plain_step.iter().zip(w1.iter().zip(&initial))).enumerate()
+        {
+            let expected = f64::from(stepped) - rate * mu * (f64::from(current) - f64::from(start));
+            assert!((f64::from(got) - expected).abs() < 1e-5, "parameter {i}: {got} vs {expected}");
+        }
+        // The reported loss is the data loss alone: epoch 1's loss is the plain run's.
+        let plain = train_local(&spec, &initial, &train, &full(2, 0.0)).unwrap();
+        let first_epoch = train_local(&spec, &initial, &train, &full(1, mu)).unwrap();
+        assert_eq!(first_epoch.mean_loss, train_local(&spec, &initial, &train, &full(1, 0.0)).unwrap().mean_loss);
+        assert!(fedprox.mean_loss.is_finite() && fedprox.parameters != plain.parameters);
+    }
+
+    #[test]
+    fn mu_zero_is_plain_training_and_a_larger_mu_stays_closer_to_the_global_model() {
+        let (train, _) = cancer_split();
+        let spec = test_data::cancer_spec(ModelKind::Mlp { hidden: vec![8] });
+        let initial = spec.init_parameters(6);
+        let settings = config(3, 16, 0.1);
+        let plain = train_local(&spec, &initial, &train, &settings).unwrap();
+        // A configuration without the key (an older one) deserialises to μ = 0 and trains bit for bit the same.
+        let older: TrainConfig = toml::from_str("epochs = 3\nbatch_size = 16\nlearning_rate = 0.1\nseed = 17").unwrap();
+        assert_eq!(older, settings);
+        assert_eq!(train_local(&spec, &initial, &train, &older).unwrap(), plain);
+        let distance = |outcome: &TrainOutcome| {
+            outcome.parameters.iter().zip(&initial).map(|(w, w0)| f64::from(w - w0).powi(2)).sum::<f64>().sqrt()
+        };
+        let mut last = distance(&plain);
+        for mu in [0.5, 2.0, 8.0] {
+            let outcome =
+                train_local(&spec, &initial, &train, &TrainConfig { proximal_mu: mu, ..settings.clone() }).unwrap();
+            assert!(distance(&outcome) < last, "μ = {mu}: {} vs {last}", distance(&outcome));
+            last = distance(&outcome);
+            // Still learning: the loss falls below the initial model's.
+            let before = evaluate(&spec, &initial, &train).unwrap().loss;
+            assert!(evaluate(&spec, &outcome.parameters, &train).unwrap().loss < before);
+        }
+        for mu in [-0.1, 10.0, f64::NAN, f64::INFINITY] {
+            let error =
+                train_local(&spec, &initial, &train, &TrainConfig { proximal_mu: mu, ..settings.clone() }).unwrap_err();
+            assert!(error.to_string().starts_with("invalid proximal_mu"), "{mu}: {error}");
+        }
     }
 
     #[test]

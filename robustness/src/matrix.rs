@@ -137,7 +137,7 @@ pub enum RuleChoice {
     MultiKrum,
     /// Bulyan.
     Bulyan,
-    /// Centered clipping from zero (as the coordinator runs it), τ from the dataset.
+    /// Centered clipping from the previous round's aggregate (as the coordinator runs it), τ from the dataset.
     CenteredClipping,
     /// Norm bound, then weighted FedAvg.
     NormBound,

@@ -82,18 +82,20 @@ pub fn render(spec: &MatrixSpec, settings: &RunSettings, provenance: &Provenance
 fn notes(out: &mut String) {
     let _ = writeln!(out, "## How the coordinator's code shapes these numbers\n");
     for line in [
-        "- `aggregate_round` leaves flagged updates out *before* the rule runs, but does not resize the rule: when \
-         the exclusions leave fewer than 2f + 3 updates for (Multi-)Krum or 4f + 3 for Bulyan, the rule refuses \
-         the round, and the coordinator stops the study on a failed aggregation (cells marked ‡; see the reasons \
-         in the last table).",
-        "- The coordinator calls `aggregate_round` without a previous aggregate: centered clipping always starts \
-         from zero rather than from the previous aggregate, and FLTrust (its server update is trained on the validation set) is not \
-         in the matrix.",
+        "- `aggregate_round` leaves flagged updates out *before* the rule runs and then runs Krum, Multi-Krum and \
+         Bulyan with f lowered only as far as the kept updates require (f' = min(f, ⌊(n' − 3)/2⌋), or \
+         ⌊(n' − 3)/4⌋ for Bulyan); with fewer than 3 kept it leaves nothing out. A study stops on a failed \
+         aggregation (cells marked ‡; see the reasons in the last table).",
+        "- Centered clipping starts each round from the previous round's aggregate (the study's `ServerState`), \
+         from zero only in round 1. FLTrust (its server update is trained on the validation set) is not in the \
+         matrix.",
         "- A study with the default `[aggregation]` table streams FedAvg and computes no anomaly scores at all; the \
          harness scores the FedAvg cells anyway (same updates, same thresholds) so that their flag rates can be \
          compared. Flags under `+anomaly` change the aggregate; under the other rules they are only recorded.",
-        "- The anomaly checks compare each update with the round's coordinate median and the round's median norm; \
-         they do not account for the number of examples (SGD steps) behind an update or for label skew. The \
+        "- The anomaly checks compare updates at a common scale (each divided by √(examples / median examples)), \
+         take the round's statistics from the updates that are neither free riders nor near duplicates, and flag \
+         near-duplicate updates: ALIE's and IPM's colluders here send one identical vector each round, which is \
+         what the duplicate check catches; colluders that add jitter would not be caught by it. The \
          \"Why honest updates are flagged\" tables show which checks fire on honest hospitals.",
     ] {
         let _ = writeln!(out, "{line}");
@@ -163,8 +165,8 @@ fn setup(out: &mut String, spec: &MatrixSpec, settings: &RunSettings) {
         "- Rules are sized for f Byzantine updates: the cell's attacker count (2 or 4 of 10, 4 or 8 of 20), and \
          for the attack-free column the 20 % configuration a study would deploy (f = {} of 10, {} of 20). Krum and \
          Multi-Krum take `f` (Multi-Krum averages n − f), Bulyan `f`, the trimmed mean β = f / n; centered \
-         clipping (3 iterations from zero, as the coordinator calls it without a previous aggregate) uses τ and \
-         the norm bound `max_norm` from the table. `+anomaly` is the same rule with `anomaly.exclude_flagged = \
+         clipping (3 iterations from the previous round's aggregate) uses τ and the norm bound `max_norm` from \
+         the table. `+anomaly` is the same rule with `anomaly.exclude_flagged = \
          true`. Anomaly scores use the study-default thresholds for every cell. A combination the coordinator's \
          study validation refuses (`AggregationConfig::validate`) is reported as n/a with its reason.",
         assumed_byzantine(10, 0),
@@ -279,8 +281,11 @@ fn dataset_tables(out: &mut String, spec: &MatrixSpec, lookup: &Lookup, dataset:
         "### Why honest updates are flagged (% of honest updates, every defence and attack of the row pooled; an \
          update may have several reasons)\n"
     );
-    let _ = writeln!(out, "| attackers | flagged | norm z-score | cosine | distance | free-rider checks |");
-    let _ = writeln!(out, "|---|---|---|---|---|---|");
+    let _ = writeln!(
+        out,
+        "| attackers | flagged | norm z-score | cosine | distance | free-rider checks | near duplicate |"
+    );
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|");
     for &percent in &spec.attacker_percents {
         let mut pooled = FlagTally::default();
         for attack in rows(percent) {
@@ -292,12 +297,13 @@ fn dataset_tables(out: &mut String, spec: &MatrixSpec, lookup: &Lookup, dataset:
         }
         let _ = writeln!(
             out,
-            "| {percent} % | {} | {} | {} | {} | {} |",
+            "| {percent} % | {} | {} | {} | {} | {} | {} |",
             percent_or_dash(pooled.false_positive_rate()),
             percent_or_dash(pooled.honest_reason_rate(ReasonKind::NormTooLarge)),
             percent_or_dash(pooled.honest_reason_rate(ReasonKind::LowCosine)),
             percent_or_dash(pooled.honest_reason_rate(ReasonKind::FarFromCentre)),
             percent_or_dash(pooled.honest_reason_rate(ReasonKind::FreeRiding)),
+            percent_or_dash(pooled.honest_reason_rate(ReasonKind::NearDuplicate)),
         );
     }
     out.push('\n');
@@ -433,14 +439,18 @@ mod tests {
                 stop_reason: None,
             })
         };
-        let clean =
-            FlagTally { honest_updates: 100, honest_flagged: 4, honest_reasons: [3, 1, 0, 0], ..FlagTally::default() };
+        let clean = FlagTally {
+            honest_updates: 100,
+            honest_flagged: 4,
+            honest_reasons: [3, 1, 0, 0, 0],
+            ..FlagTally::default()
+        };
         let attacked = FlagTally {
             attacker_updates: 40,
             attacker_flagged: 38,
             honest_updates: 160,
             honest_flagged: 8,
-            honest_reasons: [2, 6, 1, 0],
+            honest_reasons: [2, 6, 1, 0, 1],
             ..FlagTally::default()
         };
         let cells = HashMap::from([
@@ -487,10 +497,10 @@ mod tests {
 
             ### Why honest updates are flagged (% of honest updates, every defence and attack of the row pooled; an update may have several reasons)
 
-            | attackers | flagged | norm z-score | cosine | distance | free-rider checks |
-            |---|---|---|---|---|---|
-            | 0 % | 4.0 | 3.0 | 1.0 | 0.0 | 0.0 |
-            | 20 % | 5.0 | 1.2 | 3.8 | 0.6 | 0.0 |
+            | attackers | flagged | norm z-score | cosine | distance | free-rider checks | near duplicate |
+            |---|---|---|---|---|---|---|
+            | 0 % | 4.0 | 3.0 | 1.0 | 0.0 | 0.0 | 0.0 |
+            | 20 % | 5.0 | 1.2 | 3.8 | 0.6 | 0.0 | 0.6 |
 
         "#]]
         .assert_eq(&out);

@@ -1,13 +1,13 @@
 //! One simulated study, in process and without gRPC: every round each hospital trains with `pdc-client`'s own
 //! training code (honestly or under its attack), the coordinator's upload checks and `aggregate_round` produce the
-//! round's delta and anomaly scores, and `apply_delta` installs the next global model, as
-//! `pdc_coordinator::service::aggregate` does for a study without a server optimiser.
+//! round's delta and anomaly scores, and the study's `ServerState` installs the next global model (and keeps the
+//! aggregate centered clipping starts the next round from), as `pdc_coordinator::service::aggregate` does.
 
 use anyhow::{Context, Result};
 use pdc_client::attack::{Attack, BenignEstimate};
 use pdc_client::training::{LocalUpdate, train_round, train_round_attacked};
-use pdc_coordinator::aggregation::apply_delta;
-use pdc_coordinator::aggregation::rule::{AggregationConfig, RoundInputs, aggregate_round};
+use pdc_coordinator::aggregation::ServerState;
+use pdc_coordinator::aggregation::rule::{AggregationConfig, aggregate_round};
 use pdc_coordinator::manifest::UpdateChecks;
 use pdc_models::{Task, evaluate, predict};
 
@@ -55,6 +55,7 @@ pub fn run_study(
     let ids: Vec<String> = (0..n).map(hospital_id).collect();
     let max_update_norm = UpdateChecks::default().max_update_norm;
     let mut global = study.initial.clone();
+    let mut state = ServerState::new(config, global.len())?;
     let mut flags = FlagTally::default();
     let mut stopped = None;
     for round in 1..=rounds {
@@ -96,13 +97,13 @@ pub fn run_study(
             stopped = Some((round, "no update arrived".to_owned()));
             break;
         }
-        match aggregate_round(config, &rows, &RoundInputs::default()) {
+        match aggregate_round(config, &rows, &state.round_inputs(None)) {
             Ok(aggregate) => {
                 // `rows` are already in id order, which is the order of the scores.
                 for ((_, score), &attacker) in aggregate.scores.iter().zip(&is_attacker) {
                     flags.record_score(attacker, score);
                 }
-                global = apply_delta(&global, &aggregate.delta)?;
+                global = state.apply(&global, &aggregate.delta)?;
             }
             Err(error) => {
                 stopped = Some((round, error.to_string()));
@@ -219,16 +220,29 @@ mod tests {
 
     #[test]
     fn a_failed_aggregation_stops_the_study_with_the_last_model() {
-        // Multi-Krum with f = 3 needs 9 updates; with the two echoes left out only 8 remain.
+        // Multi-Krum with f = 5 needs 13 updates; the consortium has 10 hospitals.
+        let study = DatasetKind::BreastCancer.config().prepare(1, 2).unwrap();
+        let config = AggregationConfig { rule: RuleKind::MultiKrum, f: Some(5), ..AggregationConfig::default() };
+        let outcome = run_study(&study, AttackKind::FreeRide, 20, &config, 2).unwrap();
+        let (round, reason) = outcome.stopped.unwrap();
+        assert_eq!(round, 1);
+        assert!(reason.contains("Krum needs n >= 2f + 3 = 13"), "{reason}");
+        // Nothing was aggregated: the initial model is final.
+        let initial = evaluate(&study.terms.model_spec(), &study.initial, &study.validation).unwrap();
+        assert_eq!(Some(outcome.auroc), initial.auroc);
+    }
+
+    #[test]
+    fn leaving_flagged_updates_out_no_longer_stops_a_krum_study() {
+        // Multi-Krum with f = 3 needs 9 updates: with the two echoes left out 8 remain, and the rule runs with
+        // f = 2 instead of refusing the round (which used to stop the study in round 1).
         let study = DatasetKind::BreastCancer.config().prepare(1, 2).unwrap();
         let mut config = AggregationConfig { rule: RuleKind::MultiKrum, f: Some(3), ..AggregationConfig::default() };
         config.anomaly.exclude_flagged = true;
         let outcome = run_study(&study, AttackKind::FreeRide, 20, &config, 2).unwrap();
-        let (round, reason) = outcome.stopped.unwrap();
-        assert_eq!(round, 1);
-        assert!(reason.contains("Krum needs n >= 2f + 3 = 9"), "{reason}");
-        // Nothing was aggregated: the initial model is final.
+        assert_eq!(outcome.stopped, None);
+        assert_eq!(outcome.flags.attacker_flagged, 4);
         let initial = evaluate(&study.terms.model_spec(), &study.initial, &study.validation).unwrap();
-        assert_eq!(Some(outcome.auroc), initial.auroc);
+        assert_ne!(Some(outcome.auroc), initial.auroc);
     }
 }

@@ -23,7 +23,7 @@ pub struct FlagTally {
     /// Honest uploads refused by the upload checks.
     pub honest_rejected: u64,
     /// Honest updates flagged for each kind of reason, in [`ReasonKind`] order (an update may have several).
-    pub honest_reasons: [u64; 4],
+    pub honest_reasons: [u64; 5],
 }
 
 /// The kinds of anomaly reasons, for the breakdown of false positives.
@@ -37,6 +37,8 @@ pub enum ReasonKind {
     FarFromCentre = 2,
     /// Echo, negligible norm or noisy echo.
     FreeRiding = 3,
+    /// Another update of the round is (nearly) the same vector.
+    NearDuplicate = 4,
 }
 
 impl ReasonKind {
@@ -49,6 +51,7 @@ impl ReasonKind {
             AnomalyReason::Echo | AnomalyReason::NegligibleNorm { .. } | AnomalyReason::NoisyEcho { .. } => {
                 Self::FreeRiding
             }
+            AnomalyReason::NearDuplicate { .. } => Self::NearDuplicate,
         }
     }
 }
@@ -70,7 +73,7 @@ impl FlagTally {
     pub fn record_score(&mut self, attacker: bool, score: &AnomalyScore) {
         self.record(attacker, score.flagged, score.is_free_rider());
         if !attacker {
-            let mut seen = [false; 4];
+            let mut seen = [false; 5];
             for reason in &score.reasons {
                 seen[ReasonKind::of(reason) as usize] = true;
             }
@@ -222,6 +225,7 @@ mod tests {
             distance: 0.0,
             distance_ratio: 0.0,
             cosine: 1.0,
+            nearest_ratio: 1.0,
             flagged: !reasons.is_empty(),
             reasons,
         };
@@ -234,9 +238,10 @@ mod tests {
         );
         tally.record_score(false, &score(vec![AnomalyReason::NoisyEcho { norm_ratio: 0.1, cosine: 0.1 }, cosine]));
         tally.record_score(false, &score(vec![]));
+        tally.record_score(false, &score(vec![AnomalyReason::NearDuplicate { nearest_ratio: 0.0, limit: 0.01 }]));
         tally.record_score(true, &score(vec![AnomalyReason::Echo]));
-        assert_eq!(tally.honest_reasons, [1, 2, 1, 1]);
-        assert_eq!(tally.honest_reason_rate(ReasonKind::LowCosine), Some(2.0 / 3.0));
-        assert_eq!((tally.honest_flagged, tally.honest_free_rider, tally.attacker_free_rider), (2, 1, 1));
+        assert_eq!(tally.honest_reasons, [1, 2, 1, 1, 1]);
+        assert_eq!(tally.honest_reason_rate(ReasonKind::LowCosine), Some(2.0 / 4.0));
+        assert_eq!((tally.honest_flagged, tally.honest_free_rider, tally.attacker_free_rider), (3, 1, 1));
     }
 }

@@ -8,16 +8,19 @@
 //! The robust rules ([`robust`]) need every update at once. [`rule`] is what a study chooses in its manifest's
 //! `[aggregation]` table and dispatches a round to the right rule; [`anomaly`] scores each update against the
 //! round's robust centre, detects free riders and suspends PDCs flagged round after round; [`optimizer`] holds
-//! the server optimisers (FedAvgM, FedAdam, FedYogi, FedAdagrad) applied to whichever rule's output.
+//! the server optimisers (FedAvgM, FedAdam, FedYogi, FedAdagrad) applied to whichever rule's output; [`state`]
+//! carries a study's optimiser and the previous round's aggregate (centered clipping's centre) between rounds.
 
 pub mod anomaly;
 pub mod optimizer;
 pub mod robust;
 pub mod rule;
+pub mod state;
 
 pub use anomaly::{AnomalyConfig, AnomalyReason, AnomalyScore, SuspensionTracker};
 pub use optimizer::{ServerOptimizer, ServerOptimizerSpec};
 pub use rule::{AggregationConfig, RoundAggregate, RoundInputs, aggregate, aggregate_round, aggregate_with};
+pub use state::ServerState;
 
 use ndarray::{Array1, ArrayView1, Zip};
 

@@ -263,6 +263,47 @@ impl Rule {
             _ => 1,
         }
     }
+
+    /// The Byzantine updates this rule is sized for: `Some(f)` for Krum, Multi-Krum and Bulyan, `None` otherwise.
+    pub fn byzantine_f(&self) -> Option<usize> {
+        match *self {
+            Self::Krum { f } | Self::MultiKrum { f, .. } | Self::Bulyan { f } => Some(f),
+            _ => None,
+        }
+    }
+
+    /// The rule as it runs on the `n_kept` updates of a round that the anomaly check left after leaving flagged
+    /// ones out, or `None` when it cannot run on so few.
+    ///
+    /// Krum, Multi-Krum and Bulyan keep their `f` when `n_kept` still allows it and otherwise tolerate as many
+    /// Byzantine updates as `n_kept` allows: `f' = min(f, ⌊(n_kept − 3) / 2⌋)` (Krum, Multi-Krum) or
+    /// `min(f, ⌊(n_kept − 3) / 4⌋)` (Bulyan). The left-out updates thus count towards the `f` the study declared,
+    /// but `f` is lowered only as far as the count forces, never by the number left out: a flagged update may be
+    /// an honest one, so the kept updates can still hold up to `f` attackers and the rule should keep its full
+    /// tolerance wherever it can. Below 3 kept updates (where even `f' = 0` has no neighbours to score) the
+    /// result is `None`. Every other rule runs unchanged on any non-empty round.
+    ///
+    /// ```
+    /// use pdc_coordinator::aggregation::rule::Rule;
+    /// // f = 2 needs 7 updates; a round of 7 with one flagged update left out runs with f = 1 on 6.
+    /// assert_eq!(Rule::MultiKrum { f: 2, m: None }.for_kept_updates(6), Some(Rule::MultiKrum { f: 1, m: None }));
+    /// assert_eq!(Rule::Krum { f: 2 }.for_kept_updates(9), Some(Rule::Krum { f: 2 }));
+    /// assert_eq!(Rule::Bulyan { f: 2 }.for_kept_updates(8), Some(Rule::Bulyan { f: 1 }));
+    /// assert_eq!(Rule::Krum { f: 1 }.for_kept_updates(2), None);
+    /// ```
+    pub fn for_kept_updates(&self, n_kept: usize) -> Option<Rule> {
+        const FEWEST: usize = 3;
+        if self.byzantine_f().is_some() && n_kept < FEWEST {
+            return None;
+        }
+        let fitting = |f: usize, per_byzantine: usize| f.min((n_kept - FEWEST) / per_byzantine);
+        Some(match *self {
+            Self::Krum { f } => Self::Krum { f: fitting(f, 2) },
+            Self::MultiKrum { f, m } => Self::MultiKrum { f: fitting(f, 2), m },
+            Self::Bulyan { f } => Self::Bulyan { f: fitting(f, 4) },
+            other => other,
+        })
+    }
 }
 
 impl AggregationConfig {
@@ -467,6 +508,9 @@ pub struct RoundAggregate {
     pub scores: Vec<(String, AnomalyScore)>,
     /// The PDCs whose flagged updates were left out (only with `anomaly.exclude_flagged`), in id order.
     pub excluded: Vec<String>,
+    /// The rule as it ran: the configured one, or for Krum, Multi-Krum and Bulyan with `f` lowered to fit the
+    /// updates kept after the exclusions (see [`Rule::for_kept_updates`]).
+    pub rule: Rule,
 }
 
 /// Aggregates a round's updates `(pdc_id, weight, delta)` with the configured rule, in sorted PDC-id order.
@@ -505,6 +549,13 @@ pub fn aggregate_with(
 /// Scores every update (see [`super::anomaly`]), leaves out the flagged ones if the configuration says so, and
 /// aggregates the rest: what a round does between its last update and the server optimiser.
 ///
+/// Leaving updates out shrinks the round, and Krum, Multi-Krum and Bulyan need `2f + 3` or `4f + 3` updates. So
+/// the left-out updates count towards the study's `f`: the rule runs on the kept updates with `f` lowered only
+/// as far as their number forces ([`Rule::for_kept_updates`]; [`RoundAggregate::rule`] says what ran). When fewer
+/// than 3 updates are kept, too few for any Krum-type rule, nothing is left out and the rule runs on the whole
+/// round with its own `f`: the anomaly check never makes a round fail that the rule alone would have
+/// aggregated. The flags are recorded either way.
+///
 /// Fails if the configuration is invalid, the updates do not fit together, every update was flagged and left
 /// out, or the rule refuses the round (too few updates for Krum or Bulyan, no server update for FLTrust).
 pub fn aggregate_round(
@@ -518,10 +569,11 @@ pub fn aggregate_round(
     if !config.anomaly.enabled {
         let matrix = needs_matrix(rule).then(|| stack(&rows));
         let delta = apply(rule, &rows, matrix.as_ref().map(|matrix| matrix.view()), inputs)?;
-        return Ok(RoundAggregate { delta, scores: Vec::new(), excluded: Vec::new() });
+        return Ok(RoundAggregate { delta, scores: Vec::new(), excluded: Vec::new(), rule });
     }
     let matrix = stack(&rows);
-    let scores = score_updates(&config.anomaly, matrix.view())?;
+    let weights: Vec<f64> = rows.iter().map(|row| row.1).collect();
+    let scores = score_updates(&config.anomaly, matrix.view(), &weights)?;
     let kept: Vec<usize> = if config.anomaly.exclude_flagged {
         (0..rows.len()).filter(|&i| !scores[i].flagged).collect()
     } else {
@@ -533,17 +585,21 @@ pub fn aggregate_round(
             rows.len()
         )));
     }
-    let excluded: Vec<String> =
-        (0..rows.len()).filter(|i| kept.binary_search(i).is_err()).map(|i| rows[i].0.to_owned()).collect();
-    let delta = if excluded.is_empty() {
-        apply(rule, &rows, Some(matrix.view()), inputs)?
-    } else {
-        let kept_rows: Vec<(&str, f64, &[f32])> = kept.iter().map(|&i| rows[i]).collect();
-        let kept_matrix = matrix.select(Axis(0), &kept);
-        apply(rule, &kept_rows, Some(kept_matrix.view()), inputs)?
+    // The rule as it can run on the kept updates; `None` (too few for a Krum-type rule) keeps every update.
+    let resized = if kept.len() == rows.len() { Some(rule) } else { rule.for_kept_updates(kept.len()) };
+    let (delta, excluded, rule) = match resized {
+        Some(resized) if kept.len() < rows.len() => {
+            let kept_rows: Vec<(&str, f64, &[f32])> = kept.iter().map(|&i| rows[i]).collect();
+            let kept_matrix = matrix.select(Axis(0), &kept);
+            let delta = apply(resized, &kept_rows, Some(kept_matrix.view()), inputs)?;
+            let excluded =
+                (0..rows.len()).filter(|i| kept.binary_search(i).is_err()).map(|i| rows[i].0.to_owned()).collect();
+            (delta, excluded, resized)
+        }
+        _ => (apply(rule, &rows, Some(matrix.view()), inputs)?, Vec::new(), rule),
     };
     let scores = rows.iter().zip(scores).map(|(row, score)| (row.0.to_owned(), score)).collect();
-    Ok(RoundAggregate { delta, scores, excluded })
+    Ok(RoundAggregate { delta, scores, excluded, rule })
 }
 
 /// The rules that need every update in one matrix (FedAvg and norm bounding stream).
@@ -997,9 +1053,9 @@ mod tests {
 
     #[test]
     fn aggregate_round_scores_and_optionally_excludes() {
-        // Eight similar updates and one sign-flipped one with a large weight.
+        // Eight similar (but not nearly identical) updates and one sign-flipped one with a large weight.
         let mut owned: Vec<(String, f64, Vec<f32>)> =
-            (0..8).map(|i| (format!("h{i}"), 1.0, vec![1.0 + 0.01 * i as f32, 1.0 - 0.01 * i as f32, 0.5])).collect();
+            (0..8).map(|i| (format!("h{i}"), 1.0, vec![1.0 + 0.03 * i as f32, 1.0 - 0.03 * i as f32, 0.5])).collect();
         owned.push(("x".to_owned(), 50.0, vec![-1.0, -1.0, -0.5]));
         let updates: Vec<(&str, f64, &[f32])> =
             owned.iter().map(|(id, weight, delta)| (id.as_str(), *weight, delta.as_slice())).collect();
@@ -1014,7 +1070,7 @@ mod tests {
         let excluded =
             aggregate_round(&parse("[anomaly]\nexclude_flagged = true"), &updates, &RoundInputs::default()).unwrap();
         assert_eq!(excluded.excluded, ["x"]);
-        assert!((excluded.delta[0] - 1.035).abs() < 1e-6, "{:?}", excluded.delta);
+        assert!((excluded.delta[0] - 1.105).abs() < 1e-6, "{:?}", excluded.delta);
         assert_eq!(excluded.scores, recorded.scores);
         // Scoring disabled: no scores, the plain aggregate.
         let plain = aggregate_round(&parse("[anomaly]\nenabled = false"), &updates, &RoundInputs::default()).unwrap();
@@ -1028,6 +1084,103 @@ mod tests {
                 .to_string(),
             "every one of the round's 2 updates was flagged as anomalous: nothing to aggregate"
         );
+    }
+
+    /// `(id, weight, delta)` rows borrowed from owned ones.
+    fn rows_of(owned: &[(String, f64, Vec<f32>)]) -> Vec<(&str, f64, &[f32])> {
+        owned.iter().map(|(id, weight, delta)| (id.as_str(), *weight, delta.as_slice())).collect()
+    }
+
+    /// `n` similar updates `h0`, `h1`, … and `n_echoes` echoes `x0`, `x1`, … (zero deltas, always flagged).
+    fn similar_and_echoes(n: usize, n_echoes: usize) -> Vec<(String, f64, Vec<f32>)> {
+        let mut owned: Vec<(String, f64, Vec<f32>)> =
+            (0..n).map(|i| (format!("h{i}"), 1.0, vec![1.0 + 0.01 * i as f32, 1.0 - 0.02 * i as f32, 0.5])).collect();
+        owned.extend((0..n_echoes).map(|i| (format!("x{i}"), 1.0, vec![0.0; 3])));
+        owned
+    }
+
+    #[test]
+    fn flagged_updates_left_out_count_towards_f_instead_of_failing_the_round() {
+        // Multi-Krum with f = 2 needs 7 updates. Before, leaving the echo out of a round of 7 made the rule refuse
+        // the remaining 6 ("Multi-Krum needs n >= 2f + 3 = 7 updates to tolerate f = 2 Byzantine ones, got n = 6")
+        // and the coordinator stopped the study.
+        let owned = similar_and_echoes(6, 1);
+        let updates = rows_of(&owned);
+        let honest = rows_of(&owned[..6]);
+        let excluding = |rule: &str| parse(&format!("{rule}\n[anomaly]\nexclude_flagged = true"));
+        let round =
+            aggregate_round(&excluding("rule = \"multi_krum\"\nf = 2"), &updates, &RoundInputs::default()).unwrap();
+        assert_eq!(round.excluded, ["x0"]);
+        assert_eq!(round.rule, Rule::MultiKrum { f: 1, m: None });
+        // Exactly Multi-Krum with f = 1 (averaging n − f = 5) over the six kept updates.
+        assert_eq!(round.delta, aggregate(&parse("rule = \"multi_krum\"\nf = 1"), &honest, None).unwrap());
+        // The same for Krum, and for Bulyan (f = 1 needs 7; 6 kept allow f = 0).
+        let krum = aggregate_round(&excluding("rule = \"krum\"\nf = 2"), &updates, &RoundInputs::default()).unwrap();
+        assert_eq!((krum.rule, krum.excluded.len()), (Rule::Krum { f: 1 }, 1));
+        assert_eq!(krum.delta, aggregate(&parse("rule = \"krum\"\nf = 1"), &honest, None).unwrap());
+        let bulyan =
+            aggregate_round(&excluding("rule = \"bulyan\"\nf = 1"), &updates, &RoundInputs::default()).unwrap();
+        assert_eq!(bulyan.rule, Rule::Bulyan { f: 0 });
+        assert_eq!(bulyan.delta, aggregate(&parse("rule = \"bulyan\"\nf = 0"), &honest, None).unwrap());
+        // With room to spare f is kept: 9 of 10 kept still allow f = 2 for Multi-Krum.
+        let owned = similar_and_echoes(9, 1);
+        let roomy =
+            aggregate_round(&excluding("rule = \"multi_krum\"\nf = 2"), &rows_of(&owned), &RoundInputs::default())
+                .unwrap();
+        assert_eq!((roomy.rule, roomy.excluded.len()), (Rule::MultiKrum { f: 2, m: None }, 1));
+        // Without exclusion the configured rule runs and says so.
+        let plain = aggregate_round(&parse("rule = \"multi_krum\"\nf = 2"), &updates, &RoundInputs::default()).unwrap();
+        assert_eq!((plain.rule, plain.excluded.len()), (Rule::MultiKrum { f: 2, m: None }, 0));
+    }
+
+    #[test]
+    fn too_few_kept_updates_for_krum_keep_every_update() {
+        // Two similar updates and three echoes: the median norm is 0, so only the echoes are flagged. Two kept
+        // are too few for any Krum, so nothing is left out and Krum with f = 1 (n = 5 ≥ 5) runs on all five.
+        let owned = similar_and_echoes(2, 3);
+        let updates = rows_of(&owned);
+        let config = parse("rule = \"krum\"\nf = 1\n[anomaly]\nexclude_flagged = true");
+        let round = aggregate_round(&config, &updates, &RoundInputs::default()).unwrap();
+        assert!(round.excluded.is_empty());
+        assert_eq!(round.rule, Rule::Krum { f: 1 });
+        assert_eq!(round.scores.iter().filter(|(_, score)| score.flagged).count(), 3);
+        assert_eq!(round.delta, aggregate(&parse("rule = \"krum\"\nf = 1"), &updates, None).unwrap());
+        // A rule that runs on any count still leaves them out.
+        let median = aggregate_round(
+            &parse("rule = \"median\"\n[anomaly]\nexclude_flagged = true"),
+            &updates,
+            &RoundInputs::default(),
+        )
+        .unwrap();
+        assert_eq!(median.excluded, ["x0", "x1", "x2"]);
+        // And a round the rule alone would refuse is still refused, with the rule's reason.
+        let config = parse("rule = \"krum\"\nf = 2\n[anomaly]\nexclude_flagged = true");
+        assert_eq!(
+            aggregate_round(&config, &updates, &RoundInputs::default()).unwrap_err().to_string(),
+            "invalid updates: Krum needs n >= 2f + 3 = 7 updates to tolerate f = 2 Byzantine ones, got n = 5"
+        );
+    }
+
+    #[test]
+    fn kept_update_sizing_per_rule() {
+        for (rule, n_kept, expected) in [
+            (Rule::Krum { f: 3 }, 9, Some(Rule::Krum { f: 3 })),
+            (Rule::Krum { f: 3 }, 8, Some(Rule::Krum { f: 2 })),
+            (Rule::Krum { f: 3 }, 3, Some(Rule::Krum { f: 0 })),
+            (Rule::MultiKrum { f: 2, m: Some(4) }, 5, Some(Rule::MultiKrum { f: 1, m: Some(4) })),
+            (Rule::Bulyan { f: 2 }, 11, Some(Rule::Bulyan { f: 2 })),
+            (Rule::Bulyan { f: 2 }, 10, Some(Rule::Bulyan { f: 1 })),
+            (Rule::Bulyan { f: 2 }, 6, Some(Rule::Bulyan { f: 0 })),
+            (Rule::Bulyan { f: 2 }, 2, None),
+            (Rule::Krum { f: 0 }, 2, None),
+            (Rule::Median, 1, Some(Rule::Median)),
+            (Rule::TrimmedMean { beta: 0.2 }, 2, Some(Rule::TrimmedMean { beta: 0.2 })),
+        ] {
+            assert_eq!(rule.for_kept_updates(n_kept), expected, "{rule:?} on {n_kept}");
+            if let Some(resized) = expected {
+                assert!(n_kept >= resized.min_updates(), "{resized:?}");
+            }
+        }
     }
 
     fn every_config() -> Vec<AggregationConfig> {

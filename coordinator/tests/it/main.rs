@@ -28,7 +28,7 @@ fn fedavg_on_identical_data_matches_centralised_training() {
     };
     let initial = spec.init_parameters(5);
     let (rounds, local_epochs) = (5u32, 2u32);
-    let config = |epochs, seed| TrainConfig { epochs, batch_size: 16, learning_rate: 0.05, seed };
+    let config = |epochs, seed| TrainConfig { epochs, batch_size: 16, learning_rate: 0.05, seed, proximal_mu: 0.0 };
 
     let central = pdc_models::train_local(&spec, &initial, &train, &config(rounds * local_epochs, 1)).unwrap();
     let central_auroc = pdc_models::evaluate(&spec, &central.parameters, &validation).unwrap().auroc.unwrap();
