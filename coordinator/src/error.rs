@@ -55,6 +55,9 @@ pub enum Error {
     /// The ledger could not be read or written; the change it was to record did not happen.
     #[error("ledger: {0}")]
     Ledger(String),
+    /// The durable study state (RocksDB) could not be read or written, or what it holds does not match the ledger.
+    #[error("study state: {0}")]
+    State(String),
     /// A model could not be trained or evaluated.
     #[error(transparent)]
     Model(#[from] pdc_models::Error),
@@ -84,7 +87,7 @@ pub fn to_status(error: &Error) -> tonic::Status {
         Error::AlreadyExists(_) => Code::AlreadyExists,
         Error::FailedPrecondition(_) => Code::FailedPrecondition,
         Error::TooLarge(_) => Code::ResourceExhausted,
-        Error::Archive(_) | Error::Model(_) | Error::Ledger(_) => Code::Internal,
+        Error::Archive(_) | Error::Model(_) | Error::Ledger(_) | Error::State(_) => Code::Internal,
     };
     tonic::Status::new(code, error.to_string())
 }

@@ -12,6 +12,7 @@ mod error;
 pub mod ledger;
 pub mod manifest;
 pub mod metrics;
+pub mod recovery;
 pub mod replay;
 pub mod rewards;
 pub mod round;

@@ -139,6 +139,41 @@ pub enum Action {
     Ended,
 }
 
+/// Where a study's rounds stood, for [`RoundMachine::resume`].
+#[derive(Clone, Debug, PartialEq)]
+pub enum Resume {
+    /// Started and waiting to open round `completed + 1`.
+    Waiting {
+        /// Rounds aggregated so far.
+        completed: u32,
+        /// Attempts at the next round that were abandoned.
+        attempts: u32,
+    },
+    /// A round is open.
+    Open {
+        /// The round.
+        round: u32,
+        /// Which attempt at it.
+        attempt: u32,
+        /// Its participants.
+        participants: Vec<String>,
+        /// When it closes, in the caller's milliseconds.
+        deadline_ms: u64,
+    },
+    /// A round's aggregate is recorded; its end is yet to be handled.
+    Aggregating {
+        /// The round.
+        round: u32,
+    },
+    /// The study ended.
+    Ended {
+        /// The last round it reached.
+        round: u32,
+        /// Finished, stopped or failed.
+        phase: Phase,
+    },
+}
+
 #[derive(Clone, Debug)]
 struct OpenRound {
     attempt: u32,
@@ -163,6 +198,46 @@ impl RoundMachine {
     /// A machine for a created, not yet started study.
     pub fn new(policy: RoundPolicy) -> Self {
         Self { policy, phase: Phase::Created, round: 0, attempt: 0, open: None }
+    }
+
+    /// A machine resumed where a restarted coordinator's records left it (see [`crate::recovery`]):
+    ///
+    /// - [`Resume::Waiting`]: started, `completed` rounds aggregated, `attempts` failed attempts at the next;
+    /// - [`Resume::Open`]: `round` open again for its recorded participants until `deadline_ms`, with none of its
+    ///   updates received yet (the caller feeds the recorded ones back as [`Event::UpdateAccepted`]);
+    /// - [`Resume::Aggregating`]: `round` was aggregated and recorded but its end not yet handled (the caller feeds
+    ///   [`Event::Aggregated`] once the ledger is sealed);
+    /// - [`Resume::Ended`]: the study ended in `phase` after `round`.
+    pub fn resume(policy: RoundPolicy, resume: Resume) -> Self {
+        let mut machine = Self::new(policy);
+        match resume {
+            Resume::Waiting { completed, attempts } => {
+                machine.phase = Phase::Waiting;
+                machine.round = completed;
+                machine.attempt = attempts;
+            }
+            Resume::Open { round, attempt, participants, deadline_ms } => {
+                machine.phase = Phase::Open;
+                machine.round = round;
+                machine.attempt = attempt;
+                machine.open = Some(OpenRound {
+                    attempt,
+                    participants: participants.into_iter().collect(),
+                    deadline_ms,
+                    received: BTreeMap::new(),
+                    failed: BTreeMap::new(),
+                });
+            }
+            Resume::Aggregating { round } => {
+                machine.phase = Phase::Aggregating;
+                machine.round = round;
+            }
+            Resume::Ended { round, phase } => {
+                machine.phase = phase;
+                machine.round = round;
+            }
+        }
+        machine
     }
 
     /// The study's lifecycle state.
@@ -397,6 +472,35 @@ mod tests {
 
     fn accept(machine: &mut RoundMachine, now: u64, round: u32, pdc: &str) -> Vec<Action> {
         machine.handle(now, Event::UpdateAccepted { round, pdc_id: pdc.into(), update: update(10) }).unwrap()
+    }
+
+    #[test]
+    fn a_resumed_machine_goes_on_where_it_was() {
+        // An open round resumed with its participants: the recorded updates close it as before.
+        let open = Resume::Open { round: 2, attempt: 1, participants: ids(&["a", "b"]), deadline_ms: 500 };
+        let mut machine = RoundMachine::resume(policy(), open);
+        assert_eq!((machine.phase(), machine.round(), machine.participants()), (&Phase::Open, 2, ids(&["a", "b"])));
+        assert!(machine.check_update("c", 2).is_err() && machine.check_update("a", 1).is_err());
+        assert!(accept(&mut machine, 0, 2, "a").is_empty());
+        assert!(matches!(accept(&mut machine, 0, 2, "b")[..], [Action::Aggregate { round: 2, .. }]));
+        // An aggregated last round ends the study when its end is handled.
+        let mut machine = RoundMachine::resume(policy(), Resume::Aggregating { round: 2 });
+        assert_eq!(machine.handle(0, Event::Aggregated { round: 2 }).unwrap(), vec![Action::Ended]);
+        assert_eq!(machine.phase(), &Phase::Finished);
+        // A waiting machine opens the next round; one more abandoned attempt fails the study (max_attempts 2).
+        let mut machine = RoundMachine::resume(policy(), Resume::Waiting { completed: 1, attempts: 1 });
+        let actions = machine.handle(10, Event::Tick { available: ids(&["a", "b"]) }).unwrap();
+        assert_eq!(
+            actions,
+            vec![Action::OpenRound { round: 2, attempt: 2, participants: ids(&["a", "b"]), deadline_ms: 1_010 }]
+        );
+        let actions = machine.handle(2_000, Event::Tick { available: ids(&["a", "b"]) }).unwrap();
+        assert!(matches!(actions.last(), Some(Action::Ended)), "{actions:?}");
+        assert!(matches!(machine.phase(), Phase::Failed { .. }));
+        // An ended study stays ended.
+        let ended = Resume::Ended { round: 1, phase: Phase::Stopped { reason: "r".into() } };
+        let mut machine = RoundMachine::resume(policy(), ended);
+        assert!(machine.handle(0, Event::Start).is_err() && machine.check_update("a", 2).is_err());
     }
 
     #[test]

@@ -22,7 +22,9 @@ use crate::archive::{IncomingUpdate, UpdateArchive};
 use crate::ledger::{Ledger, LedgerSettings};
 use crate::manifest::{self, Manifest};
 use crate::metrics::Telemetry;
+use crate::recovery::{BUDGET_EXHAUSTED_PREFIX, RoundSnapshot, StateStore, StudyProgress};
 use crate::rewards::{RoundUpdate, RoundValuation, ValuationSettings};
+use crate::round::Resume;
 use crate::round::{AcceptedUpdate, Action, Event, Phase, RoundMachine, RoundPolicy};
 use crate::statistics::{CohortAnswer, FeasibilityQuery, Standardization, StandardizationStep, StatisticsQuery};
 use crate::{Error, Result};
@@ -85,7 +87,7 @@ pub struct TaskSpec {
 }
 
 /// A closed round.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct RoundRecord {
     /// The round.
     pub round: u32,
@@ -102,7 +104,7 @@ pub struct RoundRecord {
 }
 
 /// One hospital's part in a study.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct HospitalStats {
     /// Examples it trained on (from its latest update).
     pub examples: u64,
@@ -404,6 +406,20 @@ pub struct Coordinator {
     ledger: Arc<Ledger>,
     started: Instant,
     metrics: Arc<Telemetry>,
+    /// Study state the ledger does not hold (see [`crate::recovery`]).
+    state_store: StateStore,
+    /// What recovery left to do once the coordinator runs: seal the ledger, then these, in order.
+    recovered: Mutex<Vec<Resumption>>,
+}
+
+/// A step a recovered study takes once the coordinator runs.
+enum Resumption {
+    /// Handle the end of this aggregated round.
+    Aggregated { study_id: String, round: u32 },
+    /// Carry out the round machine's actions (an open round that the recorded contributions completed).
+    Actions { study_id: String, actions: Vec<Action> },
+    /// Carry out the standardisation's steps (summaries re-fed from the ledger completed it).
+    Standardization { study_id: String, steps: Vec<StandardizationStep> },
 }
 
 impl Coordinator {
@@ -414,14 +430,237 @@ impl Coordinator {
         let key_file = config.ledger.key_file.clone().unwrap_or_else(|| config.data_dir.join("coordinator.key"));
         let identity = Identity::load_or_create(&key_file).map_err(|e| Error::Ledger(e.to_string()))?;
         let ledger = Ledger::open(&config.data_dir.join("ledger"), identity, config.ledger.clone())?;
-        Ok(Arc::new(Self {
+        let state_store = StateStore::open(&config.data_dir.join("state"))?;
+        let coordinator = Self {
             config,
             state: Mutex::new(State::default()),
             archive,
             ledger: Arc::new(ledger),
             started: Instant::now(),
             metrics: Arc::new(Telemetry::default()),
-        }))
+            state_store,
+            recovered: Mutex::new(Vec::new()),
+        };
+        coordinator.recover()?;
+        Ok(Arc::new(coordinator))
+    }
+
+    /// Rebuilds the registered PDCs, budgets, spends and every study from the ledger, the state store and the
+    /// archives (see [`crate::recovery`]); what needs the running coordinator is left in `recovered`.
+    fn recover(&self) -> Result<()> {
+        let entries = self.ledger.entries()?;
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let scan = crate::recovery::scan(entries.into_iter().map(|(_, entry)| entry));
+        let mut state = self.lock();
+        for (pdc_id, key) in &scan.hospitals {
+            let key = PublicKey::from_bytes(key).map_err(|e| Error::State(format!("key of {pdc_id}: {e}")))?;
+            state.pdcs.insert(pdc_id.clone(), Pdc { key, task_streams: Vec::new() });
+        }
+        for (pdc_id, (dataset, epsilon, delta)) in scan.budgets {
+            state.budgets.insert(pdc_id, DeclaredBudget { dataset, epsilon, delta });
+        }
+        state.spent = scan.spent;
+        let mut resumed = Vec::new();
+        for (study_id, progress) in scan.studies {
+            let study = self
+                .recover_study(&study_id, &progress, &mut resumed)
+                .map_err(|error| Error::State(format!("cannot recover study {study_id}: {error}")))?;
+            tracing::info!(study = %study_id, phase = ?study.machine.phase(), round = study.machine.round(),
+                "study recovered");
+            state.studies.insert(study_id, study);
+        }
+        drop(state);
+        *self.recovered.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = resumed;
+        Ok(())
+    }
+
+    fn recover_study(&self, study_id: &str, progress: &StudyProgress, resumed: &mut Vec<Resumption>) -> Result<Study> {
+        let folder = self.config.data_dir.join("studies").join(study_id);
+        let read = |name: &str| std::fs::read(folder.join(name)).map_err(Error::Archive);
+        let (manifest, validation) = (read(ARCHIVED_MANIFEST)?, read(ARCHIVED_VALIDATION)?);
+        let manifest = String::from_utf8(manifest).map_err(|e| Error::State(format!("archived manifest: {e}")))?;
+        let prepared = prepare_study(&manifest, &validation)?;
+        if prepared.manifest_hash != progress.manifest_hash {
+            return Err(Error::State(format!(
+                "the archived manifest hashes to {}, the ledger's StudyCreated names {}",
+                hex::encode(prepared.manifest_hash),
+                hex::encode(progress.manifest_hash)
+            )));
+        }
+        let mut study = self.build_study(study_id, prepared)?;
+        study.consents = progress.consents.clone();
+        let now = self.now_ms();
+
+        // The standardisation the rounds used, or the summaries released so far towards it.
+        if let Some((contributors, mean, std)) = &progress.fitted {
+            let global = pdc_privacy::stats::GlobalStandardization { mean: mean.clone(), std: std.clone(), count: 1.0 };
+            let standardizer = Standardizer::from(&global);
+            let mut validation = study.raw_validation.clone().ok_or_else(|| {
+                Error::State("the ledger records a standardisation the manifest does not ask for".into())
+            })?;
+            standardizer.apply(&mut validation)?;
+            study.standardizer = standardizer;
+            study.validation = Arc::new(validation);
+            study.standardization = None;
+            tracing::debug!(study = %study_id, ?contributors, "recovered standardisation");
+        } else if let Some(standardization) = study.standardization.as_mut() {
+            for release in &progress.releases {
+                let query = standardization.query();
+                let Ok(summary) =
+                    NoisyFeatureSummary::from_values(&query.bounds, query.noise_multiplier, &release.values)
+                else {
+                    continue;
+                };
+                if let Ok(steps) = standardization.answer(&release.pdc_id, summary)
+                    && !steps.is_empty()
+                {
+                    resumed.push(Resumption::Standardization { study_id: study_id.to_owned(), steps });
+                }
+            }
+        }
+
+        // Every aggregated round's snapshot, and the model and state the last one left.
+        for &(round, model_hash) in &progress.aggregated {
+            let snapshot = self.state_store.round(study_id, round)?.ok_or_else(|| {
+                Error::State(format!("no snapshot of round {round}, which the ledger shows aggregated"))
+            })?;
+            if snapshot.record.model_hash != model_hash {
+                return Err(Error::State(format!("the snapshot of round {round} is of another model")));
+            }
+            if let Some(central) = &study.central {
+                let mut central = central.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                let central = &mut *central;
+                central.dp.record_round(&mut central.accountant, 1.0);
+            }
+            study.rounds.push(snapshot.record.clone());
+            if round == progress.completed() {
+                self.install_snapshot(&mut study, snapshot)?;
+            }
+        }
+
+        let policy = self.round_policy(&study.manifest);
+        let started = self.state_store.is_started(study_id)?
+            || !progress.aggregated.is_empty()
+            || progress.open.is_some()
+            || !progress.releases.is_empty();
+        study.machine = if let Some(closed) = &progress.closed {
+            let round = progress.open.as_ref().map_or(progress.completed(), |open| open.round);
+            let reason = "recorded before the coordinator restarted".to_owned();
+            let phase = match closed.as_str() {
+                "finished" => Phase::Finished,
+                "stopped" => Phase::Stopped { reason },
+                _ => Phase::Failed { reason },
+            };
+            RoundMachine::resume(policy, Resume::Ended { round, phase })
+        } else if let Some(open) = &progress.open {
+            if open.model_hash != study.global_hash {
+                return Err(Error::State(format!("round {} was opened with another model", open.round)));
+            }
+            let deadline_ms = now.saturating_add(policy.deadline_ms);
+            let mut machine = RoundMachine::resume(
+                policy,
+                Resume::Open {
+                    round: open.round,
+                    attempt: progress.attempts.max(1),
+                    participants: open.participants.clone(),
+                    deadline_ms,
+                },
+            );
+            study.round_participants = open.participants.clone();
+            study.round_deadline_ms = deadline_ms;
+            study.round_opened_ms = now;
+            study.round_spend = open.spends.clone();
+            for (pdc_id, &(epsilon, _)) in &open.spends {
+                study.hospitals.entry(pdc_id.clone()).or_default().epsilon = epsilon;
+            }
+            for pdc_id in &open.rejected {
+                study.hospitals.entry(pdc_id.clone()).or_default().updates_rejected += 1;
+            }
+            let mut actions = Vec::new();
+            for pdc_id in &open.exhausted {
+                study.exhausted.insert(pdc_id.clone());
+                study.hospitals.entry(pdc_id.clone()).or_default().budget_exhausted = true;
+                let event = Event::ParticipantFailed {
+                    round: open.round,
+                    pdc_id: pdc_id.clone(),
+                    reason: BUDGET_EXHAUSTED_PREFIX.trim_end_matches(": ").to_owned(),
+                };
+                actions.extend(machine.handle(now, event).unwrap_or_default());
+            }
+            for (pdc_id, update) in &open.contributions {
+                let event = Event::UpdateAccepted { round: open.round, pdc_id: pdc_id.clone(), update: update.clone() };
+                actions.extend(machine.handle(now, event)?);
+            }
+            if !actions.is_empty() {
+                resumed.push(Resumption::Actions { study_id: study_id.to_owned(), actions });
+            }
+            machine
+        } else if progress.completed() > 0 {
+            resumed.push(Resumption::Aggregated { study_id: study_id.to_owned(), round: progress.completed() });
+            RoundMachine::resume(policy, Resume::Aggregating { round: progress.completed() })
+        } else if started {
+            RoundMachine::resume(policy, Resume::Waiting { completed: 0, attempts: progress.attempts })
+        } else {
+            RoundMachine::new(policy)
+        };
+        Ok(study)
+    }
+
+    /// Installs the state an aggregated round left: its model (read back from the archive and checked against its
+    /// hash), the server optimiser, the hospitals' figures, suspensions and the carried budget.
+    fn install_snapshot(&self, study: &mut Study, snapshot: RoundSnapshot) -> Result<()> {
+        let model = self.archive.read(&snapshot.record.model_hash)?;
+        if pdc_ledger::hash::parameters_hash(&model) != snapshot.record.model_hash || model.len() != study.global.len()
+        {
+            return Err(Error::State(format!("the archived model of round {} is damaged", snapshot.record.round)));
+        }
+        study.global = Arc::new(model);
+        study.global_hash = snapshot.record.model_hash;
+        study.hospitals = snapshot.hospitals;
+        study.exhausted = snapshot.exhausted;
+        study.suspensions = snapshot.suspensions;
+        study.carried = snapshot.carried;
+        *study.optimizer.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = snapshot.server_state;
+        if let (Some(central), Some(clip_norm)) = (&study.central, snapshot.central_clip_norm) {
+            let mut central = central.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            central.dp.resume_at(clip_norm).map_err(|e| Error::State(format!("central DP clip norm: {e}")))?;
+        }
+        Ok(())
+    }
+
+    /// Finishes recovery once the coordinator runs: seals what the ledger holds beyond its last checkpoint, so
+    /// that a round recorded just before the restart is final, then takes every recovered study's pending step.
+    async fn resume_recovered(self: &Arc<Self>) {
+        let resumed = std::mem::take(&mut *self.recovered.lock().unwrap_or_else(|poisoned| poisoned.into_inner()));
+        if resumed.is_empty() {
+            return;
+        }
+        if let Err(error) = self.seal_ledger().await {
+            tracing::error!(%error, "cannot seal the recovered ledger; recovered rounds stay where they are");
+            return;
+        }
+        let now = self.now_ms();
+        let mut state = self.lock();
+        let state = &mut *state;
+        for step in resumed {
+            match step {
+                Resumption::Aggregated { study_id, round } => {
+                    let Some(study) = state.studies.get_mut(&study_id) else { continue };
+                    let actions = study.machine.handle(now, Event::Aggregated { round }).unwrap_or_default();
+                    self.execute(&mut state.pdcs, study, now, actions);
+                }
+                Resumption::Actions { study_id, actions } => {
+                    let Some(study) = state.studies.get_mut(&study_id) else { continue };
+                    self.execute(&mut state.pdcs, study, now, actions);
+                }
+                Resumption::Standardization { study_id, steps } => {
+                    let Some(study) = state.studies.get_mut(&study_id) else { continue };
+                    self.execute_standardization(&mut state.pdcs, study, now, steps);
+                }
+            }
+        }
     }
 
     /// The update archive.
@@ -458,6 +697,10 @@ impl Coordinator {
         let weak = Arc::downgrade(self);
         let interval = self.config.tick_interval;
         tokio::spawn(async move {
+            if let Some(coordinator) = weak.upgrade() {
+                // Beside the ticks: sealing waits for the witness quorum, and no recovered study ticks until then.
+                tokio::spawn(async move { coordinator.resume_recovered().await });
+            }
             let mut ticker = tokio::time::interval(interval);
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
@@ -702,28 +945,71 @@ impl Coordinator {
                     // Recorded just before the aggregate it produced.
                     entries.insert(entries.len() - 1 - valuation_entry_count(&valuation), release);
                 }
-                match self.ledger.record(&entries) {
+                // The round's effects on the study, computed before anything is recorded.
+                let mut hospitals = study.hospitals.clone();
+                for (pdc_id, update) in contributions {
+                    let stats = hospitals.entry(pdc_id.clone()).or_default();
+                    stats.examples = update.n_examples;
+                    if contributors.contains(pdc_id) {
+                        stats.rounds_joined += 1;
+                    } else {
+                        stats.updates_rejected += 1;
+                    }
+                }
+                let mut carried = study.carried;
+                if let Some(valuation) = &valuation {
+                    carried = valuation.carried_over;
+                    for pdc in &valuation.pdcs {
+                        let stats = hospitals.entry(pdc.pdc_id.clone()).or_default();
+                        stats.utility += pdc.utility;
+                        stats.reward += pdc.reward;
+                        stats.strikes += u32::from(pdc.strike.is_some());
+                    }
+                }
+                let mut suspensions = study.suspensions.clone();
+                let outcomes = contributions.iter().map(|(id, _)| (id.as_str(), flagged.contains(id)));
+                let suspended = suspensions.record_round(round, outcomes).unwrap_or_else(|error| {
+                    tracing::error!(study = %study_id, round, %error, "suspension tracking");
+                    Vec::new()
+                });
+                let privacy = contributors
+                    .iter()
+                    .filter_map(|id| study.round_spend.get(id).map(|&(e, d)| (id.clone(), e, d)))
+                    .collect();
+                let record = RoundRecord {
+                    round,
+                    participants,
+                    contributors: contributors.clone(),
+                    validation,
+                    model_hash,
+                    privacy,
+                };
+                let snapshot = RoundSnapshot {
+                    record: record.clone(),
+                    hospitals,
+                    exhausted: study.exhausted.clone(),
+                    suspensions,
+                    carried,
+                    server_state: study.optimizer.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone(),
+                    central_clip_norm: study
+                        .central
+                        .as_ref()
+                        .map(|central| central.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).dp.clip_norm()),
+                };
+                // The model and the snapshot are durable before the ledger says the round is aggregated, so a
+                // restarted coordinator finds both for every aggregate it reads (see `crate::recovery`).
+                let durable = self
+                    .archive
+                    .store(&model)
+                    .and_then(|_| self.state_store.put_round(study_id, &snapshot))
+                    .and_then(|()| self.ledger.record(&entries));
+                match durable {
                     Ok(_) => {
                         study.global = Arc::new(model);
                         study.global_hash = model_hash;
-                        for (pdc_id, update) in contributions {
-                            let stats = study.hospitals.entry(pdc_id.clone()).or_default();
-                            stats.examples = update.n_examples;
-                            if contributors.contains(pdc_id) {
-                                stats.rounds_joined += 1;
-                            } else {
-                                stats.updates_rejected += 1;
-                            }
-                        }
-                        if let Some(valuation) = &valuation {
-                            study.carried = valuation.carried_over;
-                            for pdc in &valuation.pdcs {
-                                let stats = study.hospitals.entry(pdc.pdc_id.clone()).or_default();
-                                stats.utility += pdc.utility;
-                                stats.reward += pdc.reward;
-                                stats.strikes += u32::from(pdc.strike.is_some());
-                            }
-                        }
+                        study.hospitals = snapshot.hospitals;
+                        study.carried = snapshot.carried;
+                        study.suspensions = snapshot.suspensions;
                         self.metrics.round_aggregated(Duration::from_millis(now.saturating_sub(study.round_opened_ms)));
                         for (pdc_id, reason) in &excluded {
                             tracing::warn!(study = %study_id, round, pdc = %pdc_id, %reason, "update left out");
@@ -734,41 +1020,29 @@ impl Coordinator {
                                 reason: reason.clone(),
                             });
                         }
-                        let outcomes = contributions.iter().map(|(id, _)| (id.as_str(), flagged.contains(id)));
-                        match study.suspensions.record_round(round, outcomes) {
-                            Ok(suspended) => {
-                                let k = study.manifest.aggregation.anomaly.suspend_after_rounds;
-                                for pdc_id in suspended {
-                                    let reason = format!(
-                                        "{SUSPENDED_PREFIX}flagged in {k} consecutive rounds, not selected again"
-                                    );
-                                    let entry = Entry::UpdateRejected {
-                                        study_id: study_id.to_owned(),
-                                        round,
-                                        pdc_id: pdc_id.clone(),
-                                        reason: reason.clone(),
-                                    };
-                                    if let Err(error) = self.ledger.record(&[entry]) {
-                                        tracing::error!(study = %study_id, %error, "cannot record a suspension");
-                                    }
-                                    tracing::warn!(study = %study_id, round, pdc = %pdc_id, "PDC suspended");
-                                    study.emit(StudyEvent::UpdateRejected { round, pdc_id, reason });
-                                }
+                        let k = study.manifest.aggregation.anomaly.suspend_after_rounds;
+                        for pdc_id in suspended {
+                            let reason =
+                                format!("{SUSPENDED_PREFIX}flagged in {k} consecutive rounds, not selected again");
+                            let entry = Entry::UpdateRejected {
+                                study_id: study_id.to_owned(),
+                                round,
+                                pdc_id: pdc_id.clone(),
+                                reason: reason.clone(),
+                            };
+                            if let Err(error) = self.ledger.record(&[entry]) {
+                                tracing::error!(study = %study_id, %error, "cannot record a suspension");
                             }
-                            Err(error) => tracing::error!(study = %study_id, round, %error, "suspension tracking"),
+                            tracing::warn!(study = %study_id, round, pdc = %pdc_id, "PDC suspended");
+                            study.emit(StudyEvent::UpdateRejected { round, pdc_id, reason });
                         }
-                        let privacy = contributors
-                            .iter()
-                            .filter_map(|id| study.round_spend.get(id).map(|&(e, d)| (id.clone(), e, d)))
-                            .collect();
-                        let record = RoundRecord { round, participants, contributors, validation, model_hash, privacy };
                         tracing::info!(study = %study_id, round, auroc = ?record.validation.auroc,
                             accuracy = ?record.validation.accuracy, "round aggregated");
                         study.rounds.push(record.clone());
                         study.emit(StudyEvent::RoundClosed(record));
                         return true;
                     }
-                    Err(error) => format!("cannot record the aggregate of round {round} on the ledger: {error}"),
+                    Err(error) => format!("cannot record the aggregate of round {round}: {error}"),
                 }
             }
             // Only a coordinator fault (a damaged archive) gets here; stopping beats a wrong model.
@@ -790,6 +1064,28 @@ impl Coordinator {
                 validation_csv.len()
             )));
         }
+        let prepared = prepare_study(manifest_toml, validation_csv)?;
+        let study_id = format!("{}-{}", slug(&prepared.manifest.name), &hex::encode(prepared.manifest_hash)[..8]);
+        let canonical = prepared.canonical.clone();
+        let manifest_hash = prepared.manifest_hash;
+        let study = self.build_study(&study_id, prepared)?;
+        let mut state = self.lock();
+        if state.studies.contains_key(&study_id) {
+            return Err(Error::AlreadyExists(format!("study {study_id} exists already")));
+        }
+        if state.studies.values().any(|s| s.manifest.name == study.manifest.name) {
+            return Err(Error::AlreadyExists(format!("a study named `{}` exists already", study.manifest.name)));
+        }
+        // The inputs a replay needs besides the ledger and the update archive, kept before the study exists.
+        archive_study(&self.config.data_dir.join("studies").join(&study_id), &canonical, validation_csv)?;
+        self.ledger.record(&[Entry::StudyCreated { study_id: study_id.clone(), manifest_hash }])?;
+        tracing::info!(study = %study_id, name = %study.manifest.name, "study created");
+        state.studies.insert(study_id.clone(), study);
+        Ok((study_id, manifest_hash))
+    }
+
+    /// A created, not started study from its prepared inputs: the same at creation and in recovery.
+    fn build_study(&self, study_id: &str, prepared: PreparedStudy) -> Result<Study> {
         let PreparedStudy {
             manifest,
             canonical,
@@ -800,7 +1096,7 @@ impl Coordinator {
             spec,
             global,
             optimizer,
-        } = prepare_study(manifest_toml, validation_csv)?;
+        } = prepared;
         let standardization = match &manifest.federated_standardization {
             Some(section) => {
                 let invalid = |e: pdc_models::Error| Error::InvalidManifest(e.to_string());
@@ -815,7 +1111,6 @@ impl Coordinator {
             None => None,
         };
         let raw_validation = standardization.as_ref().map(|_| raw_validation);
-        let study_id = format!("{}-{}", slug(&manifest.name), &hex::encode(manifest_hash)[..8]);
         let central = match &manifest.central_privacy {
             Some(section) => {
                 let dp = pdc_privacy::central::CentralDp::new(section.config())
@@ -825,7 +1120,38 @@ impl Coordinator {
             }
             None => None,
         };
-        let policy = RoundPolicy {
+        let (events, _) = broadcast::channel(1024);
+        Ok(Study {
+            id: study_id.to_owned(),
+            manifest_toml: canonical,
+            manifest_hash,
+            global_hash: pdc_ledger::hash::parameters_hash(&global),
+            global: Arc::new(global),
+            spec,
+            validation: Arc::new(validation),
+            standardizer,
+            machine: RoundMachine::new(self.round_policy(&manifest)),
+            consents: BTreeSet::new(),
+            rounds: Vec::new(),
+            hospitals: BTreeMap::new(),
+            events,
+            round_participants: Vec::new(),
+            round_deadline_ms: 0,
+            round_opened_ms: 0,
+            optimizer: Arc::new(Mutex::new(optimizer)),
+            carried: 0.0,
+            round_spend: BTreeMap::new(),
+            exhausted: BTreeSet::new(),
+            central,
+            suspensions: SuspensionTracker::new(manifest.aggregation.anomaly.suspend_after_rounds),
+            standardization,
+            raw_validation,
+            manifest,
+        })
+    }
+
+    fn round_policy(&self, manifest: &Manifest) -> RoundPolicy {
+        RoundPolicy {
             rounds: manifest.training.rounds,
             min_participants: manifest.participants.min,
             max_participants: manifest.participants.max,
@@ -833,50 +1159,7 @@ impl Coordinator {
             deadline_ms: manifest.participants.round_deadline_secs.saturating_mul(1000),
             max_attempts: self.config.max_round_attempts,
             seed: manifest.seed,
-        };
-        let mut state = self.lock();
-        if state.studies.contains_key(&study_id) {
-            return Err(Error::AlreadyExists(format!("study {study_id} exists already")));
         }
-        if state.studies.values().any(|s| s.manifest.name == manifest.name) {
-            return Err(Error::AlreadyExists(format!("a study named `{}` exists already", manifest.name)));
-        }
-        // The inputs a replay needs besides the ledger and the update archive, kept before the study exists.
-        archive_study(&self.config.data_dir.join("studies").join(&study_id), &canonical, validation_csv)?;
-        self.ledger.record(&[Entry::StudyCreated { study_id: study_id.clone(), manifest_hash }])?;
-        let (events, _) = broadcast::channel(1024);
-        tracing::info!(study = %study_id, name = %manifest.name, "study created");
-        state.studies.insert(
-            study_id.clone(),
-            Study {
-                id: study_id.clone(),
-                manifest_toml: canonical,
-                manifest_hash,
-                global_hash: pdc_ledger::hash::parameters_hash(&global),
-                global: Arc::new(global),
-                spec,
-                validation: Arc::new(validation),
-                standardizer,
-                machine: RoundMachine::new(policy),
-                consents: BTreeSet::new(),
-                rounds: Vec::new(),
-                hospitals: BTreeMap::new(),
-                events,
-                round_participants: Vec::new(),
-                round_deadline_ms: 0,
-                round_opened_ms: 0,
-                optimizer: Arc::new(Mutex::new(optimizer)),
-                carried: 0.0,
-                round_spend: BTreeMap::new(),
-                exhausted: BTreeSet::new(),
-                central,
-                suspensions: SuspensionTracker::new(manifest.aggregation.anomaly.suspend_after_rounds),
-                standardization,
-                raw_validation,
-                manifest,
-            },
-        );
-        Ok((study_id, manifest_hash))
     }
 
     fn with_study<T>(&self, study_id: &str, f: impl FnOnce(&mut Study) -> Result<T>) -> Result<T> {
@@ -889,6 +1172,14 @@ impl Coordinator {
     pub fn start_study(self: &Arc<Self>, study_id: &str) -> Result<StudyStatus> {
         let now = self.now_ms();
         let status = self.with_study(study_id, |study| {
+            if *study.machine.phase() != Phase::Created {
+                return Err(Error::FailedPrecondition(format!(
+                    "cannot start a study that is {:?}",
+                    study.machine.phase()
+                )));
+            }
+            // Durable before it takes effect: a restarted coordinator resumes the study as started.
+            self.state_store.mark_started(study_id)?;
             study.machine.handle(now, Event::Start)?;
             study.emit(StudyEvent::Status(study.status()));
             Ok(study.status())
@@ -1246,7 +1537,7 @@ impl Coordinator {
         if kind == FailureKind::BudgetExhausted {
             // Checked before anything is recorded: the round machine refuses reports outside the open round.
             study.machine.check_update(&auth.pdc_id, round)?;
-            let reason = format!("privacy budget exhausted: {reason}");
+            let reason = format!("{BUDGET_EXHAUSTED_PREFIX}{reason}");
             self.ledger.record(&[Entry::UpdateRejected {
                 study_id: study_id.to_owned(),
                 round,

@@ -276,6 +276,19 @@ impl CentralDp {
         self.clip_norm
     }
 
+    /// Sets the clip norm `S` of the next round to `clip_norm`, where adaptive clipping had moved it before a
+    /// coordinator restarted (the noise, drawn afresh, is not part of the state).
+    pub fn resume_at(&mut self, clip_norm: f64) -> Result<()> {
+        if clip_norm.is_nan() || clip_norm <= 0.0 {
+            return Err(Error::InvalidClipNorm { clip_norm });
+        }
+        if !clip_norm.is_finite() {
+            return Err(Error::ClipNormNotFinite { clip_norm });
+        }
+        self.clip_norm = clip_norm;
+        Ok(())
+    }
+
     /// The noise multiplier `z_Δ` applied to the clipped sum.
     pub fn update_noise_multiplier(&self) -> f64 {
         self.update_noise_multiplier

@@ -3,6 +3,7 @@
 
 mod bad_input;
 mod central;
+mod crash;
 mod keys;
 mod ledger;
 mod observability;

@@ -11,14 +11,14 @@ use tokio::process::{Child, Command};
 
 use crate::support::{self, root};
 
-fn pdc() -> Command {
+pub(crate) fn pdc() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_pdc"));
     command.kill_on_drop(true).env("PDC_LOG", "info");
     command
 }
 
 /// Runs a `pdc` command to completion and returns its standard output.
-async fn pdc_output(args: &[&str]) -> String {
+pub(crate) async fn pdc_output(args: &[&str]) -> String {
     let output = pdc().args(args).output().await.unwrap();
     assert!(output.status.success(), "pdc {args:?} failed: {}", String::from_utf8_lossy(&output.stderr));
     String::from_utf8(output.stdout).unwrap()
@@ -26,24 +26,37 @@ async fn pdc_output(args: &[&str]) -> String {
 
 /// Starts `pdc coordinator` from examples/coordinator.toml on a free port; returns it and its URL.
 async fn start_coordinator(dir: &Path) -> (Child, String) {
+    spawn_coordinator(&coordinator_config(dir, "127.0.0.1:0")).await
+}
+
+/// Writes a coordinator configuration from examples/coordinator.toml listening on `listen`, keeping its state
+/// and key under `dir`; returns its path.
+pub(crate) fn coordinator_config(dir: &Path, listen: &str) -> PathBuf {
     let example = std::fs::read_to_string(root().join("examples/coordinator.toml")).unwrap();
     let config = example
-        .replace("listen = \"127.0.0.1:50051\"", "listen = \"127.0.0.1:0\"")
+        .replace("listen = \"127.0.0.1:50051\"", &format!("listen = \"{listen}\""))
         .replace("data_dir = \"../target/pdc-coordinator\"", "data_dir = \"coordinator\"")
+        .replace("key_file = \"../target/pdc-keys/coordinator.key\"", "key_file = \"coordinator.key\"")
         .replace("tick_ms = 100", "tick_ms = 20")
         .replace("metrics_listen = \"127.0.0.1:9464\"", "metrics_listen = \"127.0.0.1:0\"");
     assert_ne!(config, example, "examples/coordinator.toml changed: update this test");
     let path = dir.join("coordinator.toml");
     std::fs::write(&path, config).unwrap();
-    let mut child = pdc().args(["coordinator", "--config"]).arg(&path).stdout(Stdio::piped()).spawn().unwrap();
+    path
+}
+
+/// Starts `pdc coordinator --config <path>` and waits for it to listen; returns it and its URL.
+pub(crate) async fn spawn_coordinator(path: &Path) -> (Child, String) {
+    let mut child = pdc().args(["coordinator", "--config"]).arg(path).stdout(Stdio::piped()).spawn().unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line()).await.unwrap().unwrap().unwrap();
     let address = line.strip_prefix("pdc coordinator listening on ").expect("the listening line").to_owned();
     (child, format!("http://{address}"))
 }
 
-/// Starts `pdc hospital` for hospital `name`, from examples/<name>.toml with its data from `data_dir`.
-fn start_hospital(dir: &Path, data_dir: &Path, name: &str, url: &str, extra: &str) -> Child {
+/// Writes the configuration of hospital `name` from examples/<name>.toml, with its data from `data_dir`, its key
+/// under `dir` and `extra` appended; returns its path.
+pub(crate) fn hospital_config(dir: &Path, data_dir: &Path, name: &str, url: &str, extra: &str) -> PathBuf {
     let example = std::fs::read_to_string(root().join(format!("examples/{name}.toml"))).unwrap();
     let key = dir.join(format!("{name}.key"));
     let data = data_dir.join(format!("{name}.csv"));
@@ -55,11 +68,17 @@ fn start_hospital(dir: &Path, data_dir: &Path, name: &str, url: &str, extra: &st
         + extra;
     let path = dir.join(format!("{name}.toml"));
     std::fs::write(&path, config).unwrap();
+    path
+}
+
+/// Starts `pdc hospital` for hospital `name`, from examples/<name>.toml with its data from `data_dir`.
+fn start_hospital(dir: &Path, data_dir: &Path, name: &str, url: &str, extra: &str) -> Child {
+    let path = hospital_config(dir, data_dir, name, url, extra);
     pdc().args(["hospital", "--config"]).arg(&path).stderr(Stdio::null()).spawn().unwrap()
 }
 
 /// Splits the bundled data into a validation set and three hospital tables with `pdc data split`.
-async fn split_data(dir: &Path) -> PathBuf {
+pub(crate) async fn split_data(dir: &Path) -> PathBuf {
     let out = dir.join("data");
     let input = root().join("data/breast_cancer_wisconsin.csv");
     pdc_output(&[
@@ -80,7 +99,7 @@ async fn split_data(dir: &Path) -> PathBuf {
     out
 }
 
-async fn create_study(url: &str, manifest: &str, validation: &Path, dir: &Path) -> String {
+pub(crate) async fn create_study(url: &str, manifest: &str, validation: &Path, dir: &Path) -> String {
     let path = dir.join("study.toml");
     std::fs::write(&path, manifest).unwrap();
     let output = pdc_output(&[
