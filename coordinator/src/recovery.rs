@@ -124,14 +124,17 @@ impl StateStore {
 
     /// Stores the snapshot of `study_id`'s round `snapshot.record.round`, replacing any earlier one of that round.
     pub(crate) fn put_round(&self, study_id: &str, snapshot: &RoundSnapshot) -> Result<()> {
-        let bytes = serde_json::to_vec(snapshot).map_err(|e| Error::State(format!("cannot encode a snapshot: {e}")))?;
+        // CBOR: binary, and exact for every float (a JSON round trip may move an f64 by one unit in the last place).
+        let mut bytes = Vec::new();
+        ciborium::into_writer(snapshot, &mut bytes)
+            .map_err(|e| Error::State(format!("cannot encode a snapshot: {e}")))?;
         self.put(ROUNDS, &Self::round_key(study_id, snapshot.record.round), &bytes)
     }
 
     /// The snapshot of `study_id`'s `round`, if one was stored.
     pub(crate) fn round(&self, study_id: &str, round: u32) -> Result<Option<RoundSnapshot>> {
         let Some(bytes) = self.get(ROUNDS, &Self::round_key(study_id, round))? else { return Ok(None) };
-        let snapshot: RoundSnapshot = serde_json::from_slice(&bytes)
+        let snapshot: RoundSnapshot = ciborium::from_reader(bytes.as_slice())
             .map_err(|e| Error::State(format!("snapshot of {study_id} round {round} is damaged: {e}")))?;
         if snapshot.record.round != round {
             return Err(Error::State(format!(

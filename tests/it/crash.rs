@@ -1,13 +1,15 @@
 //! Crash recovery: the coordinator process is killed with SIGKILL at random points of a running study (while
 //! hospitals train, upload, or wait, and while it aggregates or seals) and restarted on the same address. The
 //! hospitals reconnect by themselves; the study completes with all its rounds; every update a hospital was told
-//! was accepted is counted exactly once; and the ledger verifies and replays.
+//! was accepted is counted exactly once; and the ledger verifies and replays. And in process: a study stopped and
+//! restarted mid-round reaches exactly the models and rewards of the same study run without a stop.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
+use pdc_coordinator::{Coordinator, CoordinatorConfig};
 use pdc_ledger::entry::Entry;
 use pdc_proto::pb;
 use rand::{Rng, SeedableRng};
@@ -16,7 +18,7 @@ use tokio::process::Child;
 use crate::processes::{
     coordinator_config, create_study, hospital_config, pdc, pdc_output, spawn_coordinator, split_data,
 };
-use crate::support::{self, root};
+use crate::support::{self, TestPdc, root};
 
 /// Kills of the coordinator, each at a random point.
 const KILLS: usize = 10;
@@ -168,4 +170,145 @@ async fn a_coordinator_killed_at_random_points_resumes_its_study() {
     let data_dir = dir.path().join("coordinator");
     let replay = pdc_output(&["audit", "replay", "--data-dir", data_dir.to_str().unwrap(), "--study", &study_id]).await;
     assert!(replay.contains(&format!("PASS: study {study_id} replays bit for bit ({ROUNDS} rounds)")), "{replay}");
+}
+
+/// Six rounds of trimmed mean with FedAdam on the server and exact-Shapley rewards: every kind of state a round
+/// carries to the next (optimiser moments, hospital figures, the carried reward budget).
+const STATEFUL_MANIFEST: &str = r#"
+name = "restarted"
+seed = 5
+model = { kind = "logistic_regression" }
+[data]
+task = "binary_classification"
+label = "malignant"
+[training]
+rounds = 6
+local_epochs = 1
+batch_size = 16
+learning_rate = 0.1
+[participants]
+min = 3
+max = 3
+round_deadline_secs = 60
+[aggregation]
+rule = "trimmed_mean"
+beta = 0.34
+server_optimizer = "fedadam"
+[rewards]
+budget_per_round = 100.0
+"#;
+
+const WARDS: [&str; 3] = ["ward-a", "ward-b", "ward-c"];
+
+/// A ward's deterministic update from the model it downloaded.
+fn ward_update(model: &[f32], ward: usize, round: u32) -> Vec<f32> {
+    model.iter().enumerate().map(|(i, w)| 0.05 * ((i + ward) % 5) as f32 - 0.1 * w + 0.001 * round as f32).collect()
+}
+
+/// Serves a coordinator on `data_dir`, recovering whatever is there.
+async fn serve(data_dir: &Path) -> (String, tokio::sync::oneshot::Sender<()>, std::sync::Arc<Coordinator>) {
+    let mut config = CoordinatorConfig::new(data_dir.to_owned());
+    config.tick_interval = Duration::from_millis(20);
+    support::serve_coordinator(config, ([127, 0, 0, 1], 0).into()).await
+}
+
+/// Stops a served coordinator and waits until nothing holds it, so that its RocksDB folders are closed.
+async fn shut_down(stop: tokio::sync::oneshot::Sender<()>, coordinator: std::sync::Arc<Coordinator>) {
+    drop(stop);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while std::sync::Arc::strong_count(&coordinator) > 1 {
+        assert!(tokio::time::Instant::now() < deadline, "the coordinator is still held");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(coordinator);
+}
+
+/// Plays `rounds` of the study for the wards whose streams are given (index into [`WARDS`], stream).
+async fn play(pdcs: &mut [TestPdc], streams: &mut [(usize, tonic::Streaming<pb::Task>)], rounds: usize) {
+    for _ in 0..rounds {
+        for (ward, stream) in streams.iter_mut() {
+            let task = support::next_task(stream).await;
+            let pdc = &mut pdcs[*ward];
+            let model = pdc.download(&task).await;
+            pdc.submit(&task.study_id, task.round, &ward_update(&model, *ward, task.round)).await.unwrap();
+        }
+    }
+}
+
+async fn create_and_start(url: &str) -> (String, Vec<TestPdc>, Vec<(usize, tonic::Streaming<pb::Task>)>) {
+    let mut researcher = support::researcher(url).await;
+    let request = pb::CreateStudyRequest {
+        manifest_toml: STATEFUL_MANIFEST.to_owned(),
+        validation_csv: support::breast_cancer_csv().into_bytes(),
+    };
+    let study_id = researcher.create_study(request).await.unwrap().into_inner().study_id;
+    let (pdcs, streams) = support::consenting_pdcs(url, &WARDS).await;
+    researcher.start_study(pb::StudyRef { study_id: study_id.clone() }).await.unwrap();
+    (study_id, pdcs, streams.into_iter().enumerate().collect())
+}
+
+async fn finished(url: &str, study_id: &str) -> pb::StudyStatus {
+    let mut researcher = support::researcher(url).await;
+    support::wait_for_status(&mut researcher, study_id, Duration::from_secs(60), |s| {
+        s.state == pb::StudyState::Finished as i32
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_coordinator_reaches_the_models_and_rewards_of_an_uninterrupted_one() {
+    // The reference: the study run through without a restart.
+    let reference_dir = tempfile::tempdir().unwrap();
+    let (url, stop, coordinator) = serve(reference_dir.path()).await;
+    let (study_id, mut pdcs, mut streams) = create_and_start(&url).await;
+    play(&mut pdcs, &mut streams, 6).await;
+    let reference = finished(&url, &study_id).await;
+    drop((pdcs, streams));
+    shut_down(stop, coordinator).await;
+
+    // The same study, stopped after three rounds and one update of the fourth, and restarted on its folder.
+    let dir = tempfile::tempdir().unwrap();
+    let (url, stop, coordinator) = serve(dir.path()).await;
+    let (restarted_id, mut pdcs, mut streams) = create_and_start(&url).await;
+    assert_eq!(restarted_id, study_id);
+    play(&mut pdcs, &mut streams, 3).await;
+    play(&mut pdcs, &mut streams[..1], 1).await;
+    // The wards keep their keys but let go of their connections, which would hold the server open.
+    drop(streams);
+    let nowhere = tonic::transport::Endpoint::from_static("http://127.0.0.1:9").connect_lazy();
+    for pdc in &mut pdcs {
+        pdc.client = pb::federation_service_client::FederationServiceClient::new(nowhere.clone());
+    }
+    shut_down(stop, coordinator).await;
+
+    let (url, _stop, _coordinator) = serve(dir.path()).await;
+    let before = status(&url, &study_id).await;
+    assert_eq!(before.state, pb::StudyState::Running as i32, "{before:#?}");
+    assert_eq!((before.current_round, before.rounds.len()), (4, 3), "{before:#?}");
+    assert_eq!(before.rounds[..], reference.rounds[..3]);
+    for pdc in &mut pdcs {
+        pdc.client = pb::federation_service_client::FederationServiceClient::connect(url.clone()).await.unwrap();
+    }
+    let mut streams = Vec::new();
+    for (ward, pdc) in pdcs.iter_mut().enumerate() {
+        streams.push((ward, pdc.tasks().await));
+    }
+    // Wards b and c are sent round 4 again. Ward a's round-4 update was acknowledged before the restart: it is
+    // not asked again, and cannot send it twice.
+    let task = support::next_task(&mut streams[1].1).await;
+    assert_eq!(task.round, 4);
+    let model = pdcs[1].download(&task).await;
+    let again = pdcs[0].submit(&study_id, 4, &ward_update(&model, 0, 4)).await;
+    support::assert_status(again, tonic::Code::AlreadyExists, "already submitted an update for round 4");
+    pdcs[1].submit(&study_id, 4, &ward_update(&model, 1, 4)).await.unwrap();
+    let task = support::next_task(&mut streams[2].1).await;
+    assert_eq!(task.round, 4);
+    let model = pdcs[2].download(&task).await;
+    pdcs[2].submit(&study_id, 4, &ward_update(&model, 2, 4)).await.unwrap();
+    // Ward a's first task on its new stream is round 5.
+    play(&mut pdcs, &mut streams, 2).await;
+    let restarted = finished(&url, &study_id).await;
+
+    assert_eq!(restarted.rounds, reference.rounds, "the same models, contributors and metrics, round by round");
+    assert_eq!(restarted.hospitals, reference.hospitals, "the same rewards, utilities and figures");
 }
