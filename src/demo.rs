@@ -263,6 +263,7 @@ async fn start_witness(
         name: name.to_owned(),
         url: format!("http://{address}"),
         public_key,
+        tls: None,
     };
     Ok((endpoint, server))
 }

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
+use pdc_coordinator::tls::TlsSettings;
 use pdc_ledger::witness::{TrustedLog, Witness, WitnessConfig};
 use pdc_ledger::{Identity, PublicKey};
 use serde::Deserialize;
@@ -23,6 +24,10 @@ pub struct WitnessFile {
     pub state_file: PathBuf,
     /// The logs it follows.
     pub logs: Vec<LogSection>,
+    /// TLS (rustls): the witness's certificate and key from `pdc keygen`, and in `client_certs` the coordinator's
+    /// certificate, so that only the coordinator can connect (mutual TLS). Paths relative to this file.
+    #[serde(default)]
+    pub tls: Option<pdc_coordinator::config::TlsSection>,
 }
 
 /// One `[[logs]]` entry.
@@ -47,6 +52,13 @@ impl WitnessFile {
         for p in [&mut file.key_file, &mut file.state_file] {
             if p.is_relative() {
                 *p = base.join(&*p);
+            }
+        }
+        if let Some(tls) = &mut file.tls {
+            tls.cert = base.join(&tls.cert);
+            tls.key = base.join(&tls.key);
+            for cert in &mut tls.client_certs {
+                *cert = base.join(&*cert);
             }
         }
         if file.logs.is_empty() {
@@ -80,6 +92,12 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     if let Some(folder) = file.state_file.parent() {
         std::fs::create_dir_all(folder).with_context(|| format!("cannot create {}", folder.display()))?;
     }
+    let tls = file
+        .tls
+        .as_ref()
+        .map(|tls| TlsSettings::load(&tls.cert, &tls.key, &tls.client_certs, tls.require_client_cert))
+        .transpose()
+        .with_context(|| format!("{}: [tls]", config_path.display()))?;
     let state = pdc_ledger::witness::load_state(&file.state_file)?;
     let public_key = hex::encode(identity.public_key().to_bytes());
     let witness = Witness::new(config, identity, state);
@@ -92,5 +110,10 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
     };
-    pdc_coordinator::server::serve_witness(api, listener, shutdown).await.context("the witness server failed")
+    if tls.is_none() {
+        tracing::warn!(%address, "witness started without TLS: plaintext, for loopback only");
+    }
+    pdc_coordinator::server::serve_witness_with_tls(api, listener, tls.as_ref(), shutdown)
+        .await
+        .context("the witness server failed")
 }

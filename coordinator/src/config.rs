@@ -9,7 +9,7 @@ use serde::Deserialize;
 use pdc_ledger::PublicKey;
 
 use crate::ledger::{LedgerSettings, WitnessEndpoint};
-use crate::tls::TlsSettings;
+use crate::tls::{ClientTls, TlsSettings};
 use crate::{CoordinatorConfig, Error, Result};
 
 /// `coordinator.toml` (see `examples/coordinator.toml`).
@@ -91,6 +91,10 @@ pub struct WitnessSection {
     pub url: String,
     /// Its Ed25519 public key, 64 hex digits.
     pub public_key: String,
+    /// Its TLS certificate (PEM, made by `pdc keygen`; relative to this file), pinned: the coordinator then connects
+    /// over TLS (`url` must be `https://`) and presents its own `[tls]` certificate, which the witness pins in turn.
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
 }
 
 fn default_tick_ms() -> u64 {
@@ -122,6 +126,11 @@ impl ConfigFile {
         {
             let base = path.parent().unwrap_or(Path::new("."));
             config.ledger.key_file = Some(base.join(key_file));
+        }
+        for witness in &mut config.ledger.witnesses {
+            if let Some(ca) = &mut witness.ca {
+                *ca = path.parent().unwrap_or(Path::new(".")).join(&*ca);
+            }
         }
         if let Some(tls) = &mut config.tls {
             let base = path.parent().unwrap_or(Path::new("."));
@@ -155,7 +164,23 @@ impl ConfigFile {
                     field: "ledger.witnesses.public_key",
                     detail: format!("witness {}: {e}", witness.name),
                 })?;
-                Ok(WitnessEndpoint { name: witness.name.clone(), url: witness.url.clone(), public_key })
+                let tls = match &witness.ca {
+                    Some(ca) => {
+                        if !witness.url.starts_with("https://") {
+                            return Err(Error::InvalidArgument {
+                                field: "ledger.witnesses.url",
+                                detail: format!(
+                                    "witness {} has a pinned certificate (ca) but a url that is not https://",
+                                    witness.name
+                                ),
+                            });
+                        }
+                        let identity = self.tls.as_ref().map(|tls| (tls.cert.as_path(), tls.key.as_path()));
+                        Some(ClientTls::load(ca, identity)?)
+                    }
+                    None => None,
+                };
+                Ok(WitnessEndpoint { name: witness.name.clone(), url: witness.url.clone(), public_key, tls })
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(LedgerSettings {

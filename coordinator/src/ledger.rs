@@ -38,6 +38,8 @@ pub struct WitnessEndpoint {
     pub url: String,
     /// Its public key, to check its co-signatures.
     pub public_key: PublicKey,
+    /// TLS to it (an `https://` url): its pinned certificate, and the coordinator's own to present.
+    pub tls: Option<crate::tls::ClientTls>,
 }
 
 /// How the coordinator's ledger is named, signed and witnessed.
@@ -380,13 +382,16 @@ impl Ledger {
         let known =
             self.witness_sizes.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).get(&witness.name).copied();
         let mut old_size = known.unwrap_or(0).min(signed.checkpoint.size);
-        let channel = tonic::transport::Endpoint::from_shared(witness.url.clone())
+        let mut endpoint = tonic::transport::Endpoint::from_shared(witness.url.clone())
             .map_err(|e| Error::Ledger(format!("witness {} url: {e}", witness.name)))?
             .connect_timeout(self.settings.witness_timeout)
-            .timeout(self.settings.witness_timeout)
-            .connect()
-            .await
-            .map_err(|e| Error::Ledger(format!("witness {}: {e}", witness.name)))?;
+            .timeout(self.settings.witness_timeout);
+        if let Some(tls) = &witness.tls {
+            endpoint = endpoint
+                .tls_config(tls.client_config())
+                .map_err(|e| Error::Ledger(format!("witness {} TLS: {e}", witness.name)))?;
+        }
+        let channel = endpoint.connect().await.map_err(|e| Error::Ledger(format!("witness {}: {e}", witness.name)))?;
         let mut client = WitnessServiceClient::new(channel);
         // At most one retry: a witness that co-signed more than this coordinator remembers (after a restart) says
         // which size it holds.

@@ -73,7 +73,22 @@ pub async fn serve_witness(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> std::result::Result<(), tonic::transport::Error> {
-    tonic::transport::Server::builder()
+    serve_witness_with_tls(witness, listener, None, shutdown).await
+}
+
+/// Serves a witness's WitnessService on `listener` until `shutdown` completes, over TLS when `tls` is given:
+/// with its `client_certs` the coordinator's certificate, only the coordinator can hand it checkpoints.
+pub async fn serve_witness_with_tls(
+    witness: WitnessApi,
+    listener: TcpListener,
+    tls: Option<&crate::tls::TlsSettings>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> std::result::Result<(), tonic::transport::Error> {
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls.server_config())?;
+    }
+    builder
         .add_service(WitnessServiceServer::new(witness))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await

@@ -13,7 +13,7 @@ use pdc_ledger::PublicKey;
 use pdc_ledger::certificate::{certificates_from_pem, certified_key, load_private_key_pem};
 use tonic::Request;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
-use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
 
 use crate::{Coordinator, Error, Result};
 
@@ -93,6 +93,56 @@ impl std::fmt::Debug for TlsSettings {
             .field("server_key", &self.server_key.map(|key| hex::encode(key.to_bytes())))
             .field("require_client_cert", &self.require_client_cert)
             .finish_non_exhaustive()
+    }
+}
+
+/// The coordinator's side of a TLS connection to a witness: the witness's certificate it pins, and the
+/// coordinator's own certificate and key it presents, so that the witness can pin it in turn (mutual TLS).
+#[derive(Clone, PartialEq)]
+pub struct ClientTls {
+    ca_pem: Vec<u8>,
+    identity: Option<(Vec<u8>, String)>,
+}
+
+impl ClientTls {
+    /// Trusts the certificates in `ca` (PEM) and, with `identity`, presents the certificate chain `cert` (PEM)
+    /// with the private key `key` (a pdc key file or PKCS#8 PEM).
+    pub fn load(ca: &Path, identity: Option<(&Path, &Path)>) -> Result<Self> {
+        let read = |field: &'static str, path: &Path| -> Result<Vec<u8>> {
+            let pem = std::fs::read(path)
+                .map_err(|e| Error::InvalidArgument { field, detail: format!("{}: {e}", path.display()) })?;
+            certificates_from_pem(&pem)
+                .map_err(|e| Error::InvalidArgument { field, detail: format!("{}: {e}", path.display()) })?;
+            Ok(pem)
+        };
+        let ca_pem = read("ledger.witnesses.ca", ca)?;
+        let identity = match identity {
+            Some((cert, key)) => {
+                let key_pem = load_private_key_pem(key).map_err(|e| Error::InvalidArgument {
+                    field: "tls.key",
+                    detail: format!("{}: {e}", key.display()),
+                })?;
+                Some((read("tls.cert", cert)?, key_pem))
+            }
+            None => None,
+        };
+        Ok(Self { ca_pem, identity })
+    }
+
+    /// tonic's client configuration.
+    pub fn client_config(&self) -> ClientTlsConfig {
+        let config = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&self.ca_pem));
+        match &self.identity {
+            Some((cert_pem, key_pem)) => config.identity(Identity::from_pem(cert_pem, key_pem)),
+            None => config,
+        }
+    }
+}
+
+impl std::fmt::Debug for ClientTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the private key.
+        f.debug_struct("ClientTls").field("presents_certificate", &self.identity.is_some()).finish_non_exhaustive()
     }
 }
 

@@ -68,7 +68,7 @@ async fn start_witness(dir: &Path, name: &str, log_key: PublicKey) -> (WitnessEn
     let server = tokio::spawn(async move {
         pdc_coordinator::server::serve_witness(api, listener, std::future::pending()).await.unwrap();
     });
-    (WitnessEndpoint { name: name.to_owned(), url: format!("http://{address}"), public_key }, server)
+    (WitnessEndpoint { name: name.to_owned(), url: format!("http://{address}"), public_key, tls: None }, server)
 }
 
 /// A coordinator config under `dir` whose ledger key is `key` and whose witnesses are `witnesses`.

@@ -415,3 +415,84 @@ async fn hospitals_and_the_researcher_cli_run_a_study_over_tls_and_download_it_a
         agent.abort();
     }
 }
+
+/// A witness serving mutual TLS with `witness`'s certificate, trusting only `coordinator`'s, and following the
+/// log `coordinator` signs; returns its address.
+async fn start_tls_witness(dir: &Path, witness: &Party, coordinator: &Party) -> std::net::SocketAddr {
+    use pdc_ledger::witness::{TrustedLog, Witness, WitnessConfig};
+    let defaults = pdc_coordinator::ledger::LedgerSettings::default();
+    let config = WitnessConfig {
+        name: witness.name.clone(),
+        logs: vec![TrustedLog {
+            origin: defaults.origin,
+            key_name: defaults.key_name,
+            public_key: coordinator.identity.public_key(),
+        }],
+    };
+    let identity = Identity::load(&witness.key).unwrap();
+    let state = dir.join(format!("{}.state", witness.name));
+    let api = pdc_coordinator::audit_server::WitnessApi::new(Witness::new(config, identity, Default::default()), state);
+    let tls = TlsSettings::load(&witness.cert, &witness.key, std::slice::from_ref(&coordinator.cert), true).unwrap();
+    let (listener, address) = pdc_coordinator::server::bind(([127, 0, 0, 1], 0).into()).await.unwrap();
+    tokio::spawn(async move {
+        pdc_coordinator::server::serve_witness_with_tls(api, listener, Some(&tls), std::future::pending()).await
+    });
+    address
+}
+
+/// A ledger signed by `log`'s key whose one witness is at `url`, pinned to `pinned`'s certificate, to which it
+/// presents `presented`'s certificate (none when `None`); one entry recorded, ready to seal.
+fn ledger_towards(
+    log: &Party,
+    witness: &Party,
+    url: String,
+    pinned: &Party,
+    presented: Option<&Party>,
+) -> pdc_coordinator::ledger::Ledger {
+    use pdc_coordinator::ledger::{Ledger, LedgerSettings, WitnessEndpoint};
+    let presented = presented.map(|party| (party.cert.as_path(), party.key.as_path()));
+    let tls = pdc_coordinator::tls::ClientTls::load(&pinned.cert, presented).unwrap();
+    let endpoint =
+        WitnessEndpoint { name: witness.name.clone(), url, public_key: witness.identity.public_key(), tls: Some(tls) };
+    let settings = LedgerSettings {
+        witnesses: vec![endpoint],
+        quorum: 1,
+        witness_timeout: Duration::from_secs(2),
+        ..LedgerSettings::default()
+    };
+    let ledger = Ledger::in_memory(Identity::load(&log.key).unwrap(), settings).unwrap();
+    let entry = pdc_ledger::entry::Entry::StudyCreated { study_id: "s".into(), manifest_hash: [1; 32] };
+    ledger.record(&[entry]).unwrap();
+    ledger
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn witnesses_co_sign_over_mutual_tls_and_refuse_unknown_certificates() {
+    let dir = tempfile::tempdir().unwrap();
+    let coordinator = keygen(dir.path(), "coordinator", "coordinator");
+    let witness = keygen(dir.path(), "board-witness", "witness");
+    let impostor = keygen(dir.path(), "impostor", "coordinator");
+    let address = start_tls_witness(dir.path(), &witness, &coordinator).await;
+    let url = format!("https://{address}");
+    // Sealing waits for the quorum, retrying; a refused connection shows as a seal that never completes.
+    let seal = |ledger: pdc_coordinator::ledger::Ledger| async move {
+        tokio::time::timeout(Duration::from_secs(4), async move { ledger.seal(1).await.unwrap() }).await
+    };
+
+    // The coordinator presents its own certificate, which the witness pins, and pins the witness's.
+    let note = seal(ledger_towards(&coordinator, &witness, url.clone(), &witness, Some(&coordinator))).await;
+    let note = note.expect("the witness co-signs over mutual TLS");
+    assert!(note.contains("— board-witness "), "{note}");
+
+    // The witness refuses a client with a certificate it does not pin, and one without any, at the handshake.
+    assert!(seal(ledger_towards(&coordinator, &witness, url.clone(), &witness, Some(&impostor))).await.is_err());
+    assert!(seal(ledger_towards(&coordinator, &witness, url.clone(), &witness, None)).await.is_err());
+    // The coordinator refuses a witness whose certificate is not the one it pins.
+    assert!(seal(ledger_towards(&coordinator, &witness, url.clone(), &impostor, Some(&coordinator))).await.is_err());
+    // And plaintext does not reach a TLS witness.
+    let mut plain = pdc_proto::pb::witness_service_client::WitnessServiceClient::connect(format!("http://{address}"))
+        .await
+        .unwrap();
+    let request = pdc_proto::pb::AddCheckpointRequest { old_size: 0, note: String::new(), proof: Vec::new() };
+    assert!(plain.add_checkpoint(request).await.is_err());
+}
