@@ -9,6 +9,7 @@ mod observability;
 mod privacy;
 mod processes;
 mod replay;
+mod resume;
 mod retry;
 mod rewards;
 mod selection;
