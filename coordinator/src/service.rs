@@ -2104,3 +2104,33 @@ fn slug(name: &str) -> String {
         name.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' }).take(40).collect();
     slug.trim_matches('-').to_owned()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn piecewise_fedavg_equals_a_whole_vector_fedavg_over_several_pieces() {
+        let dir = tempfile::tempdir().unwrap();
+        let archive = UpdateArchive::open(dir.path()).unwrap();
+        let n = 2 * AGGREGATION_PIECE + 12_345;
+        let global: Vec<f32> = (0..n).map(|i| (i as f32 * 1e-3).sin()).collect();
+        let contributions: Vec<(String, AcceptedUpdate)> = (0..3u64)
+            .map(|k| {
+                let delta: Vec<f32> =
+                    (0..n as u64).map(|i| ((i * 7 + k * 13) % 101) as f32 * 1e-4 - 5e-3).collect();
+                let update = AcceptedUpdate { n_examples: 10 + 7 * k, update_hash: archive.store(&delta).unwrap() };
+                (format!("pdc-{k}"), update)
+            })
+            .collect();
+        let mut whole = FedAvg::new(n);
+        for (_, update) in &contributions {
+            whole.add(update.n_examples as f64, &archive.read(&update.update_hash).unwrap()).unwrap();
+        }
+        let expected = apply_delta(&global, &whole.finish().unwrap()).unwrap();
+        let piecewise = fedavg_piecewise(&archive, &global, &contributions).unwrap();
+        assert_eq!(piecewise, expected, "the same sums in the same order, bit for bit");
+        let error = fedavg_piecewise(&archive, &global, &[]).unwrap_err().to_string();
+        assert!(error.contains("no updates"), "{error}");
+    }
+}
