@@ -1,7 +1,12 @@
 //! The PDC agent's gRPC edge: connect, register, consent, wait for tasks, download, train, upload — and
 //! reconnect with exponential back-off whenever the coordinator is unreachable.
+//!
+//! An upload that breaks off is kept: when the task comes again after the reconnect, the agent asks the
+//! coordinator how much it acknowledged (`UploadStatus`), checks the acknowledged prefix's hash against its own
+//! bytes, and sends only the rest, without training again.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use pdc_ledger::hash::{StreamHasher, f32_bytes, parameters_hash};
@@ -13,11 +18,17 @@ use pdc_proto::{MAX_CHUNK_BYTES, MAX_MESSAGE_BYTES, pb};
 use rand::Rng;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::config::Compression;
 use crate::spend::SpendStore;
 use crate::training::{self, LocalUpdate, StudyTerms};
 use crate::{Error, HospitalConfig, Result};
 
 type Client = FederationServiceClient<Channel>;
+
+/// zstd's level for update chunks: the fastest, since the agent compresses while it sends.
+const ZSTD_LEVEL: i32 = 1;
+/// How long a resume waits for the coordinator to notice that the broken stream is gone before taking over.
+const RESUME_WAIT: Duration = Duration::from_secs(5);
 
 /// A hospital's PDC agent.
 pub struct Agent {
@@ -29,6 +40,19 @@ pub struct Agent {
     declined: BTreeSet<String>,
     /// The table's privacy spend, when the PDC declared a budget.
     spend: Option<SpendStore>,
+    /// The update whose upload broke off, until it is delivered or its round is over.
+    pending: Option<PendingUpload>,
+}
+
+/// A signed update on its way: what a resumed upload sends again, without training again.
+struct PendingUpload {
+    study_id: String,
+    round: u32,
+    model_hash: String,
+    header: pb::UpdateHeader,
+    delta: Arc<Vec<f32>>,
+    /// Whether an earlier attempt may have left a partial upload on the coordinator.
+    interrupted: bool,
 }
 
 /// The local data a statistics query releases about, once it is decided to answer.
@@ -66,6 +90,7 @@ pub async fn rotate_key(config: &HospitalConfig) -> Result<pdc_ledger::PublicKey
         tables: HashMap::new(),
         declined: BTreeSet::new(),
         spend: None,
+        pending: None,
     };
     let mut client = agent.connect().await?;
     client.rotate_key(request).await.map_err(|s| Error::refused("RotateKey", s))?;
@@ -93,7 +118,7 @@ impl Agent {
             }
             None => None,
         };
-        Ok(Self { config, identity, tables: HashMap::new(), declined: BTreeSet::new(), spend })
+        Ok(Self { config, identity, tables: HashMap::new(), declined: BTreeSet::new(), spend, pending: None })
     }
 
     /// The PDC's id.
@@ -275,6 +300,17 @@ impl Agent {
         if self.config.simulate.crash_at_round == Some(round) {
             tracing::error!(pdc = %self.config.pdc_id, round, "simulated crash");
             std::process::abort();
+        }
+        let resumable = |pending: &mut PendingUpload| {
+            pending.study_id == task.study_id && pending.round == round && pending.model_hash == task.model_hash
+        };
+        if let Some(pending) = self.pending.take_if(resumable) {
+            tracing::info!(pdc = %self.config.pdc_id, study = %study_id, round, "resuming the upload");
+            return self.send_update(client, pending).await;
+        }
+        if self.pending.as_ref().is_some_and(|pending| pending.study_id == task.study_id) {
+            // Its round is over: the coordinator has deleted what it had of it.
+            self.pending = None;
         }
         match self.train_task(client, &task).await {
             Ok(trained) => self.upload(client, &task, trained).await,
@@ -541,6 +577,7 @@ impl Agent {
             study_id: task.study_id.clone(),
             round: task.round,
             auth: Some(self.signed("DownloadGlobalModel")),
+            compression: compression_to_pb(self.config.compression) as i32,
         };
         let mut parts = client
             .download_global_model(request)
@@ -554,26 +591,47 @@ impl Agent {
         if header.n_parameters != task.n_parameters || header.model_hash != task.model_hash {
             return Err(bad("the model offered is not the one the task names".into()));
         }
+        let compression = pb::Compression::try_from(header.compression)
+            .map_err(|_| bad(format!("unknown compression {}", header.compression)))?;
         let expected_bytes = header.n_parameters.saturating_mul(4);
-        let mut bytes = Vec::with_capacity(usize::try_from(expected_bytes).map_err(|_| bad("model too large".into()))?);
+        let n_parameters = usize::try_from(header.n_parameters).map_err(|_| bad("model too large".into()))?;
+        // The model is decoded chunk by chunk: it is held once, as values.
+        let mut values = Vec::with_capacity(n_parameters);
+        let mut received = 0u64;
         let mut hasher = StreamHasher::new();
+        let mut buffer = Vec::new();
         while let Some(part) = parts.message().await.map_err(|s| Error::refused("DownloadGlobalModel", s))? {
             let Some(pb::model_part::Part::Chunk(chunk)) = part.part else {
                 return Err(bad("a model stream has one header, then only chunks".into()));
             };
-            if chunk.offset != bytes.len() as u64 || bytes.len() as u64 + chunk.data.len() as u64 > expected_bytes {
+            let data = match compression {
+                pb::Compression::None => chunk.data.as_slice(),
+                pb::Compression::Zstd => {
+                    // Never more than a chunk, nor past the model's end, whatever the frame claims.
+                    let limit = (expected_bytes - received).min(MAX_CHUNK_BYTES as u64) as usize;
+                    buffer.resize(limit, 0);
+                    let size = zstd::bulk::decompress_to_buffer(&chunk.data, buffer.as_mut_slice())
+                        .map_err(|e| bad(format!("model chunk at offset {}: {e}", chunk.offset)))?;
+                    &buffer[..size]
+                }
+            };
+            if chunk.offset != received
+                || received + data.len() as u64 > expected_bytes
+                || !data.len().is_multiple_of(4)
+            {
                 return Err(bad(format!("model chunk at offset {} does not fit", chunk.offset)));
             }
-            hasher.update(&chunk.data);
-            bytes.extend_from_slice(&chunk.data);
+            hasher.update(data);
+            values.extend(data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])));
+            received += data.len() as u64;
         }
-        if bytes.len() as u64 != expected_bytes || hex::encode(hasher.finish()) != task.model_hash {
+        if received != expected_bytes || hex::encode(hasher.finish()) != task.model_hash {
             return Err(bad("the downloaded model is incomplete or does not match its hash".into()));
         }
-        Ok(bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
+        Ok(values)
     }
 
-    async fn upload(&self, client: &mut Client, task: &pb::Task, trained: Trained) -> Result<()> {
+    async fn upload(&mut self, client: &mut Client, task: &pb::Task, trained: Trained) -> Result<()> {
         let Trained { update, privacy } = trained;
         let contribution = Contribution {
             study_id: task.study_id.clone(),
@@ -586,65 +644,162 @@ impl Agent {
             privacy,
         };
         let signature = self.identity.sign(&contribution.signing_bytes());
-        let header = pb::UpdatePart {
-            part: Some(pb::update_part::Part::Header(pb::UpdateHeader {
-                study_id: contribution.study_id.clone(),
-                round: contribution.round,
-                pdc_id: contribution.pdc_id.clone(),
-                n_examples: contribution.n_examples,
-                n_parameters: contribution.n_parameters,
-                update_hash: contribution.update_hash.to_vec(),
-                train_loss: contribution.train_loss,
-                signature: signature.to_vec(),
-                privacy: contribution.privacy.as_ref().map(|claim| pb::PrivacyClaim {
-                    dataset: claim.dataset.clone(),
-                    noise_multiplier: claim.noise_multiplier,
-                    sampling_rate: claim.sampling_rate,
-                    steps: claim.steps,
-                    clip_norm: claim.clip_norm,
-                    epsilon: claim.epsilon,
-                    delta: claim.delta,
-                }),
-            })),
+        let header = pb::UpdateHeader {
+            study_id: contribution.study_id.clone(),
+            round: contribution.round,
+            pdc_id: contribution.pdc_id.clone(),
+            n_examples: contribution.n_examples,
+            n_parameters: contribution.n_parameters,
+            update_hash: contribution.update_hash.to_vec(),
+            train_loss: contribution.train_loss,
+            signature: signature.to_vec(),
+            privacy: contribution.privacy.as_ref().map(|claim| pb::PrivacyClaim {
+                dataset: claim.dataset.clone(),
+                noise_multiplier: claim.noise_multiplier,
+                sampling_rate: claim.sampling_rate,
+                steps: claim.steps,
+                clip_norm: claim.clip_norm,
+                epsilon: claim.epsilon,
+                delta: claim.delta,
+            }),
+            resume_offset: 0,
+            compression: compression_to_pb(self.config.compression) as i32,
         };
-        // A hospital simulating a crash mid-upload dies once this many bytes of the update are on their way.
-        let crash_after = self.config.attack.as_ref().and_then(|attack| attack.crash_after_bytes());
-        // Chunks are encoded one at a time as tonic sends them, so an upload never holds a second copy of the model.
-        let values_per_chunk = MAX_CHUNK_BYTES / 4;
-        let delta = std::sync::Arc::new(update.delta);
-        let n_chunks = delta.len().div_ceil(values_per_chunk);
-        let chunks = (0..n_chunks).map(move |index| {
-            let start = index * values_per_chunk;
-            let end = (start + values_per_chunk).min(delta.len());
-            if crash_after.is_some_and(|limit| (start * 4) as u64 >= limit) {
-                tracing::error!(bytes_sent = start * 4, "simulated crash mid-upload");
-                std::process::abort();
+        let pending = PendingUpload {
+            study_id: task.study_id.clone(),
+            round: task.round,
+            model_hash: task.model_hash.clone(),
+            header,
+            delta: Arc::new(update.delta),
+            interrupted: false,
+        };
+        self.send_update(client, pending).await
+    }
+
+    /// Sends `pending`, resuming from what the coordinator acknowledged when an earlier attempt broke off. A
+    /// transient failure keeps it for the next attempt; a refusal is final for the round.
+    async fn send_update(&mut self, client: &mut Client, mut pending: PendingUpload) -> Result<()> {
+        let (study_id, round) = (pending.study_id.clone(), pending.round);
+        let start = if pending.interrupted {
+            match self.acknowledged(client, &pending).await {
+                Ok(Some(start)) => start,
+                Ok(None) => return Ok(()),
+                Err(error) if error.is_transient() => {
+                    self.pending = Some(pending);
+                    return Err(error);
+                }
+                Err(error) => {
+                    tracing::warn!(pdc = %self.config.pdc_id, study = %study_id, round, %error, "upload not resumed");
+                    return Ok(());
+                }
             }
-            pb::UpdatePart {
-                part: Some(pb::update_part::Part::Chunk(pb::Chunk {
-                    offset: (start * 4) as u64,
-                    data: f32_bytes(&delta[start..end]),
-                })),
-            }
-        });
-        let stream = futures::stream::iter(std::iter::once(header).chain(chunks));
+        } else {
+            0
+        };
+        pending.header.resume_offset = start;
+        let stream = self.chunk_stream(&pending, start);
         match client.submit_update(stream).await {
             Ok(receipt) => {
                 let receipt = receipt.into_inner();
-                tracing::info!(pdc = %self.config.pdc_id, study = %task.study_id, round = task.round,
+                tracing::info!(pdc = %self.config.pdc_id, study = %study_id, round, resumed_at = start,
                     update = %receipt.update_id, "update accepted");
                 Ok(())
             }
             Err(status) => {
                 let error = Error::refused("SubmitUpdate", status);
                 if error.is_transient() {
+                    pending.interrupted = true;
+                    self.pending = Some(pending);
                     return Err(error);
                 }
                 // A refused update (late, invalid) is final for this round; the agent goes on with the next task.
-                tracing::warn!(pdc = %self.config.pdc_id, study = %task.study_id, round = task.round, %error,
-                    "update refused");
+                tracing::warn!(pdc = %self.config.pdc_id, study = %study_id, round, %error, "update refused");
                 Ok(())
             }
         }
+    }
+
+    /// Where to resume `pending`: the coordinator's acknowledged length when its hash matches these bytes' prefix,
+    /// else 0. `None` when there is nothing to send: the coordinator has the update already.
+    async fn acknowledged(&self, client: &mut Client, pending: &PendingUpload) -> Result<Option<u64>> {
+        let waited = tokio::time::Instant::now();
+        loop {
+            let request = pb::UploadStatusRequest {
+                study_id: pending.study_id.clone(),
+                round: pending.round,
+                update_hash: pending.header.update_hash.clone(),
+                auth: Some(self.signed("UploadStatus")),
+            };
+            let status = match client.upload_status(request).await {
+                Ok(status) => status.into_inner(),
+                Err(status) if status.code() == tonic::Code::AlreadyExists => {
+                    tracing::info!(pdc = %self.config.pdc_id, study = %pending.study_id, round = pending.round,
+                        "the coordinator has the update already");
+                    return Ok(None);
+                }
+                Err(status) => return Err(Error::refused("UploadStatus", status)),
+            };
+            // The old stream may still be open on the coordinator's side: give the break time to reach it, so that
+            // what it acknowledges is final; after that, the resume takes over from it.
+            if status.receiving && waited.elapsed() < RESUME_WAIT {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+            let acknowledged = status.acknowledged_bytes;
+            let total = pending.delta.len() as u64 * 4;
+            if acknowledged == 0 || acknowledged > total || !acknowledged.is_multiple_of(4) {
+                return Ok(Some(0));
+            }
+            let ours = parameters_hash(&pending.delta[..(acknowledged / 4) as usize]);
+            if status.running_hash != ours {
+                tracing::warn!(pdc = %self.config.pdc_id, acknowledged, "the acknowledged prefix is not ours; starting over");
+                return Ok(Some(0));
+            }
+            tracing::info!(pdc = %self.config.pdc_id, acknowledged, total, "resuming after the acknowledged bytes");
+            return Ok(Some(acknowledged));
+        }
+    }
+
+    /// The header, then the chunks from byte `start` on, each with the running hash of everything up to its end.
+    /// Chunks are encoded one at a time as tonic sends them, so an upload never holds a second copy of the model.
+    fn chunk_stream(&self, pending: &PendingUpload, start: u64) -> impl futures::Stream<Item = pb::UpdatePart> + use<> {
+        let header = pb::UpdatePart { part: Some(pb::update_part::Part::Header(pending.header.clone())) };
+        // A hospital simulating a crash mid-upload dies once this many bytes of the update are on their way.
+        let crash_after = self.config.attack.as_ref().and_then(|attack| attack.crash_after_bytes());
+        let compression = self.config.compression;
+        let values_per_chunk = MAX_CHUNK_BYTES / 4;
+        let delta = Arc::clone(&pending.delta);
+        let first = (start / 4) as usize;
+        let mut hasher = StreamHasher::new();
+        for block in delta[..first].chunks(values_per_chunk) {
+            hasher.update(&f32_bytes(block));
+        }
+        let starts = (first..delta.len()).step_by(values_per_chunk);
+        let chunks = starts.map(move |begin| {
+            let end = (begin + values_per_chunk).min(delta.len());
+            if crash_after.is_some_and(|limit| (begin * 4) as u64 >= limit) {
+                tracing::error!(bytes_sent = begin * 4, "simulated crash mid-upload");
+                std::process::abort();
+            }
+            let bytes = f32_bytes(&delta[begin..end]);
+            hasher.update(&bytes);
+            let running_hash = hasher.clone().finish().to_vec();
+            let data = match compression {
+                Compression::None => bytes,
+                // Compressing a chunk of memory cannot fail short of running out of it.
+                Compression::Zstd => zstd::bulk::compress(&bytes, ZSTD_LEVEL).expect("zstd compresses a chunk"),
+            };
+            pb::UpdatePart {
+                part: Some(pb::update_part::Part::Chunk(pb::Chunk { offset: (begin * 4) as u64, data, running_hash })),
+            }
+        });
+        futures::stream::iter(std::iter::once(header).chain(chunks))
+    }
+}
+
+fn compression_to_pb(compression: Compression) -> pb::Compression {
+    match compression {
+        Compression::None => pb::Compression::None,
+        Compression::Zstd => pb::Compression::Zstd,
     }
 }

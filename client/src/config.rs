@@ -39,6 +39,21 @@ pub struct HospitalConfig {
     /// connection is plaintext (for loopback demos and tests).
     #[serde(default)]
     pub tls: Option<TlsConfig>,
+    /// How model downloads and update uploads are compressed, chunk by chunk: `"none"` (the default) or
+    /// `"zstd"`, which pays when updates are sparse or low-entropy and the link is slow.
+    #[serde(default)]
+    pub compression: Compression,
+}
+
+/// Chunk compression of model and update transfers.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    /// Raw little-endian `f32` bytes.
+    #[default]
+    None,
+    /// Each chunk one zstd frame.
+    Zstd,
 }
 
 /// `[tls]`: whom to trust, and the certificate that proves the PDC's identity (mutual TLS).

@@ -32,6 +32,11 @@ pub struct Telemetry {
     updates_rejected: Mutex<BTreeMap<String, u64>>,
     bytes_received: AtomicU64,
     bytes_sent: AtomicU64,
+    /// Update chunks as they arrived, acknowledged or refused: uncompressed bytes, and bytes on the wire.
+    chunk_bytes_received: AtomicU64,
+    chunk_wire_bytes_received: AtomicU64,
+    uploads_resumed: AtomicU64,
+    model_wire_bytes_sent: AtomicU64,
     statistics_released: AtomicU64,
     latency: Mutex<Histogram>,
     /// Each PDC's latest recorded cumulative ε.
@@ -85,9 +90,27 @@ impl Telemetry {
         *lock(&self.updates_rejected).entry(reason.to_owned()).or_default() += 1;
     }
 
-    /// `bytes` of model were sent to a PDC or researcher.
-    pub fn model_bytes_sent(&self, bytes: u64) {
+    /// `bytes` of model were sent to a PDC or researcher, `wire_bytes` once compressed.
+    pub fn model_bytes_sent(&self, bytes: u64, wire_bytes: u64) {
         self.bytes_sent.fetch_add(bytes, Ordering::Relaxed);
+        self.model_wire_bytes_sent.fetch_add(wire_bytes, Ordering::Relaxed);
+    }
+
+    /// An update chunk of `bytes` (uncompressed) arrived as `wire_bytes`, before it was checked.
+    pub fn update_chunk_received(&self, bytes: u64, wire_bytes: u64) {
+        self.chunk_bytes_received.fetch_add(bytes, Ordering::Relaxed);
+        self.chunk_wire_bytes_received.fetch_add(wire_bytes, Ordering::Relaxed);
+    }
+
+    /// An upload resumed a partial upload.
+    pub fn upload_resumed(&self) {
+        self.uploads_resumed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Update bytes received in chunks so far (uncompressed, acknowledged or not), and uploads resumed: what a
+    /// test of resumption counts.
+    pub fn upload_counts(&self) -> (u64, u64) {
+        (self.chunk_bytes_received.load(Ordering::Relaxed), self.uploads_resumed.load(Ordering::Relaxed))
     }
 
     /// A PDC's DP statistics release was recorded.
@@ -131,6 +154,30 @@ impl Telemetry {
         }
         counter(&mut out, "pdc_update_bytes_received_total", "Bytes of accepted updates.", load(&self.bytes_received));
         counter(&mut out, "pdc_model_bytes_sent_total", "Bytes of models sent.", load(&self.bytes_sent));
+        counter(
+            &mut out,
+            "pdc_model_wire_bytes_sent_total",
+            "Bytes of models sent, as they travelled (compressed or not).",
+            load(&self.model_wire_bytes_sent),
+        );
+        counter(
+            &mut out,
+            "pdc_update_chunk_bytes_total",
+            "Bytes of update chunks received, acknowledged or refused (uncompressed).",
+            load(&self.chunk_bytes_received),
+        );
+        counter(
+            &mut out,
+            "pdc_update_wire_bytes_total",
+            "Bytes of update chunks received, as they travelled (compressed or not).",
+            load(&self.chunk_wire_bytes_received),
+        );
+        counter(
+            &mut out,
+            "pdc_uploads_resumed_total",
+            "Uploads that resumed a partial upload.",
+            load(&self.uploads_resumed),
+        );
         counter(
             &mut out,
             "pdc_statistics_released_total",
@@ -255,10 +302,12 @@ mod tests {
         metrics.update_rejected("invalid_argument");
         metrics.update_rejected("invalid_argument");
         metrics.update_rejected("flagged");
-        metrics.model_bytes_sent(100);
+        metrics.model_bytes_sent(100, 60);
+        metrics.update_chunk_received(4096, 1000);
+        metrics.upload_resumed();
         metrics.statistics_released();
         metrics.epsilon_spent("hospital \"a\"", 1.5);
-        expect_test::expect![[r#"
+        expect_test::expect![[r##"
             # HELP pdc_rounds_opened_total Rounds opened, retries included.
             # TYPE pdc_rounds_opened_total counter
             pdc_rounds_opened_total 2
@@ -281,6 +330,18 @@ mod tests {
             # HELP pdc_model_bytes_sent_total Bytes of models sent.
             # TYPE pdc_model_bytes_sent_total counter
             pdc_model_bytes_sent_total 100
+            # HELP pdc_model_wire_bytes_sent_total Bytes of models sent, as they travelled (compressed or not).
+            # TYPE pdc_model_wire_bytes_sent_total counter
+            pdc_model_wire_bytes_sent_total 60
+            # HELP pdc_update_chunk_bytes_total Bytes of update chunks received, acknowledged or refused (uncompressed).
+            # TYPE pdc_update_chunk_bytes_total counter
+            pdc_update_chunk_bytes_total 4096
+            # HELP pdc_update_wire_bytes_total Bytes of update chunks received, as they travelled (compressed or not).
+            # TYPE pdc_update_wire_bytes_total counter
+            pdc_update_wire_bytes_total 1000
+            # HELP pdc_uploads_resumed_total Uploads that resumed a partial upload.
+            # TYPE pdc_uploads_resumed_total counter
+            pdc_uploads_resumed_total 1
             # HELP pdc_statistics_released_total DP statistics releases recorded.
             # TYPE pdc_statistics_released_total counter
             pdc_statistics_released_total 1
@@ -302,7 +363,7 @@ mod tests {
             # HELP pdc_epsilon_spent Each PDC's latest recorded cumulative privacy spend (epsilon).
             # TYPE pdc_epsilon_spent gauge
             pdc_epsilon_spent{pdc="hospital \"a\""} 1.5
-        "#]]
+        "##]]
         .assert_eq(&metrics.render());
     }
 

@@ -29,6 +29,9 @@ use crate::{Error, Result};
 
 type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
+/// zstd's level for model chunks: the fastest, since a model is compressed once per download.
+const ZSTD_LEVEL: i32 = 1;
+
 /// Serves the coordinator's gRPC services on `listener` until `shutdown` completes.
 pub async fn serve(
     coordinator: Arc<Coordinator>,
@@ -183,7 +186,7 @@ impl StudyService for StudyApi {
         request: Request<pb::StudyRef>,
     ) -> Result<Response<Self::DownloadModelStream>, Status> {
         let snapshot = self.coordinator.current_model(&request.into_inner().study_id)?;
-        Ok(Response::new(model_stream(snapshot, Arc::clone(self.coordinator.metrics()))))
+        Ok(Response::new(model_stream(snapshot, Arc::clone(self.coordinator.metrics()), pb::Compression::None)))
     }
 
     async fn feasibility(
@@ -285,9 +288,26 @@ impl FederationService for FederationApi {
         request: Request<pb::ModelRequest>,
     ) -> Result<Response<Self::DownloadGlobalModelStream>, Status> {
         let request = bound(&self.coordinator, request, |r| r.auth.as_ref().map_or("", |auth| auth.pdc_id.as_str()))?;
+        let compression = compression_from_pb(request.compression)?;
         let auth = auth_from_pb(request.auth)?;
         let snapshot = self.coordinator.participant_model(&auth, &request.study_id, request.round)?;
-        Ok(Response::new(model_stream(snapshot, Arc::clone(self.coordinator.metrics()))))
+        Ok(Response::new(model_stream(snapshot, Arc::clone(self.coordinator.metrics()), compression)))
+    }
+
+    async fn upload_status(
+        &self,
+        request: Request<pb::UploadStatusRequest>,
+    ) -> Result<Response<pb::UploadStatusResponse>, Status> {
+        let request = bound(&self.coordinator, request, |r| r.auth.as_ref().map_or("", |auth| auth.pdc_id.as_str()))?;
+        let auth = auth_from_pb(request.auth)?;
+        let update_hash = hash_from_pb(&request.update_hash)?;
+        let progress = self.coordinator.upload_status(&auth, &request.study_id, request.round, update_hash)?;
+        Ok(Response::new(pb::UploadStatusResponse {
+            acknowledged_bytes: progress.acknowledged_bytes,
+            running_hash: progress.running_hash.to_vec(),
+            total_bytes: progress.total_bytes,
+            receiving: progress.receiving,
+        }))
     }
 
     async fn submit_update(
@@ -369,13 +389,20 @@ impl FederationService for FederationApi {
 
 impl FederationApi {
     /// An upload: the header is checked before the body is read, and the rest runs in the sender's span.
+    ///
+    /// A broken stream leaves the acknowledged prefix as the PDC's partial upload, and so does a chunk refused for
+    /// how it travels (offset, running hash, size, compression): the PDC may resume. A chunk refused for its
+    /// content (a value that is not finite) refuses the whole update, records the rejection and deletes it.
     async fn receive_update(
         &self,
         peer: Peer,
         mut parts: Streaming<pb::UpdatePart>,
     ) -> Result<Response<pb::UpdateReceipt>, Status> {
-        let header = match parts.message().await? {
-            Some(pb::UpdatePart { part: Some(pb::update_part::Part::Header(header)) }) => header_from_pb(header)?,
+        let (header, resume_offset, compression) = match parts.message().await? {
+            Some(pb::UpdatePart { part: Some(pb::update_part::Part::Header(header)) }) => {
+                let (resume_offset, compression) = (header.resume_offset, compression_from_pb(header.compression)?);
+                (header_from_pb(header)?, resume_offset, compression)
+            }
             Some(_) => return Err(Status::invalid_argument("the first message of an upload must be its header")),
             None => return Err(Status::invalid_argument("empty upload")),
         };
@@ -386,25 +413,36 @@ impl FederationApi {
             round = header.contribution.round,
             pdc = %header.contribution.pdc_id
         );
+        let metrics = Arc::clone(self.coordinator.metrics());
         let body = async {
-            let mut incoming = self.coordinator.begin_update(&header)?;
+            let stream = self.coordinator.begin_update(&header, resume_offset)?;
+            if resume_offset > 0 {
+                tracing::info!(resume_offset, "upload resumed");
+                metrics.upload_resumed();
+            }
+            let mut inflater = Inflater::new(compression);
             while let Some(part) = parts.message().await? {
                 let chunk = match part.part {
                     Some(pb::update_part::Part::Chunk(chunk)) => chunk,
                     _ => return Err(Status::invalid_argument("an upload has one header, then only chunks")),
                 };
-                if chunk.data.len() > MAX_CHUNK_BYTES {
-                    return Err(Status::resource_exhausted(format!(
-                        "chunk of {} bytes exceeds the {MAX_CHUNK_BYTES}-byte limit",
-                        chunk.data.len()
-                    )));
-                }
-                if let Err(error) = incoming.append(chunk.offset, &chunk.data) {
-                    self.coordinator.reject(&header.contribution, &error);
+                let data = inflater.inflate(&chunk.data)?;
+                metrics.update_chunk_received(data.len() as u64, chunk.data.len() as u64);
+                let running_hash = (!chunk.running_hash.is_empty()).then_some(chunk.running_hash.as_slice());
+                if let Err(error) = stream.append(chunk.offset, data, running_hash) {
+                    match &error {
+                        Error::InvalidUpdate { .. } => {
+                            self.coordinator.reject(&header.contribution, &error);
+                            self.coordinator.discard_update(stream);
+                        }
+                        // The partial file no longer matches what was acknowledged.
+                        Error::Archive(_) => self.coordinator.discard_update(stream),
+                        _ => {}
+                    }
                     return Err(error.into());
                 }
             }
-            let (id, received) = self.coordinator.finish_update(&header, incoming)?;
+            let (id, received) = self.coordinator.finish_update(&header, stream)?;
             Ok::<_, Status>(Response::new(pb::UpdateReceipt {
                 update_id: hex::encode(id),
                 received_in_round: received,
@@ -414,18 +452,75 @@ impl FederationApi {
     }
 }
 
+/// The largest chunk on the wire: 1 MiB of data, or its zstd frame, which for incompressible data is slightly
+/// larger.
+fn max_wire_chunk_bytes(compression: pb::Compression) -> usize {
+    match compression {
+        pb::Compression::None => MAX_CHUNK_BYTES,
+        pb::Compression::Zstd => zstd::zstd_safe::compress_bound(MAX_CHUNK_BYTES),
+    }
+}
+
+/// Undoes a stream's chunk compression, one chunk at a time into one reused buffer, never past
+/// [`MAX_CHUNK_BYTES`]: a frame that would decompress to more is refused before it is, so a small frame cannot make
+/// the coordinator allocate more than a chunk (a zip bomb).
+struct Inflater {
+    compression: pb::Compression,
+    context: Option<zstd::bulk::Decompressor<'static>>,
+    buffer: Vec<u8>,
+}
+
+impl Inflater {
+    fn new(compression: pb::Compression) -> Self {
+        Self { compression, context: None, buffer: Vec::new() }
+    }
+
+    fn inflate<'a>(&'a mut self, data: &'a [u8]) -> Result<&'a [u8], Status> {
+        let limit = max_wire_chunk_bytes(self.compression);
+        if data.len() > limit {
+            return Err(Error::TooLarge(format!("chunk of {} bytes exceeds the {limit}-byte limit", data.len())).into());
+        }
+        if self.compression == pb::Compression::None {
+            return Ok(data);
+        }
+        if self.context.is_none() {
+            self.context = Some(zstd::bulk::Decompressor::new().map_err(Error::Archive)?);
+        }
+        let context = self.context.as_mut().expect("made above");
+        self.buffer.resize(MAX_CHUNK_BYTES, 0);
+        let size = context.decompress_to_buffer(data, self.buffer.as_mut_slice()).map_err(|error| {
+            if error.to_string().contains("too small") {
+                Error::TooLarge(format!("a zstd chunk decompresses to more than the {MAX_CHUNK_BYTES}-byte limit"))
+            } else {
+                Error::InvalidArgument { field: "chunk.data", detail: format!("not a zstd frame: {error}") }
+            }
+        })?;
+        Ok(&self.buffer[..size])
+    }
+}
+
+fn compression_from_pb(value: i32) -> Result<pb::Compression, Status> {
+    pb::Compression::try_from(value).map_err(|_| {
+        Status::from(Error::InvalidArgument { field: "compression", detail: format!("unknown compression {value}") })
+    })
+}
+
+fn hash_from_pb(bytes: &[u8]) -> Result<pdc_ledger::Hash, Status> {
+    bytes.try_into().map_err(|_| {
+        Status::from(Error::InvalidArgument {
+            field: "update_hash",
+            detail: format!("expected 32 bytes, got {}", bytes.len()),
+        })
+    })
+}
+
 fn auth_from_pb(auth: Option<pb::SignedRequest>) -> Result<RequestAuth, Status> {
     let auth = auth.ok_or_else(|| Status::unauthenticated("the request carries no signature"))?;
     Ok(RequestAuth { pdc_id: auth.pdc_id, timestamp_ms: auth.timestamp_ms, signature: auth.signature })
 }
 
 fn header_from_pb(header: pb::UpdateHeader) -> Result<UpdateHeader, Status> {
-    let update_hash: [u8; 32] = header.update_hash.as_slice().try_into().map_err(|_| {
-        Status::from(Error::InvalidArgument {
-            field: "update_hash",
-            detail: format!("expected 32 bytes, got {}", header.update_hash.len()),
-        })
-    })?;
+    let update_hash = hash_from_pb(&header.update_hash)?;
     Ok(UpdateHeader {
         contribution: Contribution {
             study_id: header.study_id,
@@ -449,7 +544,11 @@ fn header_from_pb(header: pb::UpdateHeader) -> Result<UpdateHeader, Status> {
     })
 }
 
-fn model_stream(snapshot: ModelSnapshot, metrics: Arc<Telemetry>) -> ResponseStream<pb::ModelPart> {
+fn model_stream(
+    snapshot: ModelSnapshot,
+    metrics: Arc<Telemetry>,
+    compression: pb::Compression,
+) -> ResponseStream<pb::ModelPart> {
     let header = pb::ModelPart {
         part: Some(pb::model_part::Part::Header(pb::ModelHeader {
             study_id: snapshot.study_id.clone(),
@@ -468,6 +567,7 @@ fn model_stream(snapshot: ModelSnapshot, metrics: Arc<Telemetry>) -> ResponseStr
             }),
             model_hash: hex::encode(snapshot.model_hash),
             model_toml: snapshot.model_toml.clone(),
+            compression: compression as i32,
         })),
     };
     let values_per_chunk = MAX_CHUNK_BYTES / 4;
@@ -477,9 +577,17 @@ fn model_stream(snapshot: ModelSnapshot, metrics: Arc<Telemetry>) -> ResponseStr
     let chunks = futures::stream::iter(0..n_chunks).map(move |index| {
         let start = index * values_per_chunk;
         let end = (start + values_per_chunk).min(parameters.len());
-        let data = pdc_ledger::hash::f32_bytes(&parameters[start..end]);
-        metrics.model_bytes_sent(data.len() as u64);
-        Ok(pb::ModelPart { part: Some(pb::model_part::Part::Chunk(pb::Chunk { offset: start as u64 * 4, data })) })
+        let bytes = pdc_ledger::hash::f32_bytes(&parameters[start..end]);
+        let length = bytes.len() as u64;
+        let data = match compression {
+            pb::Compression::None => bytes,
+            pb::Compression::Zstd => {
+                zstd::bulk::compress(&bytes, ZSTD_LEVEL).map_err(|e| Status::from(Error::Archive(e)))?
+            }
+        };
+        metrics.model_bytes_sent(length, data.len() as u64);
+        let chunk = pb::Chunk { offset: start as u64 * 4, data, running_hash: Vec::new() };
+        Ok(pb::ModelPart { part: Some(pb::model_part::Part::Chunk(chunk)) })
     });
     Box::pin(futures::stream::once(async move { Ok(header) }).chain(chunks))
 }

@@ -18,7 +18,7 @@ use pdc_privacy::stats::{NoisyCohortCounts, NoisyFeatureSummary};
 use tokio::sync::{Notify, broadcast, mpsc};
 
 use crate::aggregation::{AggregationConfig, FedAvg, ServerState, SuspensionTracker, aggregate_round, apply_delta};
-use crate::archive::{IncomingUpdate, UpdateArchive};
+use crate::archive::{PartialUploads, UpdateArchive, UploadKey, UploadProgress, UploadStream};
 use crate::ledger::{Ledger, LedgerSettings};
 use crate::manifest::{self, Manifest};
 use crate::metrics::Telemetry;
@@ -403,6 +403,8 @@ pub struct Coordinator {
     config: CoordinatorConfig,
     state: Mutex<State>,
     archive: UpdateArchive,
+    /// Uploads in progress or broken off, for resumption.
+    partials: PartialUploads,
     ledger: Arc<Ledger>,
     started: Instant,
     metrics: Arc<Telemetry>,
@@ -435,6 +437,7 @@ impl Coordinator {
             config,
             state: Mutex::new(State::default()),
             archive,
+            partials: PartialUploads::default(),
             ledger: Arc::new(ledger),
             started: Instant::now(),
             metrics: Arc::new(Telemetry::default()),
@@ -713,6 +716,7 @@ impl Coordinator {
 
     /// Checks deadlines and opens rounds in every running study.
     pub fn tick(self: &Arc<Self>) {
+        self.purge_partial_uploads();
         let now = self.now_ms();
         let mut state = self.lock();
         let state = &mut *state;
@@ -1364,8 +1368,9 @@ impl Coordinator {
     }
 
     /// Checks an update's header (sender, signature, consent, round, size) before its body is read, and returns
-    /// where to write the body.
-    pub fn begin_update(&self, header: &UpdateHeader) -> Result<IncomingUpdate> {
+    /// where to write the body: a fresh upload, or (with `resume_offset` > 0) the PDC's partial upload of the same
+    /// update, which must have acknowledged exactly `resume_offset` bytes.
+    pub fn begin_update(&self, header: &UpdateHeader, resume_offset: u64) -> Result<UploadStream> {
         let contribution = &header.contribution;
         let state = self.lock();
         let pdc = state.pdcs.get(&contribution.pdc_id).ok_or_else(|| Error::UnknownPdc(contribution.pdc_id.clone()))?;
@@ -1409,14 +1414,63 @@ impl Coordinator {
             });
         }
         check_privacy(&state, study, contribution)?;
-        self.archive.begin(&contribution.pdc_id, expected, study.manifest.validation.max_update_norm)
+        let max_norm = study.manifest.validation.max_update_norm;
+        drop(state);
+        let key = UploadKey {
+            study_id: contribution.study_id.clone(),
+            round: contribution.round,
+            pdc_id: contribution.pdc_id.clone(),
+            update_hash: contribution.update_hash,
+        };
+        self.partials.start(&self.archive, key, expected, max_norm, resume_offset)
+    }
+
+    /// What the coordinator has acknowledged of `auth`'s PDC's upload of `update_hash` for `round`: where it may
+    /// resume. Refused like an upload when the round is not open to the PDC (closed, already delivered).
+    pub fn upload_status(
+        &self,
+        auth: &RequestAuth,
+        study_id: &str,
+        round: u32,
+        update_hash: Hash,
+    ) -> Result<UploadProgress> {
+        {
+            let state = self.lock();
+            Self::authenticate(&state, "UploadStatus", auth)?;
+            let study = state.studies.get(study_id).ok_or_else(|| Error::UnknownStudy(study_id.to_owned()))?;
+            study.machine.check_update(&auth.pdc_id, round)?;
+        }
+        let key = UploadKey { study_id: study_id.to_owned(), round, pdc_id: auth.pdc_id.clone(), update_hash };
+        Ok(self.partials.status(&key))
+    }
+
+    /// Deletes an upload whose content was refused.
+    pub fn discard_update(&self, stream: UploadStream) {
+        self.partials.discard(stream);
+    }
+
+    /// Deletes the partial uploads whose round is no longer open to their PDC (closed, abandoned, delivered).
+    fn purge_partial_uploads(&self) {
+        let keys = self.partials.keys();
+        if keys.is_empty() {
+            return;
+        }
+        let stale: Vec<UploadKey> = {
+            let state = self.lock();
+            let open = |key: &UploadKey| {
+                let study = state.studies.get(&key.study_id);
+                study.is_some_and(|study| study.machine.check_update(&key.pdc_id, key.round).is_ok())
+            };
+            keys.into_iter().filter(|key| !open(key)).collect()
+        };
+        self.partials.remove(&stale);
     }
 
     /// Completes an upload: archives the update and hands it to its round. Returns the update's id and how many
     /// updates the round has received.
-    pub fn finish_update(self: &Arc<Self>, header: &UpdateHeader, incoming: IncomingUpdate) -> Result<(Hash, u32)> {
+    pub fn finish_update(self: &Arc<Self>, header: &UpdateHeader, stream: UploadStream) -> Result<(Hash, u32)> {
         let contribution = &header.contribution;
-        let id = match incoming.finish(&self.archive, &contribution.update_hash) {
+        let id = match self.partials.finish(stream, &self.archive, &contribution.update_hash) {
             Ok(id) => id,
             Err(error) => {
                 self.reject(contribution, &error);
@@ -2244,16 +2298,8 @@ pub(crate) fn aggregate(
     root: &RootData<'_>,
 ) -> Result<Aggregated> {
     if config.is_default() {
-        let mut average = FedAvg::new(global.len());
-        for (_, update) in contributions {
-            let weight = update.n_examples as f64;
-            archive.read_pieces(&update.update_hash, AGGREGATION_PIECE, |offset, values| {
-                average.add_slice(offset, weight, values)
-            })?;
-            average.commit(weight)?;
-        }
         return Ok(Aggregated {
-            model: apply_delta(global, &average.finish()?)?,
+            model: fedavg_piecewise(archive, global, contributions)?,
             excluded: Vec::new(),
             valuation: None,
             release: None,
@@ -2289,6 +2335,36 @@ pub(crate) fn aggregate(
     Ok(Aggregated { model, excluded, valuation: None, release: None, flagged })
 }
 
+/// FedAvg read piece-major: every update is read side by side, one piece of each at a time, and each piece of the
+/// new model is written as soon as it is averaged. Memory is the global model, the new one and one piece per
+/// update — O(model), whatever the number of PDCs. Each value is the same sum, in the same PDC order, as a whole
+/// [`FedAvg`] over the updates followed by [`apply_delta`], so the model hash is too.
+fn fedavg_piecewise(
+    archive: &UpdateArchive,
+    global: &[f32],
+    contributions: &[(String, AcceptedUpdate)],
+) -> Result<Vec<f32>> {
+    if contributions.is_empty() {
+        // FedAvg refuses a round without updates, with its own error.
+        FedAvg::new(0).finish()?;
+    }
+    let mut readers =
+        contributions.iter().map(|(_, update)| archive.reader(&update.update_hash)).collect::<Result<Vec<_>>>()?;
+    let mut model = Vec::with_capacity(global.len());
+    let mut piece = Vec::with_capacity(AGGREGATION_PIECE);
+    for start in (0..global.len()).step_by(AGGREGATION_PIECE) {
+        let end = (start + AGGREGATION_PIECE).min(global.len());
+        let mut average = FedAvg::new(end - start);
+        for ((_, update), reader) in contributions.iter().zip(&mut readers) {
+            reader.read_piece(end - start, &mut piece)?;
+            average.add(update.n_examples as f64, &piece)?;
+        }
+        let delta = average.finish()?;
+        model.extend(global[start..end].iter().zip(&delta).map(|(g, d)| g + d));
+    }
+    Ok(model)
+}
+
 /// A model's validation figures as named pairs for the ledger; absent figures are left out.
 pub(crate) fn metric_pairs(metrics: &Metrics) -> Vec<(String, f64)> {
     let named =
@@ -2318,4 +2394,34 @@ fn slug(name: &str) -> String {
     let slug: String =
         name.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' }).take(40).collect();
     slug.trim_matches('-').to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn piecewise_fedavg_equals_a_whole_vector_fedavg_over_several_pieces() {
+        let dir = tempfile::tempdir().unwrap();
+        let archive = UpdateArchive::open(dir.path()).unwrap();
+        let n = 2 * AGGREGATION_PIECE + 12_345;
+        let global: Vec<f32> = (0..n).map(|i| (i as f32 * 1e-3).sin()).collect();
+        let contributions: Vec<(String, AcceptedUpdate)> = (0..3u64)
+            .map(|k| {
+                let delta: Vec<f32> =
+                    (0..n as u64).map(|i| ((i * 7 + k * 13) % 101) as f32 * 1e-4 - 5e-3).collect();
+                let update = AcceptedUpdate { n_examples: 10 + 7 * k, update_hash: archive.store(&delta).unwrap() };
+                (format!("pdc-{k}"), update)
+            })
+            .collect();
+        let mut whole = FedAvg::new(n);
+        for (_, update) in &contributions {
+            whole.add(update.n_examples as f64, &archive.read(&update.update_hash).unwrap()).unwrap();
+        }
+        let expected = apply_delta(&global, &whole.finish().unwrap()).unwrap();
+        let piecewise = fedavg_piecewise(&archive, &global, &contributions).unwrap();
+        assert_eq!(piecewise, expected, "the same sums in the same order, bit for bit");
+        let error = fedavg_piecewise(&archive, &global, &[]).unwrap_err().to_string();
+        assert!(error.contains("no updates"), "{error}");
+    }
 }

@@ -110,8 +110,12 @@ async fn bad_input_gets_precise_errors_and_the_round_goes_on() {
     // A model download by a PDC that is not a participant of the open round.
     support::wait_for_status(&mut researcher, &study_id, Duration::from_secs(20), |s| s.current_round == 2).await;
     let mut outsider = TestPdc::register(&url, "hospital-z").await;
-    let request =
-        pb::ModelRequest { study_id: study_id.clone(), round: 2, auth: Some(outsider.signed("DownloadGlobalModel")) };
+    let request = pb::ModelRequest {
+        study_id: study_id.clone(),
+        round: 2,
+        auth: Some(outsider.signed("DownloadGlobalModel")),
+        ..Default::default()
+    };
     assert_status(
         outsider.client.download_global_model(request).await,
         Code::PermissionDenied,
@@ -143,8 +147,12 @@ async fn models_larger_than_a_message_move_in_chunks() {
     let task = tasks.message().await.unwrap().unwrap();
     assert_eq!(task.n_parameters, 294_401);
 
-    let request =
-        pb::ModelRequest { study_id: study_id.clone(), round: 1, auth: Some(a.signed("DownloadGlobalModel")) };
+    let request = pb::ModelRequest {
+        study_id: study_id.clone(),
+        round: 1,
+        auth: Some(a.signed("DownloadGlobalModel")),
+        ..Default::default()
+    };
     let mut parts = a.client.download_global_model(request).await.unwrap().into_inner();
     let mut chunk_sizes = Vec::new();
     let mut bytes = Vec::new();

@@ -10,6 +10,7 @@ mod observability;
 mod privacy;
 mod processes;
 mod replay;
+mod resume;
 mod retry;
 mod rewards;
 mod selection;

@@ -109,6 +109,7 @@ impl TestPdc {
             study_id: task.study_id.clone(),
             round: task.round,
             auth: Some(self.signed("DownloadGlobalModel")),
+            ..Default::default()
         };
         let mut parts = self.client.download_global_model(request).await.unwrap().into_inner();
         let mut bytes = Vec::new();
@@ -191,12 +192,14 @@ pub async fn upload_with(
             epsilon: claim.epsilon,
             delta: claim.delta,
         }),
+        ..Default::default()
     };
     let bytes = f32_bytes(values);
     let chunks = bytes.chunks(chunk_bytes.max(1)).enumerate().map(|(index, data)| pb::UpdatePart {
         part: Some(pb::update_part::Part::Chunk(pb::Chunk {
             offset: (index * chunk_bytes) as u64,
             data: data.to_vec(),
+            running_hash: Vec::new(),
         })),
     });
     let parts: Vec<_> =

@@ -272,9 +272,18 @@ async fn a_hospital_with_pdc_a_certificate_cannot_register_consent_or_submit_as_
         study_id: study_id.clone(),
         round: task.round,
         auth: Some(impostor.signed("DownloadGlobalModel")),
+        ..Default::default()
     };
     let status = impostor.client.download_global_model(model_request).await.map(|_| ());
     assert_status(status, Code::PermissionDenied, &wrong_key);
+    // Nor learn how much of b's upload the coordinator holds.
+    let status_request = pb::UploadStatusRequest {
+        study_id: study_id.clone(),
+        round: task.round,
+        update_hash: vec![0; 32],
+        auth: Some(impostor.signed("UploadStatus")),
+    };
+    assert_status(impostor.client.upload_status(status_request).await, Code::PermissionDenied, &wrong_key);
     let model = honest_b.download(&task).await;
     let delta = vec![0.01; model.len()];
     assert_status(impostor.submit(&study_id, task.round, &delta).await, Code::PermissionDenied, &wrong_key);

@@ -24,6 +24,9 @@ Commands:
   bench [NAME] [-- ARGS...]   run the criterion bench NAME (all benches without it); ARGS go to criterion
   bench robustness [ARGS...]  run the robustness benchmark in release mode (`cargo run --release -p
                               pdc-robustness -- ARGS`): --seeds N, --rounds N, --out FILE, --threads N, --quick
+  bench large-model [ARGS...] one FedAvg round of a 100M-parameter model, ten hospitals, the real coordinator
+                              under /usr/bin/time -v (installed when missing): peak RSS and MB/s both ways;
+                              --parameters N, --hospitals N, --compression none|zstd, --test (a small round)
   deps                        check only that no crate depends on what DESIGN.md §2 forbids
   help                        print this text
 
@@ -42,6 +45,8 @@ enum Task {
     },
     /// The robustness benchmark (not a criterion bench), with the arguments for its binary.
     Robustness(Vec<String>),
+    /// The large-model bench (not a criterion bench), with its arguments.
+    LargeModel(Vec<String>),
     Deps,
     Help,
 }
@@ -81,13 +86,13 @@ fn parse(args: &[String]) -> Result<Task, String> {
         "ci" => no_arguments(Task::Ci),
         "deps" => no_arguments(Task::Deps),
         "help" | "-h" | "--help" => no_arguments(Task::Help),
-        "bench" if rest.first().is_some_and(|name| name == ROBUSTNESS) => {
+        "bench" if rest.first().is_some_and(|name| name == ROBUSTNESS || name == LARGE_MODEL) => {
             // Its options may follow the name directly or after `--`, like criterion's.
             let args = match &rest[1..] {
                 [separator, args @ ..] if separator == "--" => args,
                 args => args,
             };
-            Ok(Task::Robustness(args.to_vec()))
+            Ok(if rest[0] == ROBUSTNESS { Task::Robustness(args.to_vec()) } else { Task::LargeModel(args.to_vec()) })
         }
         "bench" => {
             let (ours, criterion_args) = match rest.iter().position(|arg| arg == "--") {
@@ -115,6 +120,7 @@ fn run(task: Task) -> Result<ExitCode> {
         Task::Ci => ci(&Shell::new()?)?,
         Task::Bench { name, criterion_args } => bench(&Shell::new()?, name.as_deref(), &criterion_args)?,
         Task::Robustness(args) => robustness(&Shell::new()?, &args)?,
+        Task::LargeModel(args) => large_model(&Shell::new()?, &args)?,
         Task::Deps => deps::check(&Shell::new()?)?,
     };
     Ok(if passed { ExitCode::SUCCESS } else { ExitCode::FAILURE })
@@ -226,6 +232,19 @@ fn robustness(shell: &Shell, args: &[String]) -> Result<bool> {
     shell.run(command)
 }
 
+/// The bench name of the large-model harness.
+const LARGE_MODEL: &str = "large-model";
+
+/// Runs `benches/large_model.rs` in the dev profile (optimised in this workspace, and the test build's), with GNU
+/// time installed first: the harness starts the coordinator under `/usr/bin/time -v` for its peak RSS.
+fn large_model(shell: &Shell, args: &[String]) -> Result<bool> {
+    ensure_prerequisites(shell)?;
+    prerequisites::ensure_gnu_time(shell)?;
+    let mut command = shell.cargo(&["bench", "--workspace", "--profile", "dev", "--bench", "large_model", "--"]);
+    command.args(args);
+    shell.run(command)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -258,6 +277,9 @@ mod tests {
         let quick = Ok(Task::Robustness(vec!["--seeds".into(), "2".into(), "--quick".into()]));
         assert_eq!(parsed("bench robustness --seeds 2 --quick"), quick);
         assert_eq!(parsed("bench robustness -- --seeds 2 --quick"), quick);
+        let large = Ok(Task::LargeModel(vec!["--hospitals".into(), "4".into()]));
+        assert_eq!(parsed("bench large-model --hospitals 4"), large);
+        assert_eq!(parsed("bench large-model -- --hospitals 4"), large);
         // Other names are still criterion benches.
         assert_eq!(
             parsed("bench robust_aggregation"),

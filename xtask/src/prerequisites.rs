@@ -37,6 +37,20 @@ pub fn ensure_prerequisites(shell: &Shell) -> Result<()> {
     Ok(())
 }
 
+/// Installs GNU time (`/usr/bin/time`) when it is missing: the large-model bench reads the coordinator's peak RSS
+/// from `time -v`.
+pub fn ensure_gnu_time(shell: &Shell) -> Result<()> {
+    if Path::new("/usr/bin/time").is_file() {
+        return Ok(());
+    }
+    eprintln!("xtask: /usr/bin/time not found; the large-model bench measures memory with it, so installing time");
+    install(shell, &["time"])?;
+    if !Path::new("/usr/bin/time").is_file() {
+        bail!("/usr/bin/time is still missing after installing time");
+    }
+    Ok(())
+}
+
 /// Where libclang lies, searched as clang-sys (bindgen's loader) searches: only in `LIBCLANG_PATH` when it is set.
 fn find_libclang() -> Result<Option<PathBuf>> {
     if let Some(given) = env::var_os("LIBCLANG_PATH").filter(|value| !value.is_empty()) {
