@@ -55,6 +55,9 @@ pub enum Error {
     /// The ledger could not be read or written; the change it was to record did not happen.
     #[error("ledger: {0}")]
     Ledger(String),
+    /// The consortium file is unreadable, malformed, or contradicts the membership on the ledger.
+    #[error("invalid consortium file: {0}")]
+    InvalidConsortium(String),
     /// A model could not be trained or evaluated.
     #[error(transparent)]
     Model(#[from] pdc_models::Error),
@@ -77,7 +80,8 @@ pub fn to_status(error: &Error) -> tonic::Status {
         Error::InvalidManifest(_)
         | Error::InvalidValidationSet(_)
         | Error::InvalidArgument { .. }
-        | Error::InvalidUpdate { .. } => Code::InvalidArgument,
+        | Error::InvalidUpdate { .. }
+        | Error::InvalidConsortium(_) => Code::InvalidArgument,
         Error::UnknownStudy(_) | Error::UnknownQuery(_) => Code::NotFound,
         Error::UnknownPdc(_) | Error::Unauthenticated(_) => Code::Unauthenticated,
         Error::PermissionDenied(_) => Code::PermissionDenied,

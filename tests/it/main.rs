@@ -11,6 +11,7 @@ mod processes;
 mod replay;
 mod retry;
 mod rewards;
+mod roles;
 mod selection;
 mod statistics;
 mod support;

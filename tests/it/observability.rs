@@ -64,6 +64,7 @@ async fn the_metrics_endpoint_counts_a_round_its_updates_and_its_rejections() {
     let request = pb::CreateStudyRequest {
         manifest_toml: MANIFEST.to_owned(),
         validation_csv: support::breast_cancer_csv().into_bytes(),
+        ..Default::default()
     };
     let study_id = researcher.create_study(request).await.unwrap().into_inner().study_id;
     let (mut pdcs, mut streams) = support::consenting_pdcs(&url, &["hospital-a", "hospital-b"]).await;
