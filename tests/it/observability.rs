@@ -100,10 +100,8 @@ async fn the_metrics_endpoint_counts_a_round_its_updates_and_its_rejections() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_coordinator_process_logs_json_lines_and_serves_metrics() {
     let dir = tempfile::tempdir().unwrap();
-    let config = format!(
-        "listen = \"127.0.0.1:0\"\ndata_dir = \"coordinator\"\nmetrics_listen = \"127.0.0.1:0\"\n\n[ledger]\nkey_file = \
-         \"coordinator.key\"\n"
-    );
+    let config = "listen = \"127.0.0.1:0\"\ndata_dir = \"coordinator\"\nmetrics_listen = \"127.0.0.1:0\"\n\n[ledger]\nkey_file = \
+         \"coordinator.key\"\n";
     let path = dir.path().join("coordinator.toml");
     std::fs::write(&path, config).unwrap();
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_pdc"))

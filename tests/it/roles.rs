@@ -268,6 +268,37 @@ async fn members_act_only_in_their_roles_and_strangers_not_at_all() {
     // The owner stops her own study.
     let status = alice.stop_study(study(&study_id)).await.unwrap().into_inner();
     assert_eq!(status.state, pb::StudyState::Stopped as i32);
+
+    // The researcher's CLI signs the manifest itself (the canonical hash it computes is the coordinator's), keeps
+    // a draft, and opens it; bob's key is refused for alice's name.
+    let manifest_path = c.dir.path().join("cli.toml");
+    std::fs::write(&manifest_path, manifest("cli", 1)).unwrap();
+    let validation = support::root().join("data/breast_cancer_wisconsin.csv");
+    let pdc = |party: &Party, args: &[&str]| {
+        let tls = ["--coordinator", &url, "--ca", ca.to_str().unwrap(), "--cert", party.cert.to_str().unwrap()];
+        let key = ["--key", party.key.to_str().unwrap()];
+        std::process::Command::new(env!("CARGO_BIN_EXE_pdc"))
+            .arg("study")
+            .args(args)
+            .args(tls)
+            .args(key)
+            .output()
+            .unwrap()
+    };
+    let create =
+        ["create", "--manifest", manifest_path.to_str().unwrap(), "--validation", validation.to_str().unwrap()];
+    let forged = pdc(&c.bob, &[&create[..], &["--researcher", "alice"]].concat());
+    assert!(!forged.status.success());
+    let stderr = String::from_utf8_lossy(&forged.stderr);
+    assert!(stderr.contains("PermissionDenied") || stderr.contains("Unauthenticated"), "{stderr}");
+    let output = pdc(&c.alice, &[&create[..], &["--researcher", "alice", "--draft"]].concat());
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let cli_study = String::from_utf8(output.stdout).unwrap().trim().to_owned();
+    let output = pdc(&c.alice, &["recruit", &cli_study]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(String::from_utf8_lossy(&output.stdout).contains(": recruiting, round 0/1"), "{output:?}");
+    let output = pdc(&c.bob, &["stop", &cli_study]);
+    assert!(String::from_utf8_lossy(&output.stderr).contains("manages only its own studies"), "{output:?}");
     let report =
         coordinator.ledger().with_store(|store| audit::verify_store(store, &coordinator.ledger().audit_keys()));
     assert!(report.passed(), "{report}");
