@@ -2,7 +2,9 @@
 //! certificate is refused; a researcher manages only its own studies and an auditor writes nothing; drafts are
 //! hidden from hospitals; a key revoked by reloading the consortium file is refused from the next round; a
 //! hospital without a valid consent never receives a task or the model, and revocation and a consent's round
-//! limit take it out of the next round. Every refusal leaves the ledger as it was.
+//! limit take it out of the next round; a consent's ε limit refuses the update that would pass it; a hospital's
+//! policy consents only to manifests its named researcher signed, with its conditions. Every refusal leaves the
+//! ledger as it was.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -527,4 +529,117 @@ async fn only_a_valid_consent_brings_tasks_and_revocation_or_its_round_limit_end
         panic!("not a consent")
     };
     assert_eq!(conditions, Some(one_round), "the conditions are on the ledger");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consent_epsilon_limit_refuses_the_update_that_would_pass_it_and_then_the_next_round() {
+    let dir = tempfile::tempdir().unwrap();
+    let (url, _stop) = support::start_coordinator(dir.path()).await;
+    let mut researcher = support::researcher(&url).await;
+    let private =
+        format!("{}[privacy]\nclip_norm = 1.0\nnoise_multiplier = 1.0\ndelta = 1e-5\n", manifest("capped", 3))
+            .replace("max = 4", "max = 1")
+            .replace("round_deadline_secs = 2", "round_deadline_secs = 60");
+    let request = pb::CreateStudyRequest {
+        manifest_toml: private,
+        validation_csv: support::breast_cancer_csv().into_bytes(),
+        ..Default::default()
+    };
+    let study_id = researcher.create_study(request).await.unwrap().into_inner().study_id;
+    let mut pdc = TestPdc::register(&url, "ward-a").await;
+    let signature = pdc.identity.sign(&signing::budget_message("ward-a", "icu", 5.0, 1e-5)).to_vec();
+    let declaration =
+        pb::BudgetDeclaration { pdc_id: "ward-a".into(), dataset: "icu".into(), epsilon: 5.0, delta: 1e-5, signature };
+    pdc.client.declare_budget(declaration).await.unwrap();
+    consent_with(&mut pdc, &study_id, ConsentConditions { max_epsilon: Some(1.0), ..Default::default() })
+        .await
+        .unwrap();
+    let mut tasks = pdc.tasks().await;
+    researcher.start_study(study(&study_id)).await.unwrap();
+
+    let claim = |epsilon| signing::PrivacyClaim {
+        dataset: "icu".into(),
+        noise_multiplier: 1.0,
+        sampling_rate: 0.05,
+        steps: 20,
+        clip_norm: 1.0,
+        epsilon,
+        delta: 1e-5,
+    };
+    let task = support::next_task(&mut tasks).await;
+    let update = vec![0.01f32; pdc.download(&task).await.len()];
+    let submit = |round, epsilon| {
+        let upload = support::Upload {
+            study_id: &study_id,
+            round,
+            values: &update,
+            chunk_bytes: 1 << 20,
+            train_loss: 0.0,
+            privacy: Some(claim(epsilon)),
+        };
+        let mut client = pdc.client.clone();
+        let identity = &pdc.identity;
+        async move { support::upload_with(&mut client, "ward-a", identity, upload).await }
+    };
+    submit(1, 0.6).await.unwrap();
+    let task = support::next_task(&mut tasks).await;
+    assert_eq!(task.round, 2);
+    // 0.6 more would make 1.2 on this study, above the consent's 1.0: refused, and nothing recorded.
+    let size = support::log_size(&url).await;
+    assert_status(submit(2, 1.2).await, Code::PermissionDenied, "to 1.2, above the ε = 1 its consent allows");
+    assert_eq!(support::log_size(&url).await, size);
+    submit(2, 1.0).await.unwrap();
+    // All of the consent's ε is spent: round 3 does not open for ward-a.
+    let next = tokio::time::timeout(Duration::from_millis(800), tasks.message()).await;
+    assert!(next.is_err(), "a task beyond the consent's ε: {next:?}");
+    let status = researcher.get_status(study(&study_id)).await.unwrap().into_inner();
+    assert_eq!((status.current_round, status.rounds.len()), (2, 2), "{status:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hospital_policy_consents_only_to_studies_its_named_researcher_signed_with_its_conditions() {
+    let c = consortium();
+    let (url, _stop, coordinator) = start_tls_coordinator_with(c.dir.path(), &c.server, &[], Some(&c.file)).await;
+    let ca = c.server.cert.as_path();
+    let mut alice = study_client(&url, ca, &c.alice).await;
+    let mut bob = study_client(&url, ca, &c.bob).await;
+    let by_alice = alice.create_study(signed_create(&c.alice, &c.alice, &manifest("by-alice", 1), false)).await;
+    let by_alice = by_alice.unwrap().into_inner().study_id;
+    let by_bob = bob.create_study(signed_create(&c.bob, &c.bob, &manifest("by-bob", 1), false)).await;
+    let by_bob = by_bob.unwrap().into_inner().study_id;
+
+    let hospital = &c.hospitals[0];
+    let data = support::root().join("data/breast_cancer_wisconsin.csv");
+    let config = format!(
+        "pdc_id = \"{}\"\ncoordinator = \"{url}\"\nkey_file = {:?}\ndata = {data:?}\n\n\
+         [consent]\nmodel_kinds = [\"logistic_regression\"]\nmax_rounds = 1\n\
+         [consent.researchers]\nalice = \"{}\"\n\n\
+         [retry]\ninitial_ms = 50\nmax_ms = 200\npoll_ms = 50\n\n[tls]\nca = {:?}\ncert = {:?}\n",
+        hospital.name,
+        hospital.key,
+        hex::encode(c.alice.identity.public_key().to_bytes()),
+        c.server.cert,
+        hospital.cert
+    );
+    let path = c.dir.path().join("hospital-a.toml");
+    std::fs::write(&path, config).unwrap();
+    let agent = pdc_client::Agent::new(pdc_client::HospitalConfig::load(&path).unwrap()).unwrap();
+    let agent = tokio::spawn(agent.run());
+
+    let status =
+        support::wait_for_status(&mut alice, &by_alice, Duration::from_secs(30), |s| !s.consented.is_empty()).await;
+    assert_eq!(status.consented, ["hospital-a"]);
+    // Several polls later, bob's study is still declined.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(bob.get_status(study(&by_bob)).await.unwrap().into_inner().consented.is_empty());
+    assert!(!agent.is_finished(), "the agent was refused");
+    let consents: Vec<(String, Option<ConsentConditions>)> = entries(&coordinator)
+        .into_iter()
+        .filter_map(|entry| match entry {
+            Entry::ConsentGranted { study_id, conditions, .. } => Some((study_id, conditions)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(consents, [(by_alice, Some(ConsentConditions { max_rounds: Some(1), ..Default::default() }))]);
+    agent.abort();
 }
