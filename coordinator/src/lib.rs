@@ -9,6 +9,7 @@ pub mod aggregation;
 pub mod archive;
 pub mod audit_server;
 pub mod config;
+pub mod consent;
 pub mod consortium;
 mod error;
 pub mod ledger;

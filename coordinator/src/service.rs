@@ -20,6 +20,7 @@ use tokio::sync::{Notify, broadcast, mpsc};
 use crate::access::{Caller, StudyAction};
 use crate::aggregation::{AggregationConfig, FedAvg, ServerState, SuspensionTracker, aggregate_round, apply_delta};
 use crate::archive::{IncomingUpdate, UpdateArchive};
+use crate::consent::ConsentTerms;
 use crate::consortium::{Consortium, Membership};
 use crate::ledger::{Ledger, LedgerSettings};
 use crate::manifest::{self, Manifest};
@@ -307,10 +308,8 @@ struct Study {
     /// The researcher who created the study and its signature over the manifest, when a consortium names
     /// researchers.
     signed_by: Option<(String, [u8; 64])>,
-    /// The conditions of consents that carry some, by PDC.
-    consent_conditions: BTreeMap<String, ConsentConditions>,
-    /// The ε each PDC spent on this study: the increases of its cumulative spend this study's updates recorded.
-    study_epsilon: BTreeMap<String, f64>,
+    /// The conditions of consents that carry some, and each PDC's ε on this study.
+    consent_terms: ConsentTerms,
     /// Whether the study was opened to hospitals (it is a draft until then).
     recruiting: bool,
 }
@@ -389,27 +388,7 @@ impl Study {
         if !self.consents.contains(pdc_id) {
             return Some(format!("{pdc_id} has not consented to study {}", self.id));
         }
-        let conditions = self.consent_conditions.get(pdc_id)?;
-        if let Some(expiry) = conditions.expires_at_ms
-            && now_wall_ms >= expiry
-        {
-            return Some(format!("{pdc_id}'s consent to study {} expired at {expiry} (Unix ms)", self.id));
-        }
-        if let Some(rounds) = conditions.max_rounds
-            && round > rounds
-        {
-            return Some(format!("{pdc_id}'s consent to study {} covers rounds 1 to {rounds}, not {round}", self.id));
-        }
-        let spent = self.study_epsilon.get(pdc_id).copied().unwrap_or(0.0);
-        if let Some(cap) = conditions.max_epsilon
-            && spent >= cap
-        {
-            return Some(format!(
-                "{pdc_id} spent ε = {spent} on study {}, all the ε = {cap} its consent allows",
-                self.id
-            ));
-        }
-        None
+        self.consent_terms.lapse(&self.id, pdc_id, round, now_wall_ms)
     }
 
     /// Whether hospitals may see and join the study: it recruits or runs.
@@ -1065,8 +1044,7 @@ impl Coordinator {
                 standardization,
                 raw_validation,
                 signed_by: signed,
-                consent_conditions: BTreeMap::new(),
-                study_epsilon: BTreeMap::new(),
+                consent_terms: ConsentTerms::default(),
                 recruiting: !draft,
                 manifest,
             },
@@ -1237,7 +1215,13 @@ impl Coordinator {
             )));
         }
         if let Some(conditions) = &conditions {
-            check_conditions(study, conditions, action, Self::wall_clock_ms())?;
+            if action == ConsentAction::Revoke {
+                return Err(Error::InvalidArgument {
+                    field: "conditions",
+                    detail: "a revocation carries no conditions".into(),
+                });
+            }
+            ConsentTerms::check(conditions, study_id, study.manifest.privacy.is_some(), Self::wall_clock_ms())?;
         }
         let message = match &conditions {
             Some(conditions) => signing::conditional_consent_message(study_id, &study.manifest_hash, conditions),
@@ -1246,7 +1230,7 @@ impl Coordinator {
         pdc.key.verify(&message, signature, pdc_id).map_err(|e| Error::Unauthenticated(e.to_string()))?;
         let signature: [u8; 64] = signature.try_into().expect("a verified Ed25519 signature has 64 bytes");
         let (study_id, pdc, manifest_hash) = (study_id.to_owned(), pdc_id.to_owned(), study.manifest_hash);
-        let changed = !study.consents.contains(pdc_id) || study.consent_conditions.get(pdc_id) != conditions.as_ref();
+        let changed = !study.consents.contains(pdc_id) || study.consent_terms.conditions(pdc_id) != conditions.as_ref();
         // Only a change is recorded: granting twice, or revoking what was never granted, changes nothing.
         match action {
             ConsentAction::Grant if changed => {
@@ -1254,17 +1238,14 @@ impl Coordinator {
                 self.ledger.record(&[entry])?;
                 tracing::info!(study = %study.id, pdc = %pdc_id, ?conditions, "consent granted");
                 study.consents.insert(pdc_id.to_owned());
-                match conditions {
-                    Some(conditions) => study.consent_conditions.insert(pdc_id.to_owned(), conditions),
-                    None => study.consent_conditions.remove(pdc_id),
-                };
+                study.consent_terms.grant(pdc_id, conditions);
             }
             ConsentAction::Revoke if study.consents.contains(pdc_id) => {
                 let entry = Entry::ConsentRevoked { study_id, pdc_id: pdc, manifest_hash, signature };
                 self.ledger.record(&[entry])?;
                 tracing::info!(study = %study.id, pdc = %pdc_id, "consent revoked");
                 study.consents.remove(pdc_id);
-                study.consent_conditions.remove(pdc_id);
+                study.consent_terms.revoke(pdc_id);
             }
             _ => {}
         }
@@ -1418,7 +1399,7 @@ impl Coordinator {
         let study = state.studies.get_mut(&contribution.study_id).expect("looked up above");
         self.metrics.update_accepted(contribution.n_parameters.saturating_mul(4));
         if let Some(claim) = &contribution.privacy {
-            study.study_epsilon.insert(contribution.pdc_id.clone(), study_spend);
+            study.consent_terms.record_epsilon(&contribution.pdc_id, study_spend);
             self.metrics.epsilon_spent(&contribution.pdc_id, claim.epsilon);
             state.spent.insert(contribution.pdc_id.clone(), (claim.epsilon, claim.delta));
             study.round_spend.insert(contribution.pdc_id.clone(), (claim.epsilon, claim.delta));
@@ -1857,55 +1838,13 @@ pub enum FailureKind {
     BudgetExhausted,
 }
 
-/// Checks a consent's conditions when it is given: only a grant carries them; a round limit of at least 1; an ε
-/// limit finite and positive, for a study that trains with local DP (only there does a PDC spend ε per update);
-/// an expiry still in the future.
-fn check_conditions(
-    study: &Study,
-    conditions: &ConsentConditions,
-    action: ConsentAction,
-    now_wall_ms: u64,
-) -> Result<()> {
-    let invalid = |detail: String| Err(Error::InvalidArgument { field: "conditions", detail });
-    if action == ConsentAction::Revoke {
-        return invalid("a revocation carries no conditions".into());
-    }
-    if conditions.max_rounds == Some(0) {
-        return invalid("max_rounds must be at least 1".into());
-    }
-    if let Some(cap) = conditions.max_epsilon {
-        if !(cap.is_finite() && cap > 0.0) {
-            return invalid(format!("max_epsilon {cap} is not finite and positive"));
-        }
-        if study.manifest.privacy.is_none() {
-            return invalid(format!("max_epsilon needs a study that trains with local DP, and {} does not", study.id));
-        }
-    }
-    if let Some(expiry) = conditions.expires_at_ms
-        && expiry <= now_wall_ms
-    {
-        return invalid(format!("expires_at_ms {expiry} is not after the coordinator's clock {now_wall_ms}"));
-    }
-    Ok(())
-}
-
-/// The PDC's ε on this study once `contribution` is recorded (its claim's increase of the PDC's cumulative spend
-/// added to what the study recorded before), refused when that would exceed its consent's `max_epsilon`.
+/// The PDC's ε on this study once `contribution` is recorded, refused when that would pass its consent's
+/// `max_epsilon` (see [`ConsentTerms::epsilon_after`]).
 fn check_study_epsilon(state: &State, study: &Study, contribution: &Contribution) -> Result<f64> {
     let pdc_id = &contribution.pdc_id;
-    let before = study.study_epsilon.get(pdc_id).copied().unwrap_or(0.0);
-    let Some(claim) = &contribution.privacy else { return Ok(before) };
     let recorded = state.spent.get(pdc_id).map_or(0.0, |&(epsilon, _)| epsilon);
-    let after = before + (claim.epsilon - recorded).max(0.0);
-    if let Some(cap) = study.consent_conditions.get(pdc_id).and_then(|conditions| conditions.max_epsilon)
-        && after > cap
-    {
-        return Err(Error::PermissionDenied(format!(
-            "the update would take {pdc_id}'s ε on study {} to {after}, above the ε = {cap} its consent allows",
-            study.id
-        )));
-    }
-    Ok(after)
+    let claimed = contribution.privacy.as_ref().map(|claim| claim.epsilon);
+    study.consent_terms.epsilon_after(&study.id, pdc_id, claimed, recorded)
 }
 
 /// Checks a contribution's privacy claim against the study and the PDC's declared budget and recorded spend: a
