@@ -171,7 +171,11 @@ async fn round(options: &Options, url: &str, hidden: &[usize], n: u64) -> Result
          [participants]\nmin = {0}\nmax = {0}\nround_deadline_secs = 3600\n",
         options.hospitals
     );
-    let request = pb::CreateStudyRequest { manifest_toml: manifest, validation_csv: validation_csv().into_bytes() };
+    let request = pb::CreateStudyRequest {
+        manifest_toml: manifest,
+        validation_csv: validation_csv().into_bytes(),
+        ..Default::default()
+    };
     let study_id = researcher.create_study(request).await?.into_inner().study_id;
     let mut hospitals = Vec::new();
     for index in 0..options.hospitals {
@@ -290,7 +294,8 @@ impl Hospital {
             let hash = pdc_ledger::sha3_256(study.manifest_toml.as_bytes());
             let message = signing::consent_message(ConsentAction::Grant, &study.study_id, &hash);
             let signature = hospital.identity.sign(&message).to_vec();
-            let request = pb::ConsentRequest { pdc_id: id.to_owned(), study_id: study.study_id, signature };
+            let request =
+                pb::ConsentRequest { pdc_id: id.to_owned(), study_id: study.study_id, signature, ..Default::default() };
             hospital.client.consent(request).await?;
         }
         Ok(hospital)

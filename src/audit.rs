@@ -561,5 +561,14 @@ fn describe(index: u64, entry: &Entry) -> Row {
                 &hex::encode(release_hash)[..16]
             ),
         ),
+        Entry::ConsortiumRecorded { file_hash, members } => {
+            row("", None, "", format!("consortium file {} with {members} members", short(file_hash)))
+        }
+        Entry::KeyRevoked { pdc_id, key, reason } => {
+            row("", None, pdc_id, format!("key {} revoked: {reason}", hex::encode(&key[..8])))
+        }
+        Entry::ManifestSigned { study_id, researcher_id, manifest_hash, .. } => {
+            row(study_id, None, researcher_id, format!("signed manifest {}", short(manifest_hash)))
+        }
     }
 }

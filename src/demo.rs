@@ -100,6 +100,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         .create_study(pb::CreateStudyRequest {
             manifest_toml: manifest,
             validation_csv: std::fs::read(&validation_path)?,
+            ..Default::default()
         })
         .await
         .map_err(|s| anyhow::anyhow!("create study: {}", s.message()))?

@@ -154,6 +154,21 @@ async fn run_coordinator(config_path: PathBuf) -> anyhow::Result<()> {
         });
     }
     let _ = stdout.flush();
+    #[cfg(unix)]
+    if config.consortium.is_some() {
+        // SIGHUP re-reads the consortium file: additions, rotations and revocations take effect from the next round.
+        let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .context("cannot listen for SIGHUP")?;
+        let reloading = std::sync::Arc::clone(&coordinator);
+        tokio::spawn(async move {
+            while hangups.recv().await.is_some() {
+                match reloading.reload_consortium() {
+                    Ok(entries) => tracing::info!(entries, "consortium file reloaded"),
+                    Err(error) => tracing::error!(%error, "consortium file not reloaded; the previous one stays"),
+                }
+            }
+        });
+    }
     match &tls {
         Some(tls) => tracing::info!(%address, data_dir = %config.data_dir.display(),
             require_client_cert = tls.requires_client_cert(), "coordinator started with TLS"),

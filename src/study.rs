@@ -21,8 +21,22 @@ pub enum StudyCommand {
         /// The validation set (CSV with a header); it stays with the coordinator.
         #[arg(long)]
         validation: PathBuf,
+        /// Keep the study a draft, hidden from hospitals, until `pdc study recruit`.
+        #[arg(long)]
+        draft: bool,
+        /// Sign the manifest as this researcher of the consortium, with the key file `--key` names (needed when
+        /// the coordinator has a consortium file).
+        #[arg(long, env = "PDC_RESEARCHER")]
+        researcher: Option<String>,
     },
-    /// Starts a study.
+    /// Opens a draft study to hospitals.
+    Recruit {
+        #[command(flatten)]
+        target: Target,
+        /// The study id.
+        study_id: String,
+    },
+    /// Starts a recruiting study.
     Start {
         #[command(flatten)]
         target: Target,
@@ -129,20 +143,41 @@ fn client(channel: Channel) -> StudyServiceClient<Channel> {
         .max_encoding_message_size(MAX_MESSAGE_BYTES)
 }
 
+/// The SHA3-256 of the manifest's canonical form, resolved against the validation set's header, as the coordinator
+/// will compute it.
+pub fn canonical_manifest_hash(manifest_toml: &str, validation_csv: &[u8]) -> anyhow::Result<pdc_ledger::Hash> {
+    use pdc_coordinator::manifest::{Manifest, csv_header};
+    let csv = std::str::from_utf8(validation_csv).context("the validation set is not UTF-8")?;
+    let manifest = Manifest::parse(manifest_toml)?.resolve(&csv_header(csv))?;
+    Ok(pdc_ledger::sha3_256(manifest.to_canonical_toml().as_bytes()))
+}
+
 fn status_error(status: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{:?}: {}", status.code(), status.message())
 }
 
 pub async fn run(command: StudyCommand) -> anyhow::Result<()> {
     match command {
-        StudyCommand::Create { target, manifest, validation } => {
+        StudyCommand::Create { target, manifest, validation, draft, researcher } => {
             let manifest_toml = std::fs::read_to_string(&manifest)
                 .with_context(|| format!("cannot read the manifest {}", manifest.display()))?;
             let validation_csv = std::fs::read(&validation)
                 .with_context(|| format!("cannot read the validation set {}", validation.display()))?;
+            let manifest_signature = match &researcher {
+                Some(researcher) => {
+                    let Some(key) = &target.tls.key else {
+                        bail!("--researcher needs --key, the researcher's key file")
+                    };
+                    let identity = pdc_ledger::Identity::load(key)
+                        .with_context(|| format!("cannot load the researcher's key file {}", key.display()))?;
+                    let hash = canonical_manifest_hash(&manifest_toml, &validation_csv)?;
+                    identity.sign(&pdc_ledger::signing::manifest_message(researcher, &hash)).to_vec()
+                }
+                None => Vec::new(),
+            };
             let mut client = client(target.channel().await?);
             let response = client
-                .create_study(pb::CreateStudyRequest { manifest_toml, validation_csv })
+                .create_study(pb::CreateStudyRequest { manifest_toml, validation_csv, manifest_signature, draft })
                 .await
                 .map_err(status_error)?
                 .into_inner();
@@ -160,6 +195,10 @@ pub async fn run(command: StudyCommand) -> anyhow::Result<()> {
             let request = pb::FeasibilityRequest { label, epsilon, delta, timeout_secs: timeout };
             let report = client(target.channel().await?).feasibility(request).await.map_err(status_error)?;
             print!("{}", feasibility_table(&report.into_inner()));
+        }
+        StudyCommand::Recruit { target, study_id } => {
+            let status = client(target.channel().await?).open_recruiting(pb::StudyRef { study_id }).await;
+            print_status(&status.map_err(status_error)?.into_inner());
         }
         StudyCommand::Start { target, study_id } => {
             let status = client(target.channel().await?).start_study(pb::StudyRef { study_id }).await;
@@ -305,7 +344,8 @@ pub fn round_line(round: &pb::RoundSummary) -> String {
 pub fn state_name(state: i32) -> &'static str {
     match pb::StudyState::try_from(state).unwrap_or(pb::StudyState::Unspecified) {
         pb::StudyState::Unspecified => "unknown",
-        pb::StudyState::Created => "created",
+        pb::StudyState::Created => "draft",
+        pb::StudyState::Recruiting => "recruiting",
         pb::StudyState::Running => "running",
         pb::StudyState::Finished => "finished",
         pb::StudyState::Stopped => "stopped",

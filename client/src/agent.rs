@@ -256,21 +256,44 @@ impl Agent {
                 }
                 _ => {}
             }
-            let allowed = &self.config.consent.studies;
-            if !allowed.is_empty() && !allowed.contains(&terms.name) {
-                self.decline(&study.study_id, "not in this hospital's consent policy");
-                continue;
-            }
+            let model_kind = match &terms.model {
+                pdc_models::ModelKind::LogisticRegression => "logistic_regression",
+                pdc_models::ModelKind::Mlp { .. } => "mlp",
+            };
+            let offer = crate::config::StudyOffer {
+                name: &terms.name,
+                model_kind,
+                target_epsilon: terms.privacy.as_ref().and_then(|privacy| privacy.target_epsilon),
+                local_dp: terms.privacy.is_some(),
+                manifest_hash,
+                researcher: (!study.researcher_id.is_empty())
+                    .then_some((study.researcher_id.as_str(), study.manifest_signature.as_slice())),
+            };
+            let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+            let conditions = match self.config.consent.decide(&offer, now_ms) {
+                Ok(conditions) => conditions,
+                Err(reason) => {
+                    self.decline(&study.study_id, &reason);
+                    continue;
+                }
+            };
             if let Err(error) = self.table(&study.study_id, &terms) {
                 self.decline(&study.study_id, &format!("local data does not fit: {error}"));
                 continue;
             }
-            let signature =
-                self.identity.sign(&signing::consent_message(ConsentAction::Grant, &study.study_id, &manifest_hash));
+            let message = match &conditions {
+                Some(conditions) => signing::conditional_consent_message(&study.study_id, &manifest_hash, conditions),
+                None => signing::consent_message(ConsentAction::Grant, &study.study_id, &manifest_hash),
+            };
             let request = pb::ConsentRequest {
                 pdc_id: self.config.pdc_id.clone(),
                 study_id: study.study_id.clone(),
-                signature: signature.to_vec(),
+                signature: self.identity.sign(&message).to_vec(),
+                conditions: conditions.map(|c| pb::ConsentConditions {
+                    max_rounds: c.max_rounds,
+                    max_epsilon: c.max_epsilon,
+                    expires_at_ms: c.expires_at_ms,
+                }),
             };
             client.consent(request).await.map_err(|s| Error::refused("Consent", s))?;
             tracing::info!(pdc = %self.config.pdc_id, study = %study.study_id, "consented");

@@ -90,7 +90,8 @@ pub struct PrivacyConfig {
     pub feasibility_epsilon: Option<f64>,
 }
 
-/// Which studies a PDC consents to. Either way, it consents only when its table has every column the study
+/// Which studies a PDC consents to, automatically, and the conditions it signs with its consent. A study must
+/// match every rule that is set; either way, the PDC consents only when its table has every column the study
 /// needs.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -98,6 +99,88 @@ pub struct ConsentPolicy {
     /// Study names to join; empty means every study whose schema the local table satisfies.
     #[serde(default)]
     pub studies: Vec<String>,
+    /// Model kinds to join (`logistic_regression`, `mlp`); empty means any.
+    #[serde(default)]
+    pub model_kinds: Vec<String>,
+    /// The most ε a study may cost this PDC: only local-DP studies whose `[privacy] target_epsilon` is at most
+    /// this are joined, and the consent carries it as its `max_epsilon` (the coordinator holds the study to it).
+    #[serde(default)]
+    pub max_epsilon: Option<f64>,
+    /// The consent covers rounds 1 to this (its `max_rounds`).
+    #[serde(default)]
+    pub max_rounds: Option<u32>,
+    /// The consent lapses this many hours after it is given (its expiry).
+    #[serde(default)]
+    pub expires_after_hours: Option<u64>,
+    /// Only studies whose manifest is signed by one of these researchers: id = Ed25519 public key (64 hex
+    /// digits), as the consortium file lists them. Empty means any researcher (or none).
+    #[serde(default)]
+    pub researchers: std::collections::BTreeMap<String, String>,
+}
+
+/// What the policy looks at in a listed study.
+#[derive(Clone, Debug)]
+pub struct StudyOffer<'a> {
+    /// The manifest's name.
+    pub name: &'a str,
+    /// The model kind (`logistic_regression`, `mlp`).
+    pub model_kind: &'a str,
+    /// The manifest's `[privacy] target_epsilon`, if it trains with local DP and states one.
+    pub target_epsilon: Option<f64>,
+    /// Whether the study trains with local DP.
+    pub local_dp: bool,
+    /// The SHA3-256 of the manifest text the PDC read.
+    pub manifest_hash: pdc_ledger::Hash,
+    /// The researcher the listing names, and its signature over the manifest.
+    pub researcher: Option<(&'a str, &'a [u8])>,
+}
+
+impl ConsentPolicy {
+    /// Whether to consent to `offer`, and with which conditions (`now_ms`: Unix milliseconds, for the expiry); an
+    /// error says which rule declines it.
+    pub fn decide(
+        &self,
+        offer: &StudyOffer<'_>,
+        now_ms: u64,
+    ) -> std::result::Result<Option<pdc_ledger::signing::ConsentConditions>, String> {
+        if !self.studies.is_empty() && !self.studies.iter().any(|name| name == offer.name) {
+            return Err("not in this hospital's consent policy".into());
+        }
+        if !self.model_kinds.is_empty() && !self.model_kinds.iter().any(|kind| kind == offer.model_kind) {
+            return Err(format!("model kind {} is not among the policy's {:?}", offer.model_kind, self.model_kinds));
+        }
+        if let Some(cap) = self.max_epsilon {
+            match (offer.local_dp, offer.target_epsilon) {
+                (false, _) => return Err(format!("the policy caps ε at {cap}, and the study trains without local DP")),
+                (true, None) => return Err(format!("the policy caps ε at {cap}, and the study states no target ε")),
+                (true, Some(target)) if target > cap => {
+                    return Err(format!("the study's target ε = {target} is above the policy's cap of {cap}"));
+                }
+                _ => {}
+            }
+        }
+        if !self.researchers.is_empty() {
+            let Some((researcher, signature)) = offer.researcher else {
+                return Err("the policy names researchers, and the study is signed by none".into());
+            };
+            let Some(key) = self.researchers.get(researcher) else {
+                return Err(format!("researcher {researcher} is not among the policy's researchers"));
+            };
+            let key = hex::decode(key)
+                .ok()
+                .and_then(|bytes| pdc_ledger::PublicKey::from_bytes(&bytes).ok())
+                .ok_or_else(|| format!("the policy's key of researcher {researcher} is not an Ed25519 key"))?;
+            let message = pdc_ledger::signing::manifest_message(researcher, &offer.manifest_hash);
+            key.verify(&message, signature, researcher)
+                .map_err(|e| format!("the manifest's signature by {researcher} does not verify: {e}"))?;
+        }
+        let conditions = pdc_ledger::signing::ConsentConditions {
+            max_rounds: self.max_rounds,
+            max_epsilon: self.max_epsilon,
+            expires_at_ms: self.expires_after_hours.map(|hours| now_ms.saturating_add(hours.saturating_mul(3_600_000))),
+        };
+        Ok((!conditions.is_empty()).then_some(conditions))
+    }
 }
 
 /// Exponential back-off between reconnection attempts.
@@ -174,6 +257,26 @@ impl HospitalConfig {
             (true, false) => return Err("an https:// coordinator needs a [tls] table (ca, cert)".into()),
             (false, true) => return Err("with [tls] the coordinator URL must be https://".into()),
             _ => {}
+        }
+        let consent = &self.consent;
+        if let Some(cap) = consent.max_epsilon
+            && !(cap.is_finite() && cap > 0.0)
+        {
+            return Err(format!("consent.max_epsilon = {cap} must be finite and positive"));
+        }
+        if consent.max_rounds == Some(0) || consent.expires_after_hours == Some(0) {
+            return Err("consent.max_rounds and consent.expires_after_hours must be at least 1".into());
+        }
+        for kind in &consent.model_kinds {
+            if !matches!(kind.as_str(), "logistic_regression" | "mlp") {
+                return Err(format!("consent.model_kinds: unknown model kind `{kind}` (logistic_regression, mlp)"));
+            }
+        }
+        for (researcher, key) in &consent.researchers {
+            let valid = hex::decode(key).ok().is_some_and(|bytes| pdc_ledger::PublicKey::from_bytes(&bytes).is_ok());
+            if !valid {
+                return Err(format!("consent.researchers.{researcher}: not an Ed25519 public key in hex"));
+            }
         }
         let retry = &self.retry;
         if retry.initial_ms == 0 || retry.max_ms < retry.initial_ms || retry.poll_ms == 0 {
@@ -293,5 +396,68 @@ mod tests {
         std::fs::write(&path, format!("{base}[attack]\nkind = \"teleport\"\n")).unwrap();
         let error = HospitalConfig::load(&path).unwrap_err().to_string();
         assert!(error.contains("unknown variant `teleport`"), "{error}");
+    }
+
+    #[test]
+    fn the_consent_policy_matches_kinds_caps_and_signed_researchers_and_sets_the_conditions() {
+        let alice = pdc_ledger::Identity::from_seed([5; 32]);
+        let hash = pdc_ledger::sha3_256(b"manifest");
+        let signature = alice.sign(&pdc_ledger::signing::manifest_message("alice", &hash));
+        let offer = StudyOffer {
+            name: "sepsis",
+            model_kind: "mlp",
+            target_epsilon: Some(2.0),
+            local_dp: true,
+            manifest_hash: hash,
+            researcher: Some(("alice", &signature[..])),
+        };
+        assert_eq!(ConsentPolicy::default().decide(&offer, 1_000), Ok(None), "the default joins unconditionally");
+
+        let policy = ConsentPolicy {
+            model_kinds: vec!["mlp".into()],
+            max_epsilon: Some(3.0),
+            max_rounds: Some(10),
+            expires_after_hours: Some(2),
+            researchers: [("alice".to_owned(), hex::encode(alice.public_key().to_bytes()))].into(),
+            ..ConsentPolicy::default()
+        };
+        let conditions = policy.decide(&offer, 1_000).unwrap().unwrap();
+        assert_eq!(conditions.max_rounds, Some(10));
+        assert_eq!(conditions.max_epsilon, Some(3.0));
+        assert_eq!(conditions.expires_at_ms, Some(1_000 + 2 * 3_600_000));
+
+        let declined = |offer: StudyOffer<'_>| policy.decide(&offer, 1_000).unwrap_err();
+        assert!(declined(StudyOffer { model_kind: "logistic_regression", ..offer.clone() }).contains("model kind"));
+        assert!(declined(StudyOffer { target_epsilon: Some(4.0), ..offer.clone() }).contains("above the policy's cap"));
+        assert!(declined(StudyOffer { target_epsilon: None, ..offer.clone() }).contains("states no target ε"));
+        assert!(declined(StudyOffer { local_dp: false, ..offer.clone() }).contains("without local DP"));
+        assert!(declined(StudyOffer { researcher: None, ..offer.clone() }).contains("signed by none"));
+        let mallory = [0u8; 64];
+        let forged = StudyOffer { researcher: Some(("alice", &mallory[..])), ..offer.clone() };
+        assert!(declined(forged).contains("signature by alice does not verify"));
+        let other = StudyOffer { researcher: Some(("bob", &signature[..])), ..offer.clone() };
+        assert!(declined(other).contains("bob is not among the policy's researchers"));
+        let tampered = StudyOffer { manifest_hash: [0; 32], ..offer.clone() };
+        assert!(declined(tampered).contains("does not verify"));
+        let named = ConsentPolicy { studies: vec!["other".into()], ..ConsentPolicy::default() };
+        assert!(named.decide(&offer, 0).unwrap_err().contains("not in this hospital's consent policy"));
+    }
+
+    #[test]
+    fn a_consent_policy_with_impossible_values_is_a_config_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("h.toml");
+        let base = "pdc_id = \"a\"\ncoordinator = \"http://127.0.0.1:1\"\nkey_file = \"a.key\"\ndata = \"a.csv\"\n";
+        for (table, fragment) in [
+            ("max_epsilon = -1.0", "consent.max_epsilon = -1 must be finite and positive"),
+            ("max_rounds = 0", "must be at least 1"),
+            ("model_kinds = [\"cnn\"]", "unknown model kind `cnn`"),
+            ("researchers = { alice = \"zz\" }", "consent.researchers.alice: not an Ed25519 public key"),
+            ("colour = 1", "unknown field `colour`"),
+        ] {
+            std::fs::write(&path, format!("{base}[consent]\n{table}\n")).unwrap();
+            let error = HospitalConfig::load(&path).unwrap_err().to_string();
+            assert!(error.contains(fragment), "{table}: {error}");
+        }
     }
 }

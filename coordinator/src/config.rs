@@ -36,6 +36,10 @@ pub struct ConfigFile {
     /// TLS for every connection; without it the coordinator serves plaintext (for loopback demos and tests).
     #[serde(default)]
     pub tls: Option<TlsSection>,
+    /// The consortium file (members, roles, keys; see `examples/consortium.toml`); relative to the config file.
+    /// Absent: any PDC may register and any client may use the StudyService and AuditService.
+    #[serde(default)]
+    pub consortium: Option<PathBuf>,
 }
 
 /// `[tls]`: the coordinator's certificate and key, and the client certificates it trusts (mutual TLS).
@@ -132,6 +136,11 @@ impl ConfigFile {
                 *ca = path.parent().unwrap_or(Path::new(".")).join(&*ca);
             }
         }
+        if let Some(consortium) = &mut config.consortium {
+            let base = path.parent().unwrap_or(Path::new("."));
+            *consortium = base.join(&*consortium);
+            crate::consortium::Consortium::load(consortium)?;
+        }
         if let Some(tls) = &mut config.tls {
             let base = path.parent().unwrap_or(Path::new("."));
             tls.cert = base.join(&tls.cert);
@@ -193,12 +202,15 @@ impl ConfigFile {
         })
     }
 
-    /// The TLS settings the `[tls]` section describes (its files read and checked), if it is present.
+    /// The TLS settings the `[tls]` section describes (its files read and checked), if it is present. The
+    /// consortium's member certificates are trusted too.
     pub fn tls_settings(&self) -> Result<Option<TlsSettings>> {
-        self.tls
-            .as_ref()
-            .map(|tls| TlsSettings::load(&tls.cert, &tls.key, &tls.client_certs, tls.require_client_cert))
-            .transpose()
+        let Some(tls) = &self.tls else { return Ok(None) };
+        let members = match &self.consortium {
+            Some(path) => crate::consortium::Consortium::load(path)?.certificates_pem(),
+            None => Vec::new(),
+        };
+        TlsSettings::load_trusting(&tls.cert, &tls.key, &tls.client_certs, &members, tls.require_client_cert).map(Some)
     }
 
     /// The runtime settings.
@@ -208,6 +220,7 @@ impl ConfigFile {
             tick_interval: Duration::from_millis(self.tick_ms),
             max_round_attempts: self.max_round_attempts,
             ledger: self.ledger_settings()?,
+            consortium: self.consortium.clone(),
         })
     }
 }

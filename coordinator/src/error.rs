@@ -58,6 +58,9 @@ pub enum Error {
     /// The durable study state (RocksDB) could not be read or written, or what it holds does not match the ledger.
     #[error("study state: {0}")]
     State(String),
+    /// The consortium file is unreadable, malformed, or contradicts the membership on the ledger.
+    #[error("invalid consortium file: {0}")]
+    InvalidConsortium(String),
     /// A model could not be trained or evaluated.
     #[error(transparent)]
     Model(#[from] pdc_models::Error),
@@ -80,7 +83,8 @@ pub fn to_status(error: &Error) -> tonic::Status {
         Error::InvalidManifest(_)
         | Error::InvalidValidationSet(_)
         | Error::InvalidArgument { .. }
-        | Error::InvalidUpdate { .. } => Code::InvalidArgument,
+        | Error::InvalidUpdate { .. }
+        | Error::InvalidConsortium(_) => Code::InvalidArgument,
         Error::UnknownStudy(_) | Error::UnknownQuery(_) => Code::NotFound,
         Error::UnknownPdc(_) | Error::Unauthenticated(_) => Code::Unauthenticated,
         Error::PermissionDenied(_) => Code::PermissionDenied,

@@ -4,10 +4,13 @@
 //! [`service::Coordinator`] holds the state and reads the clock; [`server`] is the tonic edge, over TLS with
 //! [`tls`]; [`archive`] stores updates on disk.
 
+pub mod access;
 pub mod aggregation;
 pub mod archive;
 pub mod audit_server;
 pub mod config;
+pub mod consent;
+pub mod consortium;
 mod error;
 pub mod ledger;
 pub mod manifest;

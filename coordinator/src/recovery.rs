@@ -29,7 +29,7 @@ use std::path::Path;
 
 use pdc_ledger::Hash;
 use pdc_ledger::entry::{Entry, Role};
-use pdc_ledger::signing::StatisticsRelease;
+use pdc_ledger::signing::{ConsentConditions, StatisticsRelease};
 use rocksdb::{ColumnFamilyDescriptor, DB, Options, WriteOptions};
 use serde::{Deserialize, Serialize};
 
@@ -44,6 +44,10 @@ const ROUNDS: &str = "rounds";
 const LIFECYCLE: &str = "lifecycle";
 /// The marker of a started study.
 const STARTED: &[u8] = b"started";
+/// The marker of a study created as a draft, not yet shown to hospitals.
+const DRAFT: &[u8] = b"draft";
+/// The marker of a draft opened to hospitals.
+const RECRUITING: &[u8] = b"recruiting";
 
 /// Why a UpdateRejected entry for a PDC out of budget begins so.
 pub(crate) const BUDGET_EXHAUSTED_PREFIX: &str = "privacy budget exhausted: ";
@@ -110,6 +114,21 @@ impl StateStore {
         self.put(LIFECYCLE, study_id.as_bytes(), STARTED)
     }
 
+    /// Marks `study_id` as a draft.
+    pub fn mark_draft(&self, study_id: &str) -> Result<()> {
+        self.put(LIFECYCLE, study_id.as_bytes(), DRAFT)
+    }
+
+    /// Marks the draft `study_id` as recruiting.
+    pub fn mark_recruiting(&self, study_id: &str) -> Result<()> {
+        self.put(LIFECYCLE, study_id.as_bytes(), RECRUITING)
+    }
+
+    /// Whether `study_id` is a draft (created as one and not opened since).
+    pub fn is_draft(&self, study_id: &str) -> Result<bool> {
+        Ok(self.get(LIFECYCLE, study_id.as_bytes())?.as_deref() == Some(DRAFT))
+    }
+
     /// Whether `study_id` was started.
     pub fn is_started(&self, study_id: &str) -> Result<bool> {
         Ok(self.get(LIFECYCLE, study_id.as_bytes())?.as_deref() == Some(STARTED))
@@ -167,6 +186,12 @@ pub(crate) struct OpenProgress {
 pub(crate) struct StudyProgress {
     pub(crate) manifest_hash: Hash,
     pub(crate) consents: BTreeSet<String>,
+    /// The conditions of consents that carry some.
+    pub(crate) conditions: BTreeMap<String, ConsentConditions>,
+    /// Each PDC's ε spent on this study (the increments of its cumulative spend its updates recorded here).
+    pub(crate) study_epsilon: BTreeMap<String, f64>,
+    /// The researcher who signed the manifest, with its signature.
+    pub(crate) signed_by: Option<(String, [u8; 64])>,
     /// The fitted federated standardisation: contributors, mean, std.
     pub(crate) fitted: Option<(Vec<String>, Vec<f64>, Vec<f64>)>,
     /// Feature summaries released for the study's standardisation before it was fitted.
@@ -209,6 +234,16 @@ pub(crate) fn scan(entries: impl IntoIterator<Item = Entry>) -> LedgerScan {
             Entry::MemberRegistered { pdc_id, role: Role::Hospital, public_key } => {
                 scan.hospitals.insert(pdc_id, public_key);
             }
+            Entry::KeyRevoked { pdc_id, key, .. } => {
+                if scan.hospitals.get(&pdc_id) == Some(&key) {
+                    scan.hospitals.remove(&pdc_id);
+                }
+            }
+            Entry::ManifestSigned { study_id, researcher_id, signature, .. } => {
+                if let Some(study) = scan.studies.get_mut(&study_id) {
+                    study.signed_by = Some((researcher_id, signature));
+                }
+            }
             Entry::KeyRotated { pdc_id, new_key, .. } => {
                 if let Some(key) = scan.hospitals.get_mut(&pdc_id) {
                     *key = new_key;
@@ -220,13 +255,18 @@ pub(crate) fn scan(entries: impl IntoIterator<Item = Entry>) -> LedgerScan {
             Entry::StudyCreated { study_id, manifest_hash } => {
                 scan.studies.insert(study_id, StudyProgress { manifest_hash, ..StudyProgress::default() });
             }
-            Entry::ConsentGranted { study_id, pdc_id, .. } => {
+            Entry::ConsentGranted { study_id, pdc_id, conditions, .. } => {
                 if let Some(study) = scan.studies.get_mut(&study_id) {
+                    match conditions {
+                        Some(conditions) => study.conditions.insert(pdc_id.clone(), conditions),
+                        None => study.conditions.remove(&pdc_id),
+                    };
                     study.consents.insert(pdc_id);
                 }
             }
             Entry::ConsentRevoked { study_id, pdc_id, .. } => {
                 if let Some(study) = scan.studies.get_mut(&study_id) {
+                    study.conditions.remove(&pdc_id);
                     study.consents.remove(&pdc_id);
                 }
             }
@@ -259,7 +299,11 @@ pub(crate) fn scan(entries: impl IntoIterator<Item = Entry>) -> LedgerScan {
                 }
             }
             Entry::PrivacySpent { study_id, round, pdc_id, epsilon, delta } => {
+                let before = scan.spent.get(&pdc_id).map_or(0.0, |&(epsilon, _)| epsilon);
                 scan.spent.insert(pdc_id.clone(), (epsilon, delta));
+                if let Some(study) = scan.studies.get_mut(&study_id) {
+                    *study.study_epsilon.entry(pdc_id.clone()).or_default() += (epsilon - before).max(0.0);
+                }
                 if let Some(open) = open_round(&mut scan, &study_id, round) {
                     open.spends.insert(pdc_id, (epsilon, delta));
                 }
@@ -351,12 +395,14 @@ mod tests {
                 pdc_id: "a".into(),
                 manifest_hash: [7; 32],
                 signature: [0; 64],
+                conditions: Some(ConsentConditions { max_rounds: Some(4), ..ConsentConditions::default() }),
             },
             Entry::ConsentGranted {
                 study_id: "s".into(),
                 pdc_id: "b".into(),
                 manifest_hash: [7; 32],
                 signature: [0; 64],
+                conditions: Some(ConsentConditions { max_rounds: Some(2), ..ConsentConditions::default() }),
             },
             Entry::ConsentRevoked {
                 study_id: "s".into(),
@@ -382,6 +428,8 @@ mod tests {
         assert_eq!(scan.hospitals.keys().collect::<Vec<_>>(), ["a"]);
         let study = &scan.studies["s"];
         assert_eq!(study.consents, BTreeSet::from(["a".to_owned()]));
+        // A revoked consent's conditions go with it.
+        assert_eq!(study.conditions.keys().collect::<Vec<_>>(), ["a"]);
         assert_eq!(study.aggregated, vec![(1, [1; 32])]);
         assert_eq!(study.attempts, 2);
         let open = study.open.as_ref().unwrap();

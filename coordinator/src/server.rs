@@ -7,7 +7,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use futures::{Stream, StreamExt};
-use pdc_ledger::signing::{ConsentAction, Contribution, PrivacyClaim, StatisticKind, StatisticsRelease};
+use pdc_ledger::signing::{
+    ConsentAction, ConsentConditions, Contribution, PrivacyClaim, StatisticKind, StatisticsRelease,
+};
 use pdc_proto::pb::audit_service_server::AuditServiceServer;
 use pdc_proto::pb::federation_service_server::{FederationService, FederationServiceServer};
 use pdc_proto::pb::study_service_server::{StudyService, StudyServiceServer};
@@ -17,6 +19,7 @@ use tokio::net::TcpListener;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::access::{Caller, StudyAction};
 use crate::audit_server::{AuditApi, WitnessApi};
 use crate::metrics::{Telemetry, code_label};
 use crate::service::{
@@ -55,6 +58,15 @@ pub async fn serve_with_tls(
     let audit = AuditServiceServer::new(AuditApi::new(Arc::clone(coordinator.ledger())))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    // The AuditService is read-only; with a consortium only its members may read it.
+    let reader = Arc::clone(&coordinator);
+    let audit = tonic::service::interceptor::InterceptedService::new(
+        audit,
+        move |request: Request<()>| -> Result<Request<()>, Status> {
+            reader.caller(Peer::of(&request).certified_key()?)?;
+            Ok(request)
+        },
+    );
     let federation = FederationServiceServer::new(FederationApi { coordinator })
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
@@ -108,6 +120,21 @@ struct StudyApi {
     coordinator: Arc<Coordinator>,
 }
 
+impl StudyApi {
+    /// `request`'s message, once its caller may do `action` on the study it names (see [`crate::access`]).
+    fn authorized<T>(
+        &self,
+        request: Request<T>,
+        action: StudyAction,
+        study_id: impl FnOnce(&T) -> Option<&str>,
+    ) -> Result<(Caller, T), Status> {
+        let caller = self.coordinator.caller(Peer::of(&request).certified_key()?)?;
+        let message = request.into_inner();
+        self.coordinator.authorize(&caller, action, study_id(&message))?;
+        Ok((caller, message))
+    }
+}
+
 struct FederationApi {
     coordinator: Arc<Coordinator>,
 }
@@ -118,31 +145,47 @@ impl StudyService for StudyApi {
         &self,
         request: Request<pb::CreateStudyRequest>,
     ) -> Result<Response<pb::CreateStudyResponse>, Status> {
-        let request = request.into_inner();
-        let (study_id, manifest_hash) =
-            self.coordinator.create_study(&request.manifest_toml, &request.validation_csv)?;
+        let (caller, request) = self.authorized(request, StudyAction::Create, |_| None)?;
+        let signature = (!request.manifest_signature.is_empty()).then_some(request.manifest_signature.as_slice());
+        let (study_id, manifest_hash) = self.coordinator.create_study(
+            &caller,
+            &request.manifest_toml,
+            &request.validation_csv,
+            signature,
+            request.draft,
+        )?;
         Ok(Response::new(pb::CreateStudyResponse { study_id, manifest_hash: hex::encode(manifest_hash) }))
     }
 
+    async fn open_recruiting(&self, request: Request<pb::StudyRef>) -> Result<Response<pb::StudyStatus>, Status> {
+        let (_, request) = self.authorized(request, StudyAction::Manage, |r| Some(r.study_id.as_str()))?;
+        let status = self.coordinator.open_recruiting(&request.study_id)?;
+        Ok(Response::new(status_to_pb(&status)))
+    }
+
     async fn start_study(&self, request: Request<pb::StudyRef>) -> Result<Response<pb::StudyStatus>, Status> {
-        let status = self.coordinator.start_study(&request.into_inner().study_id)?;
+        let (_, request) = self.authorized(request, StudyAction::Manage, |r| Some(r.study_id.as_str()))?;
+        let status = self.coordinator.start_study(&request.study_id)?;
         Ok(Response::new(status_to_pb(&status)))
     }
 
     async fn stop_study(&self, request: Request<pb::StudyRef>) -> Result<Response<pb::StudyStatus>, Status> {
-        let status = self.coordinator.stop_study(&request.into_inner().study_id, "stopped by the researcher")?;
+        let (_, request) = self.authorized(request, StudyAction::Manage, |r| Some(r.study_id.as_str()))?;
+        let status = self.coordinator.stop_study(&request.study_id, "stopped by the researcher")?;
         Ok(Response::new(status_to_pb(&status)))
     }
 
     async fn get_status(&self, request: Request<pb::StudyRef>) -> Result<Response<pb::StudyStatus>, Status> {
-        let status = self.coordinator.status(&request.into_inner().study_id)?;
+        let (_, request) = self.authorized(request, StudyAction::Read, |r| Some(r.study_id.as_str()))?;
+        let status = self.coordinator.status(&request.study_id)?;
         Ok(Response::new(status_to_pb(&status)))
     }
 
     type WatchStudyStream = ResponseStream<pb::StudyEvent>;
 
     async fn watch_study(&self, request: Request<pb::StudyRef>) -> Result<Response<Self::WatchStudyStream>, Status> {
-        let study_id = request.into_inner().study_id;
+        let (_, request) = self.authorized(request, StudyAction::Read, |r| Some(r.study_id.as_str()))?;
+        let study_id = request.study_id;
         let (status, mut events) = self.coordinator.watch(&study_id)?;
         let coordinator = Arc::clone(&self.coordinator);
         let stream = async_stream::stream! {
@@ -185,7 +228,8 @@ impl StudyService for StudyApi {
         &self,
         request: Request<pb::StudyRef>,
     ) -> Result<Response<Self::DownloadModelStream>, Status> {
-        let snapshot = self.coordinator.current_model(&request.into_inner().study_id)?;
+        let (_, request) = self.authorized(request, StudyAction::Download, |r| Some(r.study_id.as_str()))?;
+        let snapshot = self.coordinator.current_model(&request.study_id)?;
         Ok(Response::new(model_stream(snapshot, Arc::clone(self.coordinator.metrics()), pb::Compression::None)))
     }
 
@@ -193,7 +237,7 @@ impl StudyService for StudyApi {
         &self,
         request: Request<pb::FeasibilityRequest>,
     ) -> Result<Response<pb::FeasibilityReport>, Status> {
-        let request = request.into_inner();
+        let (_, request) = self.authorized(request, StudyAction::Feasibility, |_| None)?;
         if request.timeout_secs == 0 || u64::from(request.timeout_secs) > MAX_FEASIBILITY_TIMEOUT.as_secs() {
             return Err(Status::from(Error::InvalidArgument {
                 field: "timeout_secs",
@@ -232,7 +276,7 @@ impl FederationService for FederationApi {
     async fn register(&self, request: Request<pb::RegisterRequest>) -> Result<Response<pb::RegisterResponse>, Status> {
         let peer = Peer::of(&request);
         let request = request.into_inner();
-        peer.check_registration(&request.pdc_id, &request.public_key)?;
+        peer.check_registration(&self.coordinator, &request.pdc_id, &request.public_key)?;
         let newly_registered = self.coordinator.register(&request.pdc_id, &request.public_key, &request.signature)?;
         Ok(Response::new(pb::RegisterResponse { newly_registered }))
     }
@@ -252,6 +296,8 @@ impl FederationService for FederationApi {
                 manifest_hash: hex::encode(listing.manifest_hash),
                 manifest_toml: listing.manifest_toml,
                 consented: listing.consented,
+                researcher_id: listing.researcher.as_ref().map(|(id, _)| id.clone()).unwrap_or_default(),
+                manifest_signature: listing.researcher.map(|(_, signature)| signature.to_vec()).unwrap_or_default(),
             })
             .collect();
         Ok(Response::new(pb::ListStudiesResponse { studies }))
@@ -259,7 +305,18 @@ impl FederationService for FederationApi {
 
     async fn consent(&self, request: Request<pb::ConsentRequest>) -> Result<Response<pb::ConsentResponse>, Status> {
         let request = bound(&self.coordinator, request, |r| &r.pdc_id)?;
-        self.coordinator.consent(ConsentAction::Grant, &request.pdc_id, &request.study_id, &request.signature)?;
+        let conditions = request.conditions.map(|c| ConsentConditions {
+            max_rounds: c.max_rounds,
+            max_epsilon: c.max_epsilon,
+            expires_at_ms: c.expires_at_ms,
+        });
+        self.coordinator.consent(
+            ConsentAction::Grant,
+            &request.pdc_id,
+            &request.study_id,
+            &request.signature,
+            conditions,
+        )?;
         Ok(Response::new(pb::ConsentResponse {}))
     }
 
@@ -268,7 +325,16 @@ impl FederationService for FederationApi {
         request: Request<pb::ConsentRequest>,
     ) -> Result<Response<pb::ConsentResponse>, Status> {
         let request = bound(&self.coordinator, request, |r| &r.pdc_id)?;
-        self.coordinator.consent(ConsentAction::Revoke, &request.pdc_id, &request.study_id, &request.signature)?;
+        if request.conditions.is_some() {
+            return Err(Status::invalid_argument("invalid conditions: a revocation carries no conditions"));
+        }
+        self.coordinator.consent(
+            ConsentAction::Revoke,
+            &request.pdc_id,
+            &request.study_id,
+            &request.signature,
+            None,
+        )?;
         Ok(Response::new(pb::ConsentResponse {}))
     }
 
@@ -626,6 +692,7 @@ fn is_terminal(state: StudyState) -> bool {
 fn state_to_pb(state: StudyState) -> pb::StudyState {
     match state {
         StudyState::Created => pb::StudyState::Created,
+        StudyState::Recruiting => pb::StudyState::Recruiting,
         StudyState::Running => pb::StudyState::Running,
         StudyState::Finished => pb::StudyState::Finished,
         StudyState::Stopped => pb::StudyState::Stopped,

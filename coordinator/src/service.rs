@@ -11,14 +11,17 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use pdc_ledger::entry::{Entry, Role};
-use pdc_ledger::signing::{self, ConsentAction, Contribution, StatisticKind, StatisticsRelease};
+use pdc_ledger::signing::{self, ConsentAction, ConsentConditions, Contribution, StatisticKind, StatisticsRelease};
 use pdc_ledger::{Hash, Identity, PublicKey, sha3_256};
 use pdc_models::{Dataset, Layout, Metrics, ModelSpec, Standardizer};
 use pdc_privacy::stats::{NoisyCohortCounts, NoisyFeatureSummary};
 use tokio::sync::{Notify, broadcast, mpsc};
 
+use crate::access::{Caller, StudyAction};
 use crate::aggregation::{AggregationConfig, FedAvg, ServerState, SuspensionTracker, aggregate_round, apply_delta};
 use crate::archive::{PartialUploads, UpdateArchive, UploadKey, UploadProgress, UploadStream};
+use crate::consent::ConsentTerms;
+use crate::consortium::{Consortium, Membership};
 use crate::ledger::{Ledger, LedgerSettings};
 use crate::manifest::{self, Manifest};
 use crate::metrics::Telemetry;
@@ -49,6 +52,8 @@ pub struct CoordinatorConfig {
     pub max_round_attempts: u32,
     /// The ledger's name, key and witnesses.
     pub ledger: LedgerSettings,
+    /// The consortium file (see [`crate::consortium`]); `None` leaves registration and the StudyService open.
+    pub consortium: Option<PathBuf>,
 }
 
 impl CoordinatorConfig {
@@ -59,6 +64,7 @@ impl CoordinatorConfig {
             tick_interval: Duration::from_millis(100),
             max_round_attempts: 3,
             ledger: LedgerSettings::default(),
+            consortium: None,
         }
     }
 }
@@ -124,11 +130,13 @@ pub struct HospitalStats {
     pub budget_exhausted: bool,
 }
 
-/// A study's lifecycle state, as reported.
+/// A study's lifecycle state, as reported: draft → recruiting → running → finished, stopped or failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StudyState {
-    /// Created, not started.
+    /// A draft: created, not yet shown to hospitals.
     Created,
+    /// Shown to hospitals, which may consent; not started.
+    Recruiting,
     /// Running.
     Running,
     /// All rounds done.
@@ -211,6 +219,9 @@ pub struct StudyListing {
     pub manifest_toml: String,
     /// Whether the asking PDC consented.
     pub consented: bool,
+    /// The researcher who created the study and its signature over [`signing::manifest_message`], when the
+    /// coordinator has a consortium.
+    pub researcher: Option<(String, [u8; 64])>,
 }
 
 /// A global model handed out for download.
@@ -296,6 +307,13 @@ struct Study {
     /// The federated standardisation and the validation set before it, when the manifest asks for one.
     standardization: Option<Standardization>,
     raw_validation: Option<Dataset>,
+    /// The researcher who created the study and its signature over the manifest, when a consortium names
+    /// researchers.
+    signed_by: Option<(String, [u8; 64])>,
+    /// The conditions of consents that carry some, and each PDC's ε on this study.
+    consent_terms: ConsentTerms,
+    /// Whether the study was opened to hospitals (it is a draft until then).
+    recruiting: bool,
 }
 
 /// A study's central DP: the mechanism (with its adaptive clip norm) and the PDC-level accountant of its rounds.
@@ -308,6 +326,7 @@ pub(crate) struct CentralState {
 impl Study {
     fn status(&self) -> StudyStatus {
         let (state, detail) = match self.machine.phase() {
+            Phase::Created if self.recruiting => (StudyState::Recruiting, String::new()),
             Phase::Created => (StudyState::Created, String::new()),
             Phase::Waiting | Phase::Open | Phase::Aggregating => (StudyState::Running, String::new()),
             Phase::Finished => (StudyState::Finished, String::new()),
@@ -364,6 +383,22 @@ impl Study {
         })
     }
 
+    /// Why `pdc_id`'s consent does not cover `round` at `now_wall_ms` (Unix milliseconds), if it does not: it
+    /// was never given or was revoked, it expired, the round is beyond its `max_rounds`, or the PDC's ε on this
+    /// study reached its `max_epsilon`.
+    fn consent_lapse(&self, pdc_id: &str, round: u32, now_wall_ms: u64) -> Option<String> {
+        if !self.consents.contains(pdc_id) {
+            return Some(format!("{pdc_id} has not consented to study {}", self.id));
+        }
+        self.consent_terms.lapse(&self.id, pdc_id, round, now_wall_ms)
+    }
+
+    /// Whether hospitals may see and join the study: it recruits or runs.
+    fn joinable(&self) -> bool {
+        self.recruiting
+            && matches!(self.machine.phase(), Phase::Created | Phase::Waiting | Phase::Open | Phase::Aggregating)
+    }
+
     /// Whether the study is started and still gathering its standardisation (no round may open yet).
     fn standardizing(&self) -> bool {
         *self.machine.phase() == Phase::Waiting && self.standardization.as_ref().is_some_and(|s| !s.is_done())
@@ -388,6 +423,8 @@ struct State {
     spent: BTreeMap<String, (f64, f64)>,
     /// Open feasibility queries, by id, with what wakes their researcher's call when they complete.
     queries: BTreeMap<String, (FeasibilityQuery, Arc<Notify>)>,
+    /// The consortium in force, when one is configured.
+    consortium: Option<Consortium>,
 }
 
 /// A PDC's privacy budget, as declared on the ledger.
@@ -445,7 +482,87 @@ impl Coordinator {
             recovered: Mutex::new(Vec::new()),
         };
         coordinator.recover()?;
+        if coordinator.config.consortium.is_some() {
+            coordinator.reload_consortium()?;
+        } else {
+            tracing::warn!(
+                "no consortium file: any PDC may register, and any client may use the StudyService and AuditService"
+            );
+        }
         Ok(Arc::new(coordinator))
+    }
+
+    /// Reads the consortium file again, records its changes on the ledger (see [`crate::consortium`]) and puts
+    /// it in force: hospitals added or given a new key may register with it, and a hospital whose key was revoked
+    /// loses its task streams and every call, so no later round selects it. Returns how many entries were
+    /// recorded. A file that does not parse or contradicts the ledger changes nothing.
+    pub fn reload_consortium(&self) -> Result<usize> {
+        let path = self
+            .config
+            .consortium
+            .as_ref()
+            .ok_or_else(|| Error::FailedPrecondition("this coordinator has no consortium file to reload".into()))?;
+        let consortium = Consortium::load(path)?;
+        let mut state = self.lock();
+        let recorded = self.ledger.entries()?;
+        let changes = Membership::from_entries(recorded.iter().map(|(_, entry)| entry)).changes(&consortium)?;
+        if !changes.is_empty() {
+            self.ledger.record(&changes)?;
+        }
+        let hospitals: BTreeMap<&String, PublicKey> = consortium
+            .members
+            .values()
+            .filter(|member| member.role == Role::Hospital)
+            .map(|member| (&member.id, member.key))
+            .collect();
+        // Dropping a PDC drops its task streams: its agent is told at once, and the next round cannot select it.
+        state.pdcs.retain(|id, _| hospitals.contains_key(id));
+        for (id, key) in hospitals {
+            let pdc = state.pdcs.entry(id.clone()).or_insert_with(|| Pdc { key, task_streams: Vec::new() });
+            if pdc.key != key {
+                pdc.key = key;
+                pdc.task_streams.clear();
+            }
+        }
+        tracing::info!(members = consortium.members.len(), entries = changes.len(), file = %path.display(),
+            "consortium in force");
+        state.consortium = Some(consortium);
+        Ok(changes.len())
+    }
+
+    /// The StudyService or AuditService caller whose mutual-TLS certificate certifies `key` (`None`: plaintext or
+    /// no certificate). Without a consortium everyone is [`Caller::Open`]; with one, the key must be a current
+    /// member's.
+    pub fn caller(&self, key: Option<PublicKey>) -> Result<Caller> {
+        let state = self.lock();
+        let Some(consortium) = &state.consortium else { return Ok(Caller::Open) };
+        let key = key.ok_or_else(|| {
+            Error::Unauthenticated(
+                "this coordinator has a consortium: calls need mutual TLS with a member's certificate".into(),
+            )
+        })?;
+        let member = consortium.member_by_key(&key).ok_or_else(|| {
+            Error::PermissionDenied(format!(
+                "the TLS client certificate certifies key {}, which is no current consortium member's (never \
+                 listed, or revoked)",
+                hex::encode(key.to_bytes())
+            ))
+        })?;
+        Ok(Caller::Member { id: member.id.clone(), role: member.role })
+    }
+
+    /// Checks that `caller` may do `action` on `study_id` (see [`crate::access::authorize`]); an unknown study is
+    /// `NotFound`.
+    pub fn authorize(&self, caller: &Caller, action: StudyAction, study_id: Option<&str>) -> Result<()> {
+        let state = self.lock();
+        let owner = match study_id {
+            Some(id) => {
+                let study = state.studies.get(id).ok_or_else(|| Error::UnknownStudy(id.to_owned()))?;
+                study.signed_by.as_ref().map(|(owner, _)| owner.as_str())
+            }
+            None => None,
+        };
+        crate::access::authorize(caller, action, owner)
     }
 
     /// Rebuilds the registered PDCs, budgets, spends and every study from the ledger, the state store and the
@@ -494,6 +611,14 @@ impl Coordinator {
         }
         let mut study = self.build_study(study_id, prepared)?;
         study.consents = progress.consents.clone();
+        for (pdc_id, conditions) in &progress.conditions {
+            study.consent_terms.grant(pdc_id, Some(*conditions));
+        }
+        for (pdc_id, &epsilon) in &progress.study_epsilon {
+            study.consent_terms.record_epsilon(pdc_id, epsilon);
+        }
+        study.signed_by = progress.signed_by.clone();
+        study.recruiting = !self.state_store.is_draft(study_id)?;
         let now = self.now_ms();
 
         // The standardisation the rounds used, or the summaries released so far towards it.
@@ -723,12 +848,16 @@ impl Coordinator {
         let connected: BTreeSet<String> =
             state.pdcs.iter().filter(|(_, pdc)| pdc.connected()).map(|(id, _)| id.clone()).collect();
         let ids: Vec<String> = state.studies.keys().cloned().collect();
+        let wall = Self::wall_clock_ms();
         for id in ids {
             let study = state.studies.get_mut(&id).expect("listed");
+            // A round opens only for consents that cover it: revocations, expiry and spent limits bite here.
+            let next_round = study.machine.round() + 1;
             let available: Vec<String> = study
                 .consents
                 .intersection(&connected)
                 .filter(|id| !study.exhausted.contains(*id) && !study.suspensions.is_suspended(id))
+                .filter(|id| study.consent_lapse(id, next_round, wall).is_none())
                 .cloned()
                 .collect();
             if study.standardizing() {
@@ -1060,8 +1189,19 @@ impl Coordinator {
 
     // ---- StudyService -------------------------------------------------------------------------------------
 
-    /// Creates a study from manifest TOML and the validation set's CSV text.
-    pub fn create_study(&self, manifest_toml: &str, validation_csv: &[u8]) -> Result<(String, Hash)> {
+    /// Creates a study from manifest TOML and the validation set's CSV text, for `caller`. With a consortium the
+    /// caller is a researcher who signs the canonical manifest's hash ([`signing::manifest_message`]); the study
+    /// is then its, and the signature is recorded as `ManifestSigned` with the study. A `draft` is hidden from
+    /// hospitals until [`Coordinator::open_recruiting`]; otherwise the study recruits at once.
+    pub fn create_study(
+        &self,
+        caller: &Caller,
+        manifest_toml: &str,
+        validation_csv: &[u8],
+        manifest_signature: Option<&[u8]>,
+        draft: bool,
+    ) -> Result<(String, Hash)> {
+        crate::access::authorize(caller, StudyAction::Create, None)?;
         if validation_csv.len() > MAX_VALIDATION_BYTES {
             return Err(Error::TooLarge(format!(
                 "validation set of {} bytes exceeds the limit of {MAX_VALIDATION_BYTES}",
@@ -1072,8 +1212,36 @@ impl Coordinator {
         let study_id = format!("{}-{}", slug(&prepared.manifest.name), &hex::encode(prepared.manifest_hash)[..8]);
         let canonical = prepared.canonical.clone();
         let manifest_hash = prepared.manifest_hash;
-        let study = self.build_study(&study_id, prepared)?;
+        let mut study = self.build_study(&study_id, prepared)?;
         let mut state = self.lock();
+        let signed = match (caller.member_id(), manifest_signature) {
+            (None, None) => None,
+            (None, Some(_)) => {
+                return Err(Error::FailedPrecondition(
+                    "this coordinator has no consortium, so it knows no researcher key to check the manifest \
+                     signature against"
+                        .into(),
+                ));
+            }
+            (Some(id), None) => {
+                return Err(Error::Unauthenticated(format!(
+                    "researcher {id} must sign the manifest (hash {})",
+                    hex::encode(manifest_hash)
+                )));
+            }
+            (Some(id), Some(signature)) => {
+                let consortium = state.consortium.as_ref().expect("a member caller comes from the consortium");
+                let member = consortium.members.get(id).ok_or_else(|| {
+                    Error::PermissionDenied(format!("{id} left the consortium while its study was being created"))
+                })?;
+                member
+                    .key
+                    .verify(&signing::manifest_message(id, &manifest_hash), signature, id)
+                    .map_err(|e| Error::Unauthenticated(format!("manifest signature of {id}: {e}")))?;
+                let signature: [u8; 64] = signature.try_into().expect("a verified signature has 64 bytes");
+                Some((id.to_owned(), signature))
+            }
+        };
         if state.studies.contains_key(&study_id) {
             return Err(Error::AlreadyExists(format!("study {study_id} exists already")));
         }
@@ -1082,8 +1250,23 @@ impl Coordinator {
         }
         // The inputs a replay needs besides the ledger and the update archive, kept before the study exists.
         archive_study(&self.config.data_dir.join("studies").join(&study_id), &canonical, validation_csv)?;
-        self.ledger.record(&[Entry::StudyCreated { study_id: study_id.clone(), manifest_hash }])?;
+        if draft {
+            // Not on the ledger: a restarted coordinator learns from the state store that the study is a draft.
+            self.state_store.mark_draft(&study_id)?;
+        }
+        let mut entries = vec![Entry::StudyCreated { study_id: study_id.clone(), manifest_hash }];
+        if let Some((researcher_id, signature)) = &signed {
+            entries.push(Entry::ManifestSigned {
+                study_id: study_id.clone(),
+                researcher_id: researcher_id.clone(),
+                manifest_hash,
+                signature: *signature,
+            });
+        }
+        self.ledger.record(&entries)?;
         tracing::info!(study = %study_id, name = %study.manifest.name, "study created");
+        study.signed_by = signed;
+        study.recruiting = !draft;
         state.studies.insert(study_id.clone(), study);
         Ok((study_id, manifest_hash))
     }
@@ -1150,6 +1333,9 @@ impl Coordinator {
             suspensions: SuspensionTracker::new(manifest.aggregation.anomaly.suspend_after_rounds),
             standardization,
             raw_validation,
+            signed_by: None,
+            consent_terms: ConsentTerms::default(),
+            recruiting: true,
             manifest,
         })
     }
@@ -1172,7 +1358,24 @@ impl Coordinator {
         f(study)
     }
 
-    /// Starts a created study.
+    /// Opens a draft study to hospitals: from now on they see it and may consent.
+    pub fn open_recruiting(&self, study_id: &str) -> Result<StudyStatus> {
+        self.with_study(study_id, |study| {
+            if *study.machine.phase() != Phase::Created || study.recruiting {
+                return Err(Error::FailedPrecondition(format!(
+                    "study {study_id} is {:?}, not a draft",
+                    study.status().state
+                )));
+            }
+            self.state_store.mark_recruiting(study_id)?;
+            study.recruiting = true;
+            tracing::info!(study = %study_id, "recruiting");
+            study.emit(StudyEvent::Status(study.status()));
+            Ok(study.status())
+        })
+    }
+
+    /// Starts a recruiting study.
     pub fn start_study(self: &Arc<Self>, study_id: &str) -> Result<StudyStatus> {
         let now = self.now_ms();
         let status = self.with_study(study_id, |study| {
@@ -1180,6 +1383,11 @@ impl Coordinator {
                 return Err(Error::FailedPrecondition(format!(
                     "cannot start a study that is {:?}",
                     study.machine.phase()
+                )));
+            }
+            if !study.recruiting {
+                return Err(Error::FailedPrecondition(format!(
+                    "study {study_id} is a draft: open recruiting first (pdc study recruit {study_id})"
                 )));
             }
             // Durable before it takes effect: a restarted coordinator resumes the study as started.
@@ -1231,7 +1439,14 @@ impl Coordinator {
         let mut state = self.lock();
         match state.pdcs.get(pdc_id) {
             Some(existing) if existing.key == key => Ok(false),
+            Some(_) if state.consortium.is_some() => Err(Error::PermissionDenied(format!(
+                "the consortium file gives PDC {pdc_id} another key than {}",
+                hex::encode(key.to_bytes())
+            ))),
             Some(_) => Err(Error::AlreadyExists(format!("PDC {pdc_id} is registered with another key"))),
+            None if state.consortium.is_some() => Err(Error::PermissionDenied(format!(
+                "{pdc_id} is not a hospital of the consortium (its file lists who may register)"
+            ))),
             None => {
                 let entry = Entry::MemberRegistered {
                     pdc_id: pdc_id.to_owned(),
@@ -1275,42 +1490,71 @@ impl Coordinator {
         Ok(state
             .studies
             .values()
-            .filter(|study| {
-                matches!(study.machine.phase(), Phase::Created | Phase::Waiting | Phase::Open | Phase::Aggregating)
-            })
+            .filter(|study| study.joinable())
             .map(|study| StudyListing {
                 study_id: study.id.clone(),
                 name: study.manifest.name.clone(),
                 manifest_hash: study.manifest_hash,
                 manifest_toml: study.manifest_toml.clone(),
                 consented: study.consents.contains(&auth.pdc_id),
+                researcher: study.signed_by.clone(),
             })
             .collect())
     }
 
-    /// Grants or revokes `pdc_id`'s consent to a study, proven by its signature over the manifest hash.
-    pub fn consent(&self, action: ConsentAction, pdc_id: &str, study_id: &str, signature: &[u8]) -> Result<()> {
+    /// Grants or revokes `pdc_id`'s consent to a study, proven by its signature over the manifest hash (and the
+    /// conditions of a conditional grant: [`signing::conditional_consent_message`]). Granting again with other
+    /// conditions replaces them. A revocation is immediate; the round in progress goes on without the PDC.
+    pub fn consent(
+        &self,
+        action: ConsentAction,
+        pdc_id: &str,
+        study_id: &str,
+        signature: &[u8],
+        conditions: Option<ConsentConditions>,
+    ) -> Result<()> {
         let mut state = self.lock();
         let state = &mut *state;
         let pdc = state.pdcs.get(pdc_id).ok_or_else(|| Error::UnknownPdc(pdc_id.to_owned()))?;
         let study = state.studies.get_mut(study_id).ok_or_else(|| Error::UnknownStudy(study_id.to_owned()))?;
-        let message = signing::consent_message(action, study_id, &study.manifest_hash);
+        if action == ConsentAction::Grant && !study.joinable() {
+            return Err(Error::FailedPrecondition(format!(
+                "study {study_id} is {:?}: hospitals consent only to recruiting or running studies",
+                study.status().state
+            )));
+        }
+        if let Some(conditions) = &conditions {
+            if action == ConsentAction::Revoke {
+                return Err(Error::InvalidArgument {
+                    field: "conditions",
+                    detail: "a revocation carries no conditions".into(),
+                });
+            }
+            ConsentTerms::check(conditions, study_id, study.manifest.privacy.is_some(), Self::wall_clock_ms())?;
+        }
+        let message = match &conditions {
+            Some(conditions) => signing::conditional_consent_message(study_id, &study.manifest_hash, conditions),
+            None => signing::consent_message(action, study_id, &study.manifest_hash),
+        };
         pdc.key.verify(&message, signature, pdc_id).map_err(|e| Error::Unauthenticated(e.to_string()))?;
         let signature: [u8; 64] = signature.try_into().expect("a verified Ed25519 signature has 64 bytes");
         let (study_id, pdc, manifest_hash) = (study_id.to_owned(), pdc_id.to_owned(), study.manifest_hash);
+        let changed = !study.consents.contains(pdc_id) || study.consent_terms.conditions(pdc_id) != conditions.as_ref();
         // Only a change is recorded: granting twice, or revoking what was never granted, changes nothing.
         match action {
-            ConsentAction::Grant if !study.consents.contains(pdc_id) => {
-                let entry = Entry::ConsentGranted { study_id, pdc_id: pdc, manifest_hash, signature };
+            ConsentAction::Grant if changed => {
+                let entry = Entry::ConsentGranted { study_id, pdc_id: pdc, manifest_hash, signature, conditions };
                 self.ledger.record(&[entry])?;
-                tracing::info!(study = %study.id, pdc = %pdc_id, "consent granted");
+                tracing::info!(study = %study.id, pdc = %pdc_id, ?conditions, "consent granted");
                 study.consents.insert(pdc_id.to_owned());
+                study.consent_terms.grant(pdc_id, conditions);
             }
             ConsentAction::Revoke if study.consents.contains(pdc_id) => {
                 let entry = Entry::ConsentRevoked { study_id, pdc_id: pdc, manifest_hash, signature };
                 self.ledger.record(&[entry])?;
                 tracing::info!(study = %study.id, pdc = %pdc_id, "consent revoked");
                 study.consents.remove(pdc_id);
+                study.consent_terms.revoke(pdc_id);
             }
             _ => {}
         }
@@ -1332,6 +1576,7 @@ impl Coordinator {
                 if *study.machine.phase() == Phase::Open
                     && study.round_participants.contains(&auth.pdc_id)
                     && study.machine.check_update(&auth.pdc_id, study.machine.round()).is_ok()
+                    && study.consent_lapse(&auth.pdc_id, study.machine.round(), Self::wall_clock_ms()).is_none()
                 {
                     let _ = sender.try_send(study.task_for(&auth.pdc_id, now));
                 }
@@ -1364,6 +1609,9 @@ impl Coordinator {
         if !study.round_participants.contains(&auth.pdc_id) {
             return Err(Error::PermissionDenied(format!("{} is not a participant of round {round}", auth.pdc_id)));
         }
+        if let Some(lapse) = study.consent_lapse(&auth.pdc_id, round, Self::wall_clock_ms()) {
+            return Err(Error::PermissionDenied(lapse));
+        }
         Ok(snapshot(study))
     }
 
@@ -1381,12 +1629,10 @@ impl Coordinator {
             .studies
             .get(&contribution.study_id)
             .ok_or_else(|| Error::UnknownStudy(contribution.study_id.clone()))?;
-        if !study.consents.contains(&contribution.pdc_id) {
-            return Err(Error::PermissionDenied(format!(
-                "{} has not consented to study {}",
-                contribution.pdc_id, study.id
-            )));
+        if let Some(lapse) = study.consent_lapse(&contribution.pdc_id, contribution.round, Self::wall_clock_ms()) {
+            return Err(Error::PermissionDenied(lapse));
         }
+        check_study_epsilon(&state, study, contribution)?;
         study.machine.check_update(&contribution.pdc_id, contribution.round)?;
         let expected = study.global.len() as u64;
         if contribution.n_parameters != expected {
@@ -1490,9 +1736,14 @@ impl Coordinator {
         let signature: [u8; 64] = header.signature.as_slice().try_into().map_err(|_| {
             Error::Unauthenticated(format!("signature of {} has {} bytes", contribution.pdc_id, header.signature.len()))
         })?;
-        // Another study's upload may have recorded a spend of this PDC since the header was checked.
+        // Another study's upload may have recorded a spend of this PDC since the header was checked, and the
+        // consent may have lapsed while the body was arriving.
         let study = state.studies.get(&contribution.study_id).expect("looked up above");
+        if let Some(lapse) = study.consent_lapse(&contribution.pdc_id, contribution.round, Self::wall_clock_ms()) {
+            return Err(Error::PermissionDenied(lapse));
+        }
         check_privacy(state, study, contribution)?;
+        let study_spend = check_study_epsilon(state, study, contribution)?;
         let mut entries = vec![Entry::ContributionAccepted { contribution: contribution.clone(), signature }];
         if let Some(claim) = &contribution.privacy {
             entries.push(Entry::PrivacySpent {
@@ -1507,6 +1758,7 @@ impl Coordinator {
         let study = state.studies.get_mut(&contribution.study_id).expect("looked up above");
         self.metrics.update_accepted(contribution.n_parameters.saturating_mul(4));
         if let Some(claim) = &contribution.privacy {
+            study.consent_terms.record_epsilon(&contribution.pdc_id, study_spend);
             self.metrics.epsilon_spent(&contribution.pdc_id, claim.epsilon);
             state.spent.insert(contribution.pdc_id.clone(), (claim.epsilon, claim.delta));
             study.round_spend.insert(contribution.pdc_id.clone(), (claim.epsilon, claim.delta));
@@ -1620,6 +1872,11 @@ impl Coordinator {
         let new_key = PublicKey::from_bytes(new_key)
             .map_err(|e| Error::InvalidArgument { field: "new_public_key", detail: e.to_string() })?;
         let mut state = self.lock();
+        if state.consortium.is_some() {
+            return Err(Error::FailedPrecondition(format!(
+                "keys are managed by the consortium file: list {pdc_id}'s new key there and reload it"
+            )));
+        }
         let pdc = state.pdcs.get_mut(pdc_id).ok_or_else(|| Error::UnknownPdc(pdc_id.to_owned()))?;
         let (old_bytes, new_bytes) = (pdc.key.to_bytes(), new_key.to_bytes());
         if old_bytes == new_bytes {
@@ -1938,6 +2195,15 @@ pub enum FailureKind {
     Other,
     /// The round would take the PDC's table past its privacy budget: it is not selected for the study again.
     BudgetExhausted,
+}
+
+/// The PDC's ε on this study once `contribution` is recorded, refused when that would pass its consent's
+/// `max_epsilon` (see [`ConsentTerms::epsilon_after`]).
+fn check_study_epsilon(state: &State, study: &Study, contribution: &Contribution) -> Result<f64> {
+    let pdc_id = &contribution.pdc_id;
+    let recorded = state.spent.get(pdc_id).map_or(0.0, |&(epsilon, _)| epsilon);
+    let claimed = contribution.privacy.as_ref().map(|claim| claim.epsilon);
+    study.consent_terms.epsilon_after(&study.id, pdc_id, claimed, recorded)
 }
 
 /// Checks a contribution's privacy claim against the study and the PDC's declared budget and recorded spend: a
@@ -2408,8 +2674,7 @@ mod tests {
         let global: Vec<f32> = (0..n).map(|i| (i as f32 * 1e-3).sin()).collect();
         let contributions: Vec<(String, AcceptedUpdate)> = (0..3u64)
             .map(|k| {
-                let delta: Vec<f32> =
-                    (0..n as u64).map(|i| ((i * 7 + k * 13) % 101) as f32 * 1e-4 - 5e-3).collect();
+                let delta: Vec<f32> = (0..n as u64).map(|i| ((i * 7 + k * 13) % 101) as f32 * 1e-4 - 5e-3).collect();
                 let update = AcceptedUpdate { n_examples: 10 + 7 * k, update_hash: archive.store(&delta).unwrap() };
                 (format!("pdc-{k}"), update)
             })

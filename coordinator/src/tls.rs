@@ -34,6 +34,18 @@ impl TlsSettings {
     /// refused during the handshake; without it, such a client may still use the StudyService and AuditService,
     /// but never the FederationService.
     pub fn load(cert: &Path, key: &Path, client_certs: &[PathBuf], require_client_cert: bool) -> Result<Self> {
+        Self::load_trusting(cert, key, client_certs, &[], require_client_cert)
+    }
+
+    /// As [`TlsSettings::load`], trusting the certificates in `more_client_certs_pem` too (the consortium's
+    /// member certificates).
+    pub fn load_trusting(
+        cert: &Path,
+        key: &Path,
+        client_certs: &[PathBuf],
+        more_client_certs_pem: &[u8],
+        require_client_cert: bool,
+    ) -> Result<Self> {
         let read = |field: &'static str, path: &Path| {
             std::fs::read(path)
                 .map_err(|e| Error::InvalidArgument { field, detail: format!("{}: {e}", path.display()) })
@@ -53,6 +65,7 @@ impl TlsSettings {
             client_certs_pem.extend_from_slice(&pem);
             client_certs_pem.push(b'\n');
         }
+        client_certs_pem.extend_from_slice(more_client_certs_pem);
         if require_client_cert && client_certs_pem.is_empty() {
             return Err(Error::InvalidArgument {
                 field: "tls.client_certs",
@@ -174,9 +187,24 @@ impl Peer {
         }
     }
 
+    /// The Ed25519 key the sender's certificate certifies: `None` on plaintext or without a certificate, an
+    /// error for a certificate of no usable key.
+    pub(crate) fn certified_key(&self) -> Result<Option<PublicKey>, tonic::Status> {
+        match self {
+            Peer::Plaintext | Peer::Anonymous => Ok(None),
+            Peer::Key(key) => Ok(Some(*key)),
+            Peer::Unbound(detail) => Err(Error::PermissionDenied(format!(
+                "the TLS client certificate is not bound to a consortium identity: {detail}"
+            ))
+            .into()),
+        }
+    }
+
     /// Checks that the sender's certificate certifies `pdc_id`'s registered key. An unregistered id passes: the
-    /// call itself refuses it, and nothing can be done in its name.
+    /// call itself refuses it, and nothing can be done in its name. With a consortium the certified key must
+    /// also be a current member's: a revoked key is refused here, whatever it signs.
     pub(crate) fn check_pdc(&self, coordinator: &Coordinator, pdc_id: &str) -> Result<(), tonic::Status> {
+        self.check_member(coordinator)?;
         match coordinator.registered_key(pdc_id) {
             Some(registered) => self.check(pdc_id, &registered.to_bytes(), "registered key"),
             None => self.check_certificate().map(|_| ()),
@@ -184,8 +212,22 @@ impl Peer {
     }
 
     /// Checks that the sender's certificate certifies `public_key`, the key `pdc_id` asks to register.
-    pub(crate) fn check_registration(&self, pdc_id: &str, public_key: &[u8]) -> Result<(), tonic::Status> {
+    pub(crate) fn check_registration(
+        &self,
+        coordinator: &Coordinator,
+        pdc_id: &str,
+        public_key: &[u8],
+    ) -> Result<(), tonic::Status> {
+        self.check_member(coordinator)?;
         self.check(pdc_id, public_key, "key to register")
+    }
+
+    /// With a consortium, a certificate must certify a current member's key.
+    fn check_member(&self, coordinator: &Coordinator) -> Result<(), tonic::Status> {
+        if let Peer::Key(key) = self {
+            coordinator.caller(Some(*key))?;
+        }
+        Ok(())
     }
 
     fn check(&self, pdc_id: &str, expected: &[u8], what: &str) -> Result<(), tonic::Status> {

@@ -58,6 +58,7 @@ fn fill(store: &mut dyn Store, target: u64) {
             pdc_id: pdc_id.clone(),
             manifest_hash,
             signature: identity.sign(&message),
+            conditions: None,
         });
     }
     let mut previous = [0; 32];

@@ -24,12 +24,18 @@
 //! *Rules*, in log order:
 //!
 //! - [`Rule::Membership`]: a member registers one key; a `KeyRotated` names the current key as the old one and is
-//!   signed by it (a rotation without that signature is a [`Rule::Signature`] failure and changes no key).
+//!   signed by it (a rotation without that signature is a [`Rule::Signature`] failure and changes no key). A
+//!   `KeyRevoked` names the member's current key; after it the member has no key until a `MemberRegistered` gives
+//!   it a new one, and a revoked key is never registered or rotated to again.
+//! - Revocation: nothing signed by a revoked key counts after its `KeyRevoked` ([`Rule::Signature`]).
+//! - A `ManifestSigned` names a live study's own manifest ([`Rule::Study`]) and verifies under the key of a
+//!   registered researcher ([`Rule::Signature`]; another role is a [`Rule::Membership`] failure).
 //! - [`Rule::Signature`]: every consent, revocation and contribution verifies under the key registered for its
 //!   PDC at that point of the log.
 //! - [`Rule::Study`]: entries name studies that were created, once.
 //! - [`Rule::ConsentBeforeContribution`]: a `ContributionAccepted` for `(study, pdc)` follows a valid
-//!   `ConsentGranted` for the study's manifest, not revoked since.
+//!   `ConsentGranted` for the study's manifest, not revoked since, and names a round within the consent's
+//!   `max_rounds` when it sets one.
 //! - [`Rule::RoundOrder`]: `RoundOpened` round numbers increase per study (a round not yet aggregated may be
 //!   opened again under its number: a retry); contributions, rejections and aggregations name the study's
 //!   currently open round and come after its `RoundOpened` (contributions from its participants, once each,
@@ -83,7 +89,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{Checkpoint, SignedCheckpoint};
-use crate::entry::Entry;
+use crate::entry::{Entry, Role};
 use crate::merkle::{self, MerkleTree};
 use crate::signing::StatisticKind;
 use crate::store::Store;
@@ -699,6 +705,10 @@ struct Member {
     key: Option<PublicKey>,
     /// The entry that registered or last rotated the key.
     index: u64,
+    /// The member's role, as registered.
+    role: Role,
+    /// The entry that revoked the key, if it was revoked (then the member has no key).
+    revoked: Option<u64>,
 }
 
 struct Study {
@@ -749,6 +759,8 @@ struct Rules {
     studies: HashMap<String, Study>,
     /// `(study, pdc)` → the entry of the consent in force.
     consents: HashMap<(String, String), u64>,
+    /// `(study, pdc)` → the last round the consent in force covers, when it is limited.
+    consent_rounds: HashMap<(String, String), u32>,
     budgets: HashMap<String, Budget>,
     spent: HashMap<String, Spent>,
     /// `(study, round, pdc)` → the contribution entry whose PDC signed a privacy claim, and the claimed `(ε, δ)`;
@@ -757,6 +769,8 @@ struct Rules {
     allotments: BTreeMap<(String, u32), Allotment>,
     /// `(scope, pdc)` → the entry of its cohort counts: a PDC answers each feasibility query once.
     cohort_answers: HashMap<(String, String), u64>,
+    /// Every revoked key, with the entry that revoked it.
+    revoked_keys: HashMap<[u8; 32], u64>,
 }
 
 /// Records a failure of `rule` naming `entries`.
@@ -770,9 +784,26 @@ impl Rules {
         let studies = &mut self.studies;
         let kind = entry.kind();
         match entry {
-            Entry::MemberRegistered { pdc_id, public_key, .. } => match self.members.get(pdc_id) {
+            Entry::MemberRegistered { public_key, .. } | Entry::KeyRotated { new_key: public_key, .. }
+                if self.revoked_keys.contains_key(public_key) =>
+            {
+                let revoked = self.revoked_keys[public_key];
+                fail(
+                    failures,
+                    Rule::Membership,
+                    vec![revoked, index],
+                    format!("entry {index} ({kind}) brings back a key revoked at entry {revoked}"),
+                );
+            }
+            Entry::MemberRegistered { pdc_id, role, public_key } => match self.members.get(pdc_id) {
                 // Repeating a registration changes nothing.
-                Some(member) if member.key_bytes == *public_key => {}
+                Some(member) if member.key_bytes == *public_key && member.revoked.is_none() => {}
+                // A member whose key was revoked may come back with a new key (a rotation by the consortium).
+                Some(member) if member.revoked.is_some() => {
+                    let key = parse_key(failures, index, pdc_id, public_key);
+                    let member = Member { key_bytes: *public_key, key, index, role: *role, revoked: None };
+                    self.members.insert(pdc_id.clone(), member);
+                }
                 Some(member) => fail(
                     failures,
                     Rule::Membership,
@@ -785,9 +816,64 @@ impl Rules {
                 ),
                 None => {
                     let key = parse_key(failures, index, pdc_id, public_key);
-                    self.members.insert(pdc_id.clone(), Member { key_bytes: *public_key, key, index });
+                    let member = Member { key_bytes: *public_key, key, index, role: *role, revoked: None };
+                    self.members.insert(pdc_id.clone(), member);
                 }
             },
+            Entry::KeyRevoked { pdc_id, key, .. } => match self.members.get_mut(pdc_id) {
+                None => fail(
+                    failures,
+                    Rule::Membership,
+                    vec![index],
+                    format!("entry {index} revokes a key of {pdc_id:?}, which is not registered"),
+                ),
+                Some(member) if member.revoked.is_some() || member.key_bytes != *key => fail(
+                    failures,
+                    Rule::Membership,
+                    vec![member.index, index],
+                    format!(
+                        "entry {index} revokes a key of {pdc_id:?} that is not its current one (set at entry {})",
+                        member.index
+                    ),
+                ),
+                Some(member) => {
+                    member.revoked = Some(index);
+                    member.key = None;
+                    self.revoked_keys.insert(*key, index);
+                }
+            },
+            Entry::ConsortiumRecorded { .. } => {}
+            Entry::ManifestSigned { study_id, researcher_id, manifest_hash, .. } => {
+                if check_signature(&self.members, failures, index, entry, researcher_id)
+                    && let Some(member) = self.members.get(researcher_id)
+                    && member.role != Role::Researcher
+                {
+                    fail(
+                        failures,
+                        Rule::Membership,
+                        vec![member.index, index],
+                        format!(
+                            "entry {index} has {researcher_id:?} sign study {study_id:?}'s manifest, but it is \
+                             registered as a {} (entry {}), not a researcher",
+                            member.role.name(),
+                            member.index
+                        ),
+                    );
+                }
+                let Some(study) = live_study(studies, failures, index, study_id, kind) else { return };
+                if study.manifest_hash != *manifest_hash {
+                    fail(
+                        failures,
+                        Rule::Study,
+                        vec![study.created, index],
+                        format!(
+                            "entry {index} signs manifest {} for study {study_id:?}, whose manifest is {}",
+                            hex::encode(manifest_hash),
+                            hex::encode(study.manifest_hash)
+                        ),
+                    );
+                }
+            }
             Entry::KeyRotated { pdc_id, old_key, new_key, .. } => match self.members.get_mut(pdc_id) {
                 None => fail(
                     failures,
@@ -795,7 +881,7 @@ impl Rules {
                     vec![index],
                     format!("entry {index} rotates the key of {pdc_id:?}, which is not registered"),
                 ),
-                Some(member) if member.key_bytes != *old_key => fail(
+                Some(member) if member.key_bytes != *old_key || member.revoked.is_some() => fail(
                     failures,
                     Rule::Membership,
                     vec![member.index, index],
@@ -866,11 +952,16 @@ impl Rules {
                 }
                 let key = (study_id.clone(), pdc_id.clone());
                 match entry {
-                    Entry::ConsentGranted { .. } if signed && right_manifest => {
+                    Entry::ConsentGranted { conditions, .. } if signed && right_manifest => {
+                        match conditions.and_then(|conditions| conditions.max_rounds) {
+                            Some(rounds) => self.consent_rounds.insert(key.clone(), rounds),
+                            None => self.consent_rounds.remove(&key),
+                        };
                         self.consents.insert(key, index);
                     }
                     // A revocation counts whenever the PDC signed it: withdrawing is always allowed.
                     Entry::ConsentRevoked { .. } if signed => {
+                        self.consent_rounds.remove(&key);
                         self.consents.remove(&key);
                     }
                     _ => {}
@@ -915,8 +1006,9 @@ impl Rules {
                     self.claims.insert(key, (index, claim.epsilon, claim.delta));
                 }
                 let Some(study) = live_study(studies, failures, index, study_id, kind) else { return };
-                if !self.consents.contains_key(&(study_id.clone(), pdc_id.clone())) {
-                    fail(
+                let consent_key = (study_id.clone(), pdc_id.clone());
+                match (self.consents.get(&consent_key), self.consent_rounds.get(&consent_key)) {
+                    (None, _) => fail(
                         failures,
                         Rule::ConsentBeforeContribution,
                         vec![index],
@@ -924,7 +1016,18 @@ impl Rules {
                             "entry {index} accepts a contribution of {pdc_id:?} to study {study_id:?} without a prior \
                              valid consent in force"
                         ),
-                    );
+                    ),
+                    (Some(&consented), Some(&rounds)) if contribution.round > rounds => fail(
+                        failures,
+                        Rule::ConsentBeforeContribution,
+                        vec![consented, index],
+                        format!(
+                            "entry {index} accepts a contribution of {pdc_id:?} to round {} of study {study_id:?}, \
+                             beyond the {rounds} rounds its consent (entry {consented}) covers",
+                            contribution.round
+                        ),
+                    ),
+                    _ => {}
                 }
                 let Some(round) = open_round(study, failures, index, study_id, contribution.round, kind, false) else {
                     return;
@@ -1342,6 +1445,9 @@ fn check_signature(
     let kind = entry.kind();
     let problem = match members.get(pdc_id) {
         None => format!("entry {index} ({kind}) is signed by {pdc_id:?}, which is not registered"),
+        Some(Member { revoked: Some(revoked), .. }) => {
+            format!("entry {index} ({kind}) is signed by {pdc_id:?}, whose key was revoked at entry {revoked}")
+        }
         Some(Member { key: None, index: set, .. }) => {
             format!("entry {index} ({kind}) is signed by {pdc_id:?}, whose key set at entry {set} is malformed")
         }

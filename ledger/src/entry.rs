@@ -24,8 +24,9 @@
 //! Tags: 1 `MemberRegistered`, 2 `KeyRotated`, 3 `StudyCreated`, 4 `ConsentGranted`, 5 `ConsentRevoked`,
 //! 6 `RoundOpened`, 7 `ContributionAccepted`, 8 `UpdateRejected`, 9 `RoundAggregated`, 10 `UtilityScores`,
 //! 11 `RewardPaid`, 12 `PrivacySpent`, 13 `StudyClosed`, 14 `BudgetDeclared`, 15 `RewardsAllotted`,
-//! 16 `CentralDpRelease`, 17 `CoalitionValues`, 18 `StatisticsReleased`, 19 `StandardizationFitted`. New kinds
-//! take new tags at the end; the bytes of existing kinds never change within a version.
+//! 16 `CentralDpRelease`, 17 `CoalitionValues`, 18 `StatisticsReleased`, 19 `StandardizationFitted`,
+//! 20 `ConsortiumRecorded`, 21 `KeyRevoked`, 22 `ManifestSigned`. New kinds take new tags at the end; the bytes of
+//! existing kinds never change within a version.
 //!
 //! # Meaning of the figures
 //!
@@ -51,7 +52,9 @@
 //! # Ok::<(), pdc_ledger::entry::EntryError>(())
 //! ```
 
-use crate::signing::{self, ConsentAction, Contribution, PrivacyClaim, StatisticKind, StatisticsRelease};
+use crate::signing::{
+    self, ConsentAction, ConsentConditions, Contribution, PrivacyClaim, StatisticKind, StatisticsRelease,
+};
 use crate::{Hash, PublicKey};
 
 /// The format version [`Entry::encode`] writes and [`Entry::decode`] accepts.
@@ -146,7 +149,8 @@ pub enum Entry {
         /// SHA3-256 of the study's manifest.
         manifest_hash: Hash,
     },
-    /// A PDC consented to a study; `signature` is over [`signing::consent_message`] with [`ConsentAction::Grant`].
+    /// A PDC consented to a study; `signature` is over [`signing::consent_message`] with [`ConsentAction::Grant`],
+    /// or over [`signing::conditional_consent_message`] when the consent carries conditions.
     ConsentGranted {
         /// The study.
         study_id: String,
@@ -156,6 +160,10 @@ pub enum Entry {
         manifest_hash: Hash,
         /// The PDC's Ed25519 signature.
         signature: [u8; 64],
+        /// The limits the PDC set; `None` for an unconditional consent. Encoded after the signature, flagged by a
+        /// 1 (then [`ConsentConditions::encode`]'s bytes); without conditions the entry ends at the signature, as
+        /// consents did before conditions existed.
+        conditions: Option<ConsentConditions>,
     },
     /// A PDC withdrew; `signature` is over [`signing::consent_message`] with [`ConsentAction::Revoke`].
     ConsentRevoked {
@@ -329,6 +337,36 @@ pub enum Entry {
         /// Each feature's pooled standard deviation.
         std: Vec<f64>,
     },
+    /// The coordinator read the consortium file whose bytes hash to `file_hash`; the membership changes it makes
+    /// (`MemberRegistered`, `KeyRevoked`) follow in the same batch.
+    ConsortiumRecorded {
+        /// SHA3-256 of the file's bytes.
+        file_hash: Hash,
+        /// How many members it lists.
+        members: u32,
+    },
+    /// A party's key was revoked (removed from the consortium, or replaced there): nothing signed by it counts
+    /// after this entry, and it may never be registered again.
+    KeyRevoked {
+        /// The party.
+        pdc_id: String,
+        /// The key revoked: the party's current key.
+        key: [u8; 32],
+        /// Why, in words.
+        reason: String,
+    },
+    /// A researcher put its name to a study's manifest; `signature` is its key's over
+    /// [`signing::manifest_message`]. The researcher owns the study.
+    ManifestSigned {
+        /// The study.
+        study_id: String,
+        /// The researcher's consortium id.
+        researcher_id: String,
+        /// SHA3-256 of the study's canonical manifest.
+        manifest_hash: Hash,
+        /// The researcher's Ed25519 signature.
+        signature: [u8; 64],
+    },
 }
 
 /// Why bytes are not a canonical entry, or why an entry's signature does not check.
@@ -456,6 +494,9 @@ impl Entry {
             Entry::CoalitionValues { .. } => 17,
             Entry::StatisticsReleased { .. } => 18,
             Entry::StandardizationFitted { .. } => 19,
+            Entry::ConsortiumRecorded { .. } => 20,
+            Entry::KeyRevoked { .. } => 21,
+            Entry::ManifestSigned { .. } => 22,
         }
     }
 
@@ -475,6 +516,7 @@ impl Entry {
             | Entry::CentralDpRelease { study_id, .. }
             | Entry::CoalitionValues { study_id, .. }
             | Entry::StandardizationFitted { study_id, .. }
+            | Entry::ManifestSigned { study_id, .. }
             | Entry::RewardPaid { study_id, .. }
             | Entry::PrivacySpent { study_id, .. }
             | Entry::StudyClosed { study_id, .. } => Some(study_id),
@@ -482,7 +524,11 @@ impl Entry {
             Entry::StatisticsReleased { release, .. } => {
                 (release.kind == StatisticKind::FeatureSummary).then_some(release.scope.as_str())
             }
-            Entry::MemberRegistered { .. } | Entry::KeyRotated { .. } | Entry::BudgetDeclared { .. } => None,
+            Entry::MemberRegistered { .. }
+            | Entry::KeyRotated { .. }
+            | Entry::BudgetDeclared { .. }
+            | Entry::ConsortiumRecorded { .. }
+            | Entry::KeyRevoked { .. } => None,
         }
     }
 
@@ -508,6 +554,9 @@ impl Entry {
             Entry::CoalitionValues { .. } => "CoalitionValues",
             Entry::StatisticsReleased { .. } => "StatisticsReleased",
             Entry::StandardizationFitted { .. } => "StandardizationFitted",
+            Entry::ConsortiumRecorded { .. } => "ConsortiumRecorded",
+            Entry::KeyRevoked { .. } => "KeyRevoked",
+            Entry::ManifestSigned { .. } => "ManifestSigned",
         }
     }
 
@@ -534,8 +583,17 @@ impl Entry {
                 writer.string(study_id);
                 writer.bytes(manifest_hash);
             }
-            Entry::ConsentGranted { study_id, pdc_id, manifest_hash, signature }
-            | Entry::ConsentRevoked { study_id, pdc_id, manifest_hash, signature } => {
+            Entry::ConsentGranted { study_id, pdc_id, manifest_hash, signature, conditions } => {
+                writer.string(study_id);
+                writer.string(pdc_id);
+                writer.bytes(manifest_hash);
+                writer.bytes(signature);
+                if let Some(conditions) = conditions {
+                    writer.0.push(1);
+                    writer.bytes(&conditions.encode());
+                }
+            }
+            Entry::ConsentRevoked { study_id, pdc_id, manifest_hash, signature } => {
                 writer.string(study_id);
                 writer.string(pdc_id);
                 writer.bytes(manifest_hash);
@@ -649,6 +707,21 @@ impl Entry {
                 writer.f64s(mean);
                 writer.f64s(std);
             }
+            Entry::ConsortiumRecorded { file_hash, members } => {
+                writer.bytes(file_hash);
+                writer.u32(*members);
+            }
+            Entry::KeyRevoked { pdc_id, key, reason } => {
+                writer.string(pdc_id);
+                writer.bytes(key);
+                writer.string(reason);
+            }
+            Entry::ManifestSigned { study_id, researcher_id, manifest_hash, signature } => {
+                writer.string(study_id);
+                writer.string(researcher_id);
+                writer.bytes(manifest_hash);
+                writer.bytes(signature);
+            }
         }
         writer.0
     }
@@ -677,12 +750,20 @@ impl Entry {
                 study_id: reader.string("study_id")?,
                 manifest_hash: reader.array("manifest_hash")?,
             },
-            4 => Entry::ConsentGranted {
-                study_id: reader.string("study_id")?,
-                pdc_id: reader.string("pdc_id")?,
-                manifest_hash: reader.array("manifest_hash")?,
-                signature: reader.array("signature")?,
-            },
+            4 => {
+                let study_id = reader.string("study_id")?;
+                let pdc_id = reader.string("pdc_id")?;
+                let manifest_hash = reader.array("manifest_hash")?;
+                let signature = reader.array("signature")?;
+                // Only a 1 starts the conditions; any other byte is left for the trailing-bytes check.
+                let conditions = if reader.bytes.get(reader.offset) == Some(&1) {
+                    reader.offset += 1;
+                    Some(reader.conditions()?)
+                } else {
+                    None
+                };
+                Entry::ConsentGranted { study_id, pdc_id, manifest_hash, signature, conditions }
+            }
             5 => Entry::ConsentRevoked {
                 study_id: reader.string("study_id")?,
                 pdc_id: reader.string("pdc_id")?,
@@ -801,6 +882,18 @@ impl Entry {
                 mean: reader.f64s("mean")?,
                 std: reader.f64s("std")?,
             },
+            20 => Entry::ConsortiumRecorded { file_hash: reader.array("file_hash")?, members: reader.u32("members")? },
+            21 => Entry::KeyRevoked {
+                pdc_id: reader.string("pdc_id")?,
+                key: reader.array("key")?,
+                reason: reader.string("reason")?,
+            },
+            22 => Entry::ManifestSigned {
+                study_id: reader.string("study_id")?,
+                researcher_id: reader.string("researcher_id")?,
+                manifest_hash: reader.array("manifest_hash")?,
+                signature: reader.array("signature")?,
+            },
             tag => return Err(EntryError::UnknownTag { tag }),
         };
         let remaining = reader.remaining();
@@ -815,12 +908,15 @@ impl Entry {
     /// `ConsentGranted` and `ConsentRevoked` are signed over [`signing::consent_message`];
     /// `ContributionAccepted` over [`Contribution::signing_bytes`]; `StatisticsReleased` over
     /// [`StatisticsRelease::signing_bytes`]; `KeyRotated` over [`signing::rotate_message`], by the
-    /// old key. Other kinds carry no signature and give
+    /// old key; `ManifestSigned` over [`signing::manifest_message`], by the researcher. Other kinds carry no signature and give
     /// [`EntryError::Unsigned`].
     pub fn verify_signature(&self, key: &PublicKey) -> Result<(), EntryError> {
         let (message, signature, signer) = match self {
-            Entry::ConsentGranted { study_id, pdc_id, manifest_hash, signature } => {
+            Entry::ConsentGranted { study_id, pdc_id, manifest_hash, signature, conditions: None } => {
                 (signing::consent_message(ConsentAction::Grant, study_id, manifest_hash), signature, pdc_id)
+            }
+            Entry::ConsentGranted { study_id, pdc_id, manifest_hash, signature, conditions: Some(conditions) } => {
+                (signing::conditional_consent_message(study_id, manifest_hash, conditions), signature, pdc_id)
             }
             Entry::ConsentRevoked { study_id, pdc_id, manifest_hash, signature } => {
                 (signing::consent_message(ConsentAction::Revoke, study_id, manifest_hash), signature, pdc_id)
@@ -832,6 +928,9 @@ impl Entry {
                 (signing::rotate_message(pdc_id, old_key, new_key), signature, pdc_id)
             }
             Entry::StatisticsReleased { release, signature } => (release.signing_bytes(), signature, &release.pdc_id),
+            Entry::ManifestSigned { study_id: _, researcher_id, manifest_hash, signature } => {
+                (signing::manifest_message(researcher_id, manifest_hash), signature, researcher_id)
+            }
             other => return Err(EntryError::Unsigned { kind: other.kind() }),
         };
         key.verify(&message, signature, signer)?;
@@ -990,6 +1089,19 @@ impl<'a> Reader<'a> {
         (0..count).map(|_| self.f64(what)).collect()
     }
 
+    fn conditions(&mut self) -> Result<ConsentConditions, EntryError> {
+        let max_rounds =
+            if self.bool("conditions.max_rounds flag")? { Some(self.u32("conditions.max_rounds")?) } else { None };
+        let max_epsilon =
+            if self.bool("conditions.max_epsilon flag")? { Some(self.f64("conditions.max_epsilon")?) } else { None };
+        let expires_at_ms = if self.bool("conditions.expires_at_ms flag")? {
+            Some(self.u64("conditions.expires_at_ms")?)
+        } else {
+            None
+        };
+        Ok(ConsentConditions { max_rounds, max_epsilon, expires_at_ms })
+    }
+
     fn statistic_kind(&mut self) -> Result<StatisticKind, EntryError> {
         let offset = self.offset;
         let code = self.u8("statistic kind")?;
@@ -1026,6 +1138,12 @@ mod tests {
         )
     }
 
+    fn conditions() -> impl Strategy<Value = ConsentConditions> {
+        (prop::option::of(any::<u32>()), prop::option::of(finite()), prop::option::of(any::<u64>())).prop_map(
+            |(max_rounds, max_epsilon, expires_at_ms)| ConsentConditions { max_rounds, max_epsilon, expires_at_ms },
+        )
+    }
+
     fn role() -> impl Strategy<Value = Role> {
         prop_oneof![
             Just(Role::Coordinator),
@@ -1057,9 +1175,15 @@ mod tests {
                 Entry::KeyRotated { pdc_id, old_key, new_key, signature }
             }),
             (text(), hash).prop_map(|(study_id, manifest_hash)| Entry::StudyCreated { study_id, manifest_hash }),
-            (text(), text(), hash, signature.clone()).prop_map(|(study_id, pdc_id, manifest_hash, signature)| {
-                Entry::ConsentGranted { study_id, pdc_id, manifest_hash, signature }
-            }),
+            (text(), text(), hash, signature.clone(), prop::option::of(conditions())).prop_map(
+                |(study_id, pdc_id, manifest_hash, signature, conditions)| Entry::ConsentGranted {
+                    study_id,
+                    pdc_id,
+                    manifest_hash,
+                    signature,
+                    conditions
+                }
+            ),
             (text(), text(), hash, signature.clone()).prop_map(|(study_id, pdc_id, manifest_hash, signature)| {
                 Entry::ConsentRevoked { study_id, pdc_id, manifest_hash, signature }
             }),
@@ -1168,6 +1292,16 @@ mod tests {
                     std
                 }
             ),
+            (hash, any::<u32>()).prop_map(|(file_hash, members)| Entry::ConsortiumRecorded { file_hash, members }),
+            (text(), hash, text()).prop_map(|(pdc_id, key, reason)| Entry::KeyRevoked { pdc_id, key, reason }),
+            (text(), text(), hash, signature.clone()).prop_map(
+                |(study_id, researcher_id, manifest_hash, signature)| Entry::ManifestSigned {
+                    study_id,
+                    researcher_id,
+                    manifest_hash,
+                    signature
+                }
+            ),
         ]
     }
 
@@ -1197,6 +1331,12 @@ mod tests {
                     prop_assert!(full.privacy.is_some() && contribution.privacy.is_none());
                     continue;
                 }
+                // Likewise a conditional consent cut just before its conditions, whose signature then fails.
+                if let Ok(Entry::ConsentGranted { conditions, .. }) = Entry::decode(&bytes[..length]) {
+                    let Entry::ConsentGranted { conditions: full, .. } = &entry else { unreachable!() };
+                    prop_assert!(full.is_some() && conditions.is_none());
+                    continue;
+                }
                 let error = Entry::decode(&bytes[..length]).unwrap_err();
                 prop_assert!(
                     matches!(error, EntryError::Truncated { .. } | EntryError::LengthBeyondInput { .. }),
@@ -1209,7 +1349,8 @@ mod tests {
         fn trailing_bytes_are_rejected(entry in entry(), extra in prop::collection::vec(any::<u8>(), 1..8)) {
             // A 1 after a contribution without a claim starts one, so it is no longer a trailing byte.
             let claimless = matches!(&entry, Entry::ContributionAccepted { contribution, .. } if contribution.privacy.is_none());
-            prop_assume!(!(claimless && extra[0] == 1));
+            let unconditional = matches!(&entry, Entry::ConsentGranted { conditions: None, .. });
+            prop_assume!(!((claimless || unconditional) && extra[0] == 1));
             let mut bytes = entry.encode();
             let offset = bytes.len();
             bytes.extend_from_slice(&extra);
@@ -1247,6 +1388,7 @@ mod tests {
                 pdc_id: "h".into(),
                 manifest_hash: [0x11; 32],
                 signature: [0x55; 64],
+                conditions: None,
             },
             Entry::ConsentRevoked {
                 study_id: "s".into(),
@@ -1314,12 +1456,20 @@ mod tests {
                 mean: vec![4.0],
                 std: vec![2.0],
             },
+            Entry::ConsortiumRecorded { file_hash: [0x99; 32], members: 3 },
+            Entry::KeyRevoked { pdc_id: "h".into(), key: [0xaa; 32], reason: "gone".into() },
+            Entry::ManifestSigned {
+                study_id: "s".into(),
+                researcher_id: "r".into(),
+                manifest_hash: [0x11; 32],
+                signature: [0x44; 64],
+            },
         ]
     }
 
     /// The version-1 encodings of [`samples`]. A change here is a format change: bump [`FORMAT_VERSION`] and keep
     /// a decoder for the old version rather than editing these.
-    const GOLDEN: [&str; 19] = [
+    const GOLDEN: [&str; 22] = [
         "0101010000006802aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
         concat!(
             "01020100000068aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaabbbbbbbbbbbbbbbbbb",
@@ -1368,6 +1518,13 @@ mod tests {
             "8888888888888888888888888888888888888888888888888888888888888888888888888888",
         ),
         "01130100000073010000000100000068010000000000000000001040010000000000000000000040",
+        "0114999999999999999999999999999999999999999999999999999999999999999903000000",
+        "01150100000068aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa04000000676f6e65",
+        concat!(
+            "011601000000730100000072111111111111111111111111111111111111111111111111111111111111111144444444",
+            "444444444444444444444444444444444444444444444444444444444444444444444444444444444444444444444444",
+            "444444444444444444444444",
+        ),
     ];
 
     #[test]
@@ -1380,7 +1537,7 @@ mod tests {
         }
         // Every kind appears once, in tag order.
         let tags: Vec<u8> = samples.iter().map(Entry::tag).collect();
-        assert_eq!(tags, (1..=19).collect::<Vec<u8>>());
+        assert_eq!(tags, (1..=22).collect::<Vec<u8>>());
     }
 
     #[test]
@@ -1426,7 +1583,7 @@ mod tests {
         let mut wrong_version = bytes.clone();
         wrong_version[0] = 2;
         assert!(matches!(Entry::decode(&wrong_version), Err(EntryError::UnsupportedVersion { version: 2 })));
-        for tag in [0, 20, 255] {
+        for tag in [0, 23, 255] {
             let mut wrong_tag = bytes.clone();
             wrong_tag[1] = tag;
             assert!(matches!(Entry::decode(&wrong_tag), Err(EntryError::UnknownTag { tag: t }) if t == tag));
@@ -1490,8 +1647,46 @@ mod tests {
             pdc_id: "h".into(),
             manifest_hash,
             signature: identity.sign(&grant),
+            conditions: None,
         };
         granted.verify_signature(&key).unwrap();
+        // Conditions follow the signature and are signed: dropping or changing them breaks the signature.
+        let conditions =
+            ConsentConditions { max_rounds: Some(5), max_epsilon: Some(2.0), expires_at_ms: Some(1_800_000_000_000) };
+        let conditional = Entry::ConsentGranted {
+            study_id: "s".into(),
+            pdc_id: "h".into(),
+            manifest_hash,
+            signature: identity.sign(&signing::conditional_consent_message("s", &manifest_hash, &conditions)),
+            conditions: Some(conditions),
+        };
+        conditional.verify_signature(&key).unwrap();
+        let bytes = conditional.encode();
+        expect_test::expect!["0101050000000100000000000000400100505c18a3010000"]
+            .assert_eq(&hex::encode(&bytes[bytes.len() - 24..]));
+        assert_eq!(Entry::decode(&bytes).unwrap(), conditional);
+        let Entry::ConsentGranted { study_id, pdc_id, signature, .. } = conditional.clone() else { unreachable!() };
+        let stripped = Entry::ConsentGranted {
+            study_id: study_id.clone(),
+            pdc_id: pdc_id.clone(),
+            manifest_hash,
+            signature,
+            conditions: None,
+        };
+        assert!(stripped.verify_signature(&key).is_err(), "conditions cannot be dropped");
+        let loosened = Entry::ConsentGranted {
+            study_id,
+            pdc_id,
+            manifest_hash,
+            signature,
+            conditions: Some(ConsentConditions { max_rounds: Some(50), ..conditions }),
+        };
+        assert!(loosened.verify_signature(&key).is_err(), "conditions cannot be changed");
+        let mut bad_flag = bytes.clone();
+        let flag_at = bytes.len() - 24 + 6;
+        bad_flag[flag_at] = 2;
+        let error = Entry::decode(&bad_flag).unwrap_err();
+        assert!(matches!(error, EntryError::InvalidBool { what: "conditions.max_epsilon flag", .. }), "{error}");
         let revoked = Entry::ConsentRevoked {
             study_id: "s".into(),
             pdc_id: "h".into(),

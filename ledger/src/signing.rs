@@ -44,6 +44,75 @@ pub fn consent_message(action: ConsentAction, study_id: &str, manifest_hash: &Ha
     message
 }
 
+/// The limits a hospital may attach to its consent, signed with it: the consent holds only while every one holds.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct ConsentConditions {
+    /// The last round number the consent covers.
+    pub max_rounds: Option<u32>,
+    /// The most ε the hospital spends on this study (local DP studies).
+    pub max_epsilon: Option<f64>,
+    /// When the consent lapses, Unix milliseconds.
+    pub expires_at_ms: Option<u64>,
+}
+
+impl ConsentConditions {
+    /// Whether no condition is set.
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// The conditions' canonical bytes: for each of `max_rounds` (`u32`), `max_epsilon` (`f64` bits) and
+    /// `expires_at_ms` (`u64`), a byte `0` when it is absent, or `1` and the value, little-endian. Ledger entries
+    /// hold the same bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        match self.max_rounds {
+            Some(rounds) => {
+                bytes.push(1);
+                bytes.extend_from_slice(&rounds.to_le_bytes());
+            }
+            None => bytes.push(0),
+        }
+        match self.max_epsilon {
+            Some(epsilon) => {
+                bytes.push(1);
+                bytes.extend_from_slice(&epsilon.to_bits().to_le_bytes());
+            }
+            None => bytes.push(0),
+        }
+        match self.expires_at_ms {
+            Some(expiry) => {
+                bytes.push(1);
+                bytes.extend_from_slice(&expiry.to_le_bytes());
+            }
+            None => bytes.push(0),
+        }
+        bytes
+    }
+}
+
+/// What a PDC signs to grant consent to the study `study_id` whose manifest hashes to `manifest_hash`, under
+/// `conditions`. A distinct domain from [`consent_message`], so an unconditional consent's signature can never be
+/// passed off as a conditional one, nor the reverse.
+pub fn conditional_consent_message(study_id: &str, manifest_hash: &Hash, conditions: &ConsentConditions) -> Vec<u8> {
+    let mut message = b"pdc.v1.consent-conditions\0".to_vec();
+    message.extend_from_slice(study_id.as_bytes());
+    message.push(0);
+    message.extend_from_slice(manifest_hash);
+    message.extend_from_slice(&conditions.encode());
+    message
+}
+
+/// What a researcher signs to put its name to a study's manifest: the researcher's consortium id and the SHA3-256
+/// of the canonical manifest. Hospitals that consent only to named researchers check this signature.
+pub fn manifest_message(researcher_id: &str, manifest_hash: &Hash) -> Vec<u8> {
+    let mut message = b"pdc.v1.manifest\0".to_vec();
+    message.extend_from_slice(researcher_id.as_bytes());
+    message.push(0);
+    message.extend_from_slice(manifest_hash);
+    message
+}
+
 /// What a party signs with its current key `old_key` to replace it by `new_key`; it signs the same bytes with
 /// `new_key` to prove it holds it.
 pub fn rotate_message(pdc_id: &str, old_key: &[u8; 32], new_key: &[u8; 32]) -> Vec<u8> {
@@ -231,6 +300,25 @@ mod tests {
         let grant = consent_message(ConsentAction::Grant, "s", &hash);
         let revoke = consent_message(ConsentAction::Revoke, "s", &hash);
         assert_ne!(grant, revoke);
+        assert_ne!(manifest_message("s", &hash)[..15], grant[..15]);
+        assert_ne!(manifest_message("ab", &[0; 32]), manifest_message("a", &[0; 32]));
+        let none = ConsentConditions::default();
+        assert!(none.is_empty());
+        let conditional = conditional_consent_message("s", &hash, &none);
+        assert_ne!(conditional, grant, "an empty condition list is still a conditional consent's domain");
+        let variants = [
+            ConsentConditions { max_rounds: Some(3), ..none },
+            ConsentConditions { max_epsilon: Some(1.5), ..none },
+            ConsentConditions { expires_at_ms: Some(7), ..none },
+            ConsentConditions { max_rounds: Some(4), max_epsilon: Some(1.5), expires_at_ms: Some(7) },
+        ];
+        for (i, a) in variants.iter().enumerate() {
+            assert!(!a.is_empty());
+            assert_ne!(conditional_consent_message("s", &hash, a), conditional);
+            for b in &variants[i + 1..] {
+                assert_ne!(a.encode(), b.encode(), "{a:?} {b:?}");
+            }
+        }
         assert_ne!(request_message("WaitTasks", "a", 1), request_message("ListStudies", "a", 1));
         // The NUL separator keeps ("ab", "c") and ("a", "bc") apart.
         assert_ne!(request_message("ab", "c", 1), request_message("a", "bc", 1));

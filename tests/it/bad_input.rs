@@ -33,8 +33,11 @@ async fn bad_input_gets_precise_errors_and_the_round_goes_on() {
     let (url, _stop) = support::start_coordinator(dir.path()).await;
     let mut researcher = support::researcher(&url).await;
     let validation = support::breast_cancer_csv().into_bytes();
-    let create =
-        |manifest: String| pb::CreateStudyRequest { manifest_toml: manifest, validation_csv: validation.clone() };
+    let create = |manifest: String| pb::CreateStudyRequest {
+        manifest_toml: manifest,
+        validation_csv: validation.clone(),
+        ..Default::default()
+    };
 
     // Manifests: an unknown model, a missing column.
     let unknown_model = MANIFEST.replace("kind = \"logistic_regression\"", "kind = \"transformer\"");
@@ -137,8 +140,11 @@ async fn models_larger_than_a_message_move_in_chunks() {
     let manifest = MANIFEST
         .replace("kind = \"logistic_regression\"", "kind = \"mlp\", hidden = [1024, 256]")
         .replace("min = 2\nmax = 2", "min = 1\nmax = 1");
-    let request =
-        pb::CreateStudyRequest { manifest_toml: manifest, validation_csv: support::breast_cancer_csv().into_bytes() };
+    let request = pb::CreateStudyRequest {
+        manifest_toml: manifest,
+        validation_csv: support::breast_cancer_csv().into_bytes(),
+        ..Default::default()
+    };
     let study_id = researcher.create_study(request).await.unwrap().into_inner().study_id;
     let mut a = TestPdc::register(&url, "hospital-a").await;
     a.consent_all().await;

@@ -49,6 +49,7 @@ async fn central_dp_rounds_are_released_accounted_recorded_and_replayed() {
     let create = |manifest: String| pb::CreateStudyRequest {
         manifest_toml: manifest,
         validation_csv: support::breast_cancer_csv().into_bytes(),
+        ..Default::default()
     };
 
     // Combinations central DP cannot honour are refused before a study exists.

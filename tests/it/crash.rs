@@ -240,6 +240,7 @@ async fn create_and_start(url: &str) -> (String, Vec<TestPdc>, Vec<(usize, tonic
     let request = pb::CreateStudyRequest {
         manifest_toml: STATEFUL_MANIFEST.to_owned(),
         validation_csv: support::breast_cancer_csv().into_bytes(),
+        ..Default::default()
     };
     let study_id = researcher.create_study(request).await.unwrap().into_inner().study_id;
     let (pdcs, streams) = support::consenting_pdcs(url, &WARDS).await;

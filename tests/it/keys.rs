@@ -138,6 +138,7 @@ async fn pdc_hospital_rotate_key_replaces_the_key_file_and_the_agent_carries_on(
     let request = pb::CreateStudyRequest {
         manifest_toml: manifest.to_owned(),
         validation_csv: support::breast_cancer_csv().into_bytes(),
+        ..Default::default()
     };
     let study_id = researcher.create_study(request).await.unwrap().into_inner().study_id;
     support::wait_for_status(&mut researcher, &study_id, Duration::from_secs(30), |s| !s.consented.is_empty()).await;

@@ -103,6 +103,7 @@ async fn start_study_with(url: &str, manifest: &str) -> (String, Vec<TestPdc>) {
     let request = pb::CreateStudyRequest {
         manifest_toml: manifest.to_owned(),
         validation_csv: support::breast_cancer_csv().into_bytes(),
+        ..Default::default()
     };
     let study_id = researcher.create_study(request).await.unwrap().into_inner().study_id;
     let mut pdcs = vec![TestPdc::register(url, "ward-a").await, TestPdc::register(url, "ward-b").await];
@@ -532,6 +533,7 @@ async fn a_manifest_chooses_a_robust_rule_and_flagged_updates_are_left_out_on_th
     let create = |manifest: String| pb::CreateStudyRequest {
         manifest_toml: manifest,
         validation_csv: support::breast_cancer_csv().into_bytes(),
+        ..Default::default()
     };
     let three = MANIFEST.replace("min = 2\nmax = 2", "min = 3\nmax = 3").replace("rounds = 2", "rounds = 1");
 
@@ -597,8 +599,11 @@ async fn a_pdc_flagged_in_consecutive_rounds_is_suspended_from_selection_on_the_
     let mut researcher = support::researcher(&url).await;
     let manifest = MANIFEST.replace("min = 2\nmax = 2", "min = 3\nmax = 4").replace("rounds = 2", "rounds = 4")
         + "[aggregation]\nrule = \"median\"\n[aggregation.anomaly]\nexclude_flagged = true\nsuspend_after_rounds = 2\n";
-    let request =
-        pb::CreateStudyRequest { manifest_toml: manifest, validation_csv: support::breast_cancer_csv().into_bytes() };
+    let request = pb::CreateStudyRequest {
+        manifest_toml: manifest,
+        validation_csv: support::breast_cancer_csv().into_bytes(),
+        ..Default::default()
+    };
     let study_id = researcher.create_study(request).await.unwrap().into_inner().study_id;
     let (mut pdcs, mut streams) = support::consenting_pdcs(&url, &["ward-a", "ward-b", "ward-c", "ward-d"]).await;
     researcher.start_study(pb::StudyRef { study_id: study_id.clone() }).await.unwrap();

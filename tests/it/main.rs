@@ -13,6 +13,7 @@ mod replay;
 mod resume;
 mod retry;
 mod rewards;
+mod roles;
 mod selection;
 mod statistics;
 mod support;

@@ -64,6 +64,7 @@ async fn the_metrics_endpoint_counts_a_round_its_updates_and_its_rejections() {
     let request = pb::CreateStudyRequest {
         manifest_toml: MANIFEST.to_owned(),
         validation_csv: support::breast_cancer_csv().into_bytes(),
+        ..Default::default()
     };
     let study_id = researcher.create_study(request).await.unwrap().into_inner().study_id;
     let (mut pdcs, mut streams) = support::consenting_pdcs(&url, &["hospital-a", "hospital-b"]).await;
@@ -99,8 +100,8 @@ async fn the_metrics_endpoint_counts_a_round_its_updates_and_its_rejections() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_coordinator_process_logs_json_lines_and_serves_metrics() {
     let dir = tempfile::tempdir().unwrap();
-    let config = "listen = \"127.0.0.1:0\"\ndata_dir = \"coordinator\"\nmetrics_listen = \"127.0.0.1:0\"\n\n[ledger]\n\
-                  key_file = \"coordinator.key\"\n";
+    let config = "listen = \"127.0.0.1:0\"\ndata_dir = \"coordinator\"\nmetrics_listen = \"127.0.0.1:0\"\n\n[ledger]\nkey_file = \
+         \"coordinator.key\"\n";
     let path = dir.path().join("coordinator.toml");
     std::fs::write(&path, config).unwrap();
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_pdc"))

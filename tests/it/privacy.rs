@@ -84,7 +84,8 @@ pub(crate) fn start_agent(config: &Path) -> tokio::task::JoinHandle<pdc_client::
 
 pub(crate) async fn create_and_start(url: &str, manifest: &str, validation: Vec<u8>, hospitals: usize) -> String {
     let mut researcher = support::researcher(url).await;
-    let request = pb::CreateStudyRequest { manifest_toml: manifest.to_owned(), validation_csv: validation };
+    let request =
+        pb::CreateStudyRequest { manifest_toml: manifest.to_owned(), validation_csv: validation, ..Default::default() };
     let study_id = researcher.create_study(request).await.unwrap().into_inner().study_id;
     support::wait_for_status(&mut researcher, &study_id, Duration::from_secs(30), |s| s.consented.len() == hospitals)
         .await;
@@ -259,8 +260,11 @@ async fn bad_budgets_and_privacy_claims_are_refused_precisely_and_change_nothing
         .replace("max = 5", "max = 2")
         .replace("rounds = 20", "rounds = 2");
     let mut researcher = support::researcher(&url).await;
-    let request =
-        pb::CreateStudyRequest { manifest_toml: manifest, validation_csv: support::breast_cancer_csv().into_bytes() };
+    let request = pb::CreateStudyRequest {
+        manifest_toml: manifest,
+        validation_csv: support::breast_cancer_csv().into_bytes(),
+        ..Default::default()
+    };
     let study_id = researcher.create_study(request).await.unwrap().into_inner().study_id;
     let mut pdc = TestPdc::register(&url, "ward-a").await;
 

@@ -49,6 +49,7 @@ async fn run_study_with(url: &str, manifest: &str, rounds: u32) -> String {
     let request = pb::CreateStudyRequest {
         manifest_toml: manifest.to_owned(),
         validation_csv: support::breast_cancer_csv().into_bytes(),
+        ..Default::default()
     };
     let study_id = researcher.create_study(request).await.unwrap().into_inner().study_id;
     let (mut pdcs, mut streams) = support::consenting_pdcs(url, &["ward-a", "ward-b", "ward-c"]).await;

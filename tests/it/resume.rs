@@ -177,6 +177,7 @@ async fn an_upload_cut_at_a_random_chunk_resumes_without_resending_acknowledged_
     let request = pb::CreateStudyRequest {
         manifest_toml: MANIFEST.to_owned(),
         validation_csv: support::breast_cancer_csv().into_bytes(),
+        ..Default::default()
     };
     let study_id = researcher.create_study(request).await.unwrap().into_inner().study_id;
     let (mut pdcs, mut streams) = support::consenting_pdcs(&url, &["hospital-a", "hospital-b", "hospital-c"]).await;
@@ -428,8 +429,11 @@ async fn an_agent_cut_off_mid_upload_reconnects_and_sends_only_the_rest() {
     let (url, _stop, coordinator) = support::serve_coordinator(config, ([127, 0, 0, 1], 0).into()).await;
     let manifest = MANIFEST.replace("min = 2\nmax = 3", "min = 1\nmax = 1").replace("rounds = 2", "rounds = 1");
     let mut researcher = support::researcher(&url).await;
-    let request =
-        pb::CreateStudyRequest { manifest_toml: manifest, validation_csv: support::breast_cancer_csv().into_bytes() };
+    let request = pb::CreateStudyRequest {
+        manifest_toml: manifest,
+        validation_csv: support::breast_cancer_csv().into_bytes(),
+        ..Default::default()
+    };
     let study_id = researcher.create_study(request).await.unwrap().into_inner().study_id;
 
     let (proxy, cut) = cutting_proxy(url.trim_start_matches("http://").to_owned()).await;

@@ -48,6 +48,7 @@ async fn a_hospital_started_before_its_coordinator_joins_when_it_comes_up() {
     let request = pb::CreateStudyRequest {
         manifest_toml: MANIFEST.to_owned(),
         validation_csv: support::breast_cancer_csv().into_bytes(),
+        ..Default::default()
     };
     let study_id = researcher.create_study(request).await.unwrap().into_inner().study_id;
     researcher.start_study(pb::StudyRef { study_id: study_id.clone() }).await.unwrap();

@@ -85,7 +85,8 @@ async fn a_twin_is_paid_like_its_original_and_a_label_flipper_and_a_free_rider_n
         agents.push(tokio::spawn(agent.run()));
     }
     let mut researcher = support::researcher(&url).await;
-    let request = pb::CreateStudyRequest { manifest_toml: MANIFEST.to_owned(), validation_csv: validation };
+    let request =
+        pb::CreateStudyRequest { manifest_toml: MANIFEST.to_owned(), validation_csv: validation, ..Default::default() };
     let study_id = researcher.create_study(request).await.unwrap().into_inner().study_id;
     support::wait_for_status(&mut researcher, &study_id, Duration::from_secs(30), |s| s.consented.len() == 8).await;
     researcher.start_study(pb::StudyRef { study_id: study_id.clone() }).await.unwrap();

@@ -33,6 +33,7 @@ round_deadline_secs = 60
     let request = pb::CreateStudyRequest {
         manifest_toml: manifest.to_owned(),
         validation_csv: support::breast_cancer_csv().into_bytes(),
+        ..Default::default()
     };
     let study_id = researcher.create_study(request).await.unwrap().into_inner().study_id;
     let ids = ["h1", "h2", "h3", "h4"];

@@ -95,7 +95,12 @@ impl TestPdc {
             let hash = pdc_ledger::sha3_256(study.manifest_toml.as_bytes());
             let signature =
                 self.identity.sign(&signing::consent_message(ConsentAction::Grant, &study.study_id, &hash)).to_vec();
-            let request = pb::ConsentRequest { pdc_id: self.id.clone(), study_id: study.study_id, signature };
+            let request = pb::ConsentRequest {
+                pdc_id: self.id.clone(),
+                study_id: study.study_id,
+                signature,
+                ..Default::default()
+            };
             self.client.consent(request).await.unwrap();
         }
     }

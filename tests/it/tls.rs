@@ -21,11 +21,11 @@ use tonic::transport::{Channel, Endpoint};
 use crate::support::{self, TestPdc, assert_status, root};
 
 /// A party made by `pdc keygen`: its key file, its certificate and the identity in the key file.
-struct Party {
-    name: String,
-    key: PathBuf,
-    cert: PathBuf,
-    identity: Identity,
+pub(crate) struct Party {
+    pub(crate) name: String,
+    pub(crate) key: PathBuf,
+    pub(crate) cert: PathBuf,
+    pub(crate) identity: Identity,
 }
 
 /// Runs `pdc keygen` and returns its output.
@@ -34,7 +34,7 @@ fn keygen_command(args: &[&str]) -> std::process::Output {
 }
 
 /// Makes `name`'s key and certificate in `dir` with `pdc keygen`.
-fn keygen(dir: &Path, name: &str, role: &str) -> Party {
+pub(crate) fn keygen(dir: &Path, name: &str, role: &str) -> Party {
     let out = dir.to_str().unwrap();
     let output = keygen_command(&["--name", name, "--role", role, "--out", out]);
     assert!(output.status.success(), "pdc keygen failed: {}", String::from_utf8_lossy(&output.stderr));
@@ -49,11 +49,25 @@ async fn start_tls_coordinator(
     server: &Party,
     trusted: &[&Party],
 ) -> (String, tokio::sync::oneshot::Sender<()>, Arc<Coordinator>) {
+    start_tls_coordinator_with(dir, server, trusted, None).await
+}
+
+/// As [`start_tls_coordinator`], with the consortium file `consortium` (whose member certificates it trusts too).
+pub(crate) async fn start_tls_coordinator_with(
+    dir: &Path,
+    server: &Party,
+    trusted: &[&Party],
+    consortium: Option<&Path>,
+) -> (String, tokio::sync::oneshot::Sender<()>, Arc<Coordinator>) {
     let client_certs: Vec<PathBuf> = trusted.iter().map(|party| party.cert.clone()).collect();
-    let tls = TlsSettings::load(&server.cert, &server.key, &client_certs, true).unwrap();
+    let members = consortium
+        .map(|path| pdc_coordinator::consortium::Consortium::load(path).unwrap().certificates_pem())
+        .unwrap_or_default();
+    let tls = TlsSettings::load_trusting(&server.cert, &server.key, &client_certs, &members, true).unwrap();
     assert_eq!(tls.server_key(), Some(server.identity.public_key()));
     let mut config = CoordinatorConfig::new(dir.join("coordinator"));
     config.tick_interval = Duration::from_millis(20);
+    config.consortium = consortium.map(Path::to_path_buf);
     let coordinator = Coordinator::new(config).unwrap();
     coordinator.spawn_driver();
     let (listener, address) = pdc_coordinator::server::bind(([127, 0, 0, 1], 0).into()).await.unwrap();
@@ -69,7 +83,11 @@ async fn start_tls_coordinator(
 }
 
 /// A TLS channel that trusts the coordinator's certificate `ca` and presents `client`'s certificate, if any.
-async fn tls_channel(url: &str, ca: &Path, client: Option<&Party>) -> Result<Channel, tonic::transport::Error> {
+pub(crate) async fn tls_channel(
+    url: &str,
+    ca: &Path,
+    client: Option<&Party>,
+) -> Result<Channel, tonic::transport::Error> {
     let key_pem = client.map(|party| private_key_pem(&party.identity).unwrap());
     let identity = client.zip(key_pem.as_deref()).map(|(party, key)| (party.cert.as_path(), key));
     let config = pdc_client::tls::client_config(ca, identity, None).unwrap();
@@ -77,12 +95,12 @@ async fn tls_channel(url: &str, ca: &Path, client: Option<&Party>) -> Result<Cha
 }
 
 /// A hand-driven PDC connected over TLS with `certificate`'s certificate, acting as `party`.
-async fn tls_pdc(url: &str, ca: &Path, certificate: &Party, party: &Party) -> TestPdc {
+pub(crate) async fn tls_pdc(url: &str, ca: &Path, certificate: &Party, party: &Party) -> TestPdc {
     let client = FederationServiceClient::new(tls_channel(url, ca, Some(certificate)).await.unwrap());
     TestPdc { id: party.name.clone(), identity: Identity::load(&party.key).unwrap(), client }
 }
 
-fn register_request(party: &Party, pdc_id: &str) -> pb::RegisterRequest {
+pub(crate) fn register_request(party: &Party, pdc_id: &str) -> pb::RegisterRequest {
     let public_key = party.identity.public_key().to_bytes();
     pb::RegisterRequest {
         pdc_id: pdc_id.to_owned(),
@@ -231,6 +249,7 @@ async fn a_hospital_with_pdc_a_certificate_cannot_register_consent_or_submit_as_
     let request = pb::CreateStudyRequest {
         manifest_toml: manifest(1, 1),
         validation_csv: support::breast_cancer_csv().into_bytes(),
+        ..Default::default()
     };
     let study_id = study_client.create_study(request).await.unwrap().into_inner().study_id;
     let size = log_size_over(researcher_channel.clone()).await;
@@ -251,6 +270,7 @@ async fn a_hospital_with_pdc_a_certificate_cannot_register_consent_or_submit_as_
         pdc_id: "hospital-b".into(),
         study_id: study_id.clone(),
         signature: b.identity.sign(&signing::consent_message(ConsentAction::Grant, &study_id, &manifest_hash)).to_vec(),
+        ..Default::default()
     };
     assert_status(impostor.client.consent(consent.clone()).await, Code::PermissionDenied, &wrong_key);
     let status = impostor.client.wait_tasks(impostor.signed("WaitTasks")).await.map(|_| ());
@@ -338,6 +358,7 @@ async fn hospitals_and_the_researcher_cli_run_a_study_over_tls_and_download_it_a
     let request = pb::CreateStudyRequest {
         manifest_toml: MANIFEST.replace("MIN", "2").replace("MAX", "2"),
         validation_csv: support::breast_cancer_csv().into_bytes(),
+        ..Default::default()
     };
     let study_id = study_client.create_study(request).await.unwrap().into_inner().study_id;
     study_client.start_study(pb::StudyRef { study_id: study_id.clone() }).await.unwrap();

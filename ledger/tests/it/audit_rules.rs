@@ -3,7 +3,7 @@
 
 use pdc_ledger::Identity;
 use pdc_ledger::audit::{self, AuditKeys, AuditReport, Failure, Rule};
-use pdc_ledger::entry::Entry;
+use pdc_ledger::entry::{Entry, Role};
 use pdc_ledger::signing::{self, ConsentAction, PrivacyClaim, StatisticKind, StatisticsRelease};
 use pdc_ledger::store::MemoryStore;
 
@@ -76,13 +76,36 @@ fn a_contribution_without_consent_in_force_is_reported() {
 }
 
 #[test]
+fn a_contribution_beyond_the_rounds_a_consent_covers_is_reported() {
+    let mut entries = study_entries();
+    let at = find(&entries, |e| matches!(e, Entry::ConsentGranted { pdc_id, .. } if pdc_id == "h1")) as usize;
+    let conditions = signing::ConsentConditions { max_rounds: Some(2), ..Default::default() };
+    let message = signing::conditional_consent_message(STUDY, &manifest_hash(), &conditions);
+    entries[at] = Entry::ConsentGranted {
+        study_id: STUDY.into(),
+        pdc_id: "h1".into(),
+        manifest_hash: manifest_hash(),
+        signature: hospital("h1").sign(&message),
+        conditions: Some(conditions),
+    };
+    let report = audit_entries(&entries);
+    let late = [find(&entries, is_contribution(3, "h1")), find(&entries, is_contribution(4, "h1"))];
+    assert_eq!(only(&report, Rule::ConsentBeforeContribution), [[at as u64, late[0]], [at as u64, late[1]]]);
+    assert!(report.failures[0].message.contains("beyond the 2 rounds"), "{report}");
+    // The conditions are signed: an unconditional signature does not carry them.
+    let Entry::ConsentGranted { conditions, .. } = &mut entries[at] else { unreachable!() };
+    *conditions = Some(signing::ConsentConditions { max_rounds: Some(4), ..Default::default() });
+    assert!(has(&audit_entries(&entries), Rule::Signature, &[at as u64]));
+}
+
+#[test]
 fn a_consent_signed_by_another_key_does_not_count() {
     let mut entries = study_entries();
     let at = find(&entries, |e| matches!(e, Entry::ConsentGranted { pdc_id, .. } if pdc_id == "h1")) as usize;
     let Entry::ConsentGranted { study_id, pdc_id, manifest_hash, .. } = entries[at].clone() else { unreachable!() };
     let message = pdc_ledger::signing::consent_message(ConsentAction::Grant, &study_id, &manifest_hash);
     let signature = hospital("h2").sign(&message);
-    entries[at] = Entry::ConsentGranted { study_id, pdc_id, manifest_hash, signature };
+    entries[at] = Entry::ConsentGranted { study_id, pdc_id, manifest_hash, signature, conditions: None };
     let report = audit_entries(&entries);
     assert!(has(&report, Rule::Signature, &[at as u64]), "{report}");
     for round in 1..=ROUNDS {
@@ -134,6 +157,80 @@ fn signatures_follow_key_rotation() {
     entries.insert(at + 1, rotation);
     let report = audit_entries(&entries);
     assert_eq!(only(&report, Rule::Membership), [[at as u64, at as u64 + 1]], "{report}");
+}
+
+#[test]
+fn nothing_signed_by_a_revoked_key_counts_after_its_revocation() {
+    let old_bytes = hospital("h1").public_key().to_bytes();
+    let revoke = || Entry::KeyRevoked { pdc_id: "h1".into(), key: old_bytes, reason: "left the consortium".into() };
+    let mut entries = study_entries();
+    let at = find(&entries, is_round_opened(3)) as usize;
+    entries.insert(at, revoke());
+    let report = audit_entries(&entries);
+    let stale = [find(&entries, is_contribution(3, "h1")), find(&entries, is_contribution(4, "h1"))];
+    assert_eq!(only(&report, Rule::Signature), [[stale[0]], [stale[1]]], "{report}");
+    assert!(report.failures[0].message.contains(&format!("revoked at entry {at}")), "{report}");
+
+    // The consortium gives h1 a new key: its later contributions, signed with it, count again.
+    let new_key = Identity::from_seed([98; 32]);
+    let register =
+        |key: [u8; 32]| Entry::MemberRegistered { pdc_id: "h1".into(), role: Role::Hospital, public_key: key };
+    entries.insert(at + 1, register(new_key.public_key().to_bytes()));
+    for index in stale {
+        let index = index as usize + 1;
+        entries[index] = contribution(if index == stale[0] as usize + 1 { 3 } else { 4 }, "h1", &new_key);
+    }
+    let report = audit_entries(&entries);
+    assert!(report.passed(), "{report}");
+
+    // A revoked key never comes back, and a key revoked twice (or one that is not current) is a membership failure.
+    let mut again = entries.clone();
+    again.insert(at + 2, register(old_bytes));
+    let report = audit_entries(&again);
+    assert_eq!(only(&report, Rule::Membership), [[at as u64, at as u64 + 2]], "{report}");
+    let registered = find(&entries, |e| matches!(e, Entry::MemberRegistered { pdc_id, .. } if pdc_id == "h1"));
+    let mut twice = entries.clone();
+    twice.insert(at + 1, revoke());
+    let report = audit_entries(&twice);
+    assert_eq!(only(&report, Rule::Membership), [[registered, at as u64 + 1]], "{report}");
+    let unknown = Entry::KeyRevoked { pdc_id: "nobody".into(), key: [7; 32], reason: String::new() };
+    let mut entries = study_entries();
+    entries.insert(1, unknown);
+    assert_eq!(only(&audit_entries(&entries), Rule::Membership), [[1]]);
+}
+
+#[test]
+fn a_manifest_is_signed_by_a_registered_researcher_for_its_own_study() {
+    let researcher = Identity::from_seed([77; 32]);
+    let register =
+        |role| Entry::MemberRegistered { pdc_id: "alice".into(), role, public_key: researcher.public_key().to_bytes() };
+    let signed = |hash: [u8; 32], signer: &Identity| Entry::ManifestSigned {
+        study_id: STUDY.into(),
+        researcher_id: "alice".into(),
+        manifest_hash: hash,
+        signature: signer.sign(&signing::manifest_message("alice", &hash)),
+    };
+    let created = find(&study_entries(), |entry| matches!(entry, Entry::StudyCreated { .. })) as usize;
+    let with = |entries: Vec<Entry>| {
+        let mut all = study_entries();
+        for (offset, entry) in entries.into_iter().enumerate() {
+            all.insert(created + 1 + offset, entry);
+        }
+        all
+    };
+    let report = audit_entries(&with(vec![register(Role::Researcher), signed(manifest_hash(), &researcher)]));
+    assert!(report.passed(), "{report}");
+
+    let signed_at = created as u64 + 2;
+    let report = audit_entries(&with(vec![register(Role::Hospital), signed(manifest_hash(), &researcher)]));
+    assert_eq!(only(&report, Rule::Membership), [[created as u64 + 1, signed_at]], "{report}");
+    let report = audit_entries(&with(vec![register(Role::Researcher), signed(manifest_hash(), &hospital("h1"))]));
+    assert_eq!(only(&report, Rule::Signature), [[signed_at]], "{report}");
+    let report = audit_entries(&with(vec![signed(manifest_hash(), &researcher)]));
+    assert_eq!(only(&report, Rule::Signature), [[created as u64 + 1]], "{report}");
+    let other = pdc_ledger::sha3_256(b"another manifest");
+    let report = audit_entries(&with(vec![register(Role::Researcher), signed(other, &researcher)]));
+    assert_eq!(only(&report, Rule::Study), [[created as u64, signed_at]], "{report}");
 }
 
 #[test]

@@ -54,7 +54,7 @@ pub fn consent(action: ConsentAction, pdc_id: &str) -> Entry {
     let signature = hospital(pdc_id).sign(&message);
     let (study_id, pdc_id, manifest_hash) = (STUDY.to_owned(), pdc_id.to_owned(), manifest_hash());
     match action {
-        ConsentAction::Grant => Entry::ConsentGranted { study_id, pdc_id, manifest_hash, signature },
+        ConsentAction::Grant => Entry::ConsentGranted { study_id, pdc_id, manifest_hash, signature, conditions: None },
         ConsentAction::Revoke => Entry::ConsentRevoked { study_id, pdc_id, manifest_hash, signature },
     }
 }
