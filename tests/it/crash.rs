@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use pdc_coordinator::{Coordinator, CoordinatorConfig};
 use pdc_ledger::entry::Entry;
+use pdc_ledger::signing::ConsentConditions;
 use pdc_proto::pb;
 use rand::{Rng, SeedableRng};
 use tokio::process::Child;
@@ -18,6 +19,7 @@ use tokio::process::Child;
 use crate::processes::{
     coordinator_config, create_study, hospital_config, pdc, pdc_output, spawn_coordinator, split_data,
 };
+use crate::roles::consent_with;
 use crate::support::{self, TestPdc, root};
 
 /// Kills of the coordinator, each at a random point.
@@ -312,4 +314,85 @@ async fn a_restarted_coordinator_reaches_the_models_and_rewards_of_an_uninterrup
 
     assert_eq!(restarted.rounds, reference.rounds, "the same models, contributors and metrics, round by round");
     assert_eq!(restarted.hospitals, reference.hospitals, "the same rewards, utilities and figures");
+}
+
+/// One ward is enough for a round; two rounds.
+const ONE_WARD_MANIFEST: &str = r#"
+name = "one-ward"
+seed = 3
+model = { kind = "logistic_regression" }
+[data]
+task = "binary_classification"
+label = "malignant"
+[training]
+rounds = 2
+local_epochs = 1
+batch_size = 16
+learning_rate = 0.1
+[participants]
+min = 1
+max = 1
+round_deadline_secs = 60
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_coordinator_keeps_drafts_recruiting_studies_and_consent_conditions() {
+    let dir = tempfile::tempdir().unwrap();
+    let (url, stop, coordinator) = serve(dir.path()).await;
+    let mut researcher = support::researcher(&url).await;
+    let request = |name: &str, draft: bool| pb::CreateStudyRequest {
+        manifest_toml: ONE_WARD_MANIFEST.replace("name = \"one-ward\"", &format!("name = \"{name}\"")),
+        validation_csv: support::breast_cancer_csv().into_bytes(),
+        draft,
+        ..Default::default()
+    };
+    let mut create = async |name: &str, draft: bool| {
+        researcher.create_study(request(name, draft)).await.unwrap().into_inner().study_id
+    };
+    let draft = create("kept-draft", true).await;
+    let opened = create("opened-draft", true).await;
+    let recruiting = create("recruiting", false).await;
+    researcher.open_recruiting(pb::StudyRef { study_id: opened.clone() }).await.unwrap();
+    let mut ward = TestPdc::register(&url, "ward-a").await;
+    let one_round = ConsentConditions { max_rounds: Some(1), ..ConsentConditions::default() };
+    consent_with(&mut ward, &recruiting, one_round).await.unwrap();
+    drop(researcher);
+    ward.client = pb::federation_service_client::FederationServiceClient::new(
+        tonic::transport::Endpoint::from_static("http://127.0.0.1:9").connect_lazy(),
+    );
+    shut_down(stop, coordinator).await;
+
+    let (url, _stop, _coordinator) = serve(dir.path()).await;
+    assert_eq!(status(&url, &draft).await.state, pb::StudyState::Created as i32, "still a draft");
+    assert_eq!(status(&url, &opened).await.state, pb::StudyState::Recruiting as i32);
+    let before = status(&url, &recruiting).await;
+    assert_eq!(
+        (before.state, before.consented.clone()),
+        (pb::StudyState::Recruiting as i32, vec!["ward-a".to_owned()])
+    );
+    ward.client = pb::federation_service_client::FederationServiceClient::connect(url.clone()).await.unwrap();
+    let listed: Vec<String> = ward
+        .client
+        .list_studies(ward.signed("ListStudies"))
+        .await
+        .unwrap()
+        .into_inner()
+        .studies
+        .into_iter()
+        .map(|study| study.study_id)
+        .collect();
+    assert!(!listed.contains(&draft) && listed.contains(&opened) && listed.contains(&recruiting), "{listed:?}");
+
+    // The consent's one-round limit survived the restart: ward a trains round 1 and is never asked for round 2.
+    let mut researcher = support::researcher(&url).await;
+    researcher.start_study(pb::StudyRef { study_id: recruiting.clone() }).await.unwrap();
+    let mut tasks = ward.tasks().await;
+    let task = support::next_task(&mut tasks).await;
+    assert_eq!((task.study_id.as_str(), task.round), (recruiting.as_str(), 1));
+    let model = ward.download(&task).await;
+    ward.submit(&recruiting, 1, &ward_update(&model, 0, 1)).await.unwrap();
+    support::wait_for_status(&mut researcher, &recruiting, Duration::from_secs(30), |s| s.rounds.len() == 1).await;
+    assert!(tokio::time::timeout(Duration::from_millis(600), tasks.message()).await.is_err(), "a task for round 2");
+    let after = status(&url, &recruiting).await;
+    assert_eq!((after.state, after.current_round), (pb::StudyState::Running as i32, 1), "{after:#?}");
 }

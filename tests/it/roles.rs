@@ -395,7 +395,11 @@ async fn a_key_revoked_in_the_consortium_file_is_refused_from_the_next_round() {
 }
 
 /// Consents `pdc` to `study_id` with `conditions`.
-async fn consent_with(pdc: &mut TestPdc, study_id: &str, conditions: ConsentConditions) -> Result<(), tonic::Status> {
+pub(crate) async fn consent_with(
+    pdc: &mut TestPdc,
+    study_id: &str,
+    conditions: ConsentConditions,
+) -> Result<(), tonic::Status> {
     let studies = pdc.client.list_studies(pdc.signed("ListStudies")).await.unwrap().into_inner().studies;
     let listing = studies.iter().find(|s| s.study_id == study_id).expect("listed");
     let hash = pdc_ledger::sha3_256(listing.manifest_toml.as_bytes());
