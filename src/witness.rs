@@ -117,3 +117,30 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         .await
         .context("the witness server failed")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_witness_file_resolves_its_paths_and_tls_files_relative_to_itself() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("witness.toml");
+        let text = "listen = \"127.0.0.1:0\"\nname = \"w\"\nkey_file = \"w.key\"\nstate_file = \"state/w.state\"\n\
+                    [[logs]]\norigin = \"pdc.local/ledger/sha3-256\"\nkey_name = \"pdc.local/coordinator\"\n\
+                    public_key = \"0000000000000000000000000000000000000000000000000000000000000000\"\n\
+                    [tls]\ncert = \"w.crt\"\nkey = \"w.key\"\nclient_certs = [\"coordinator.crt\"]\n";
+        std::fs::write(&path, text).unwrap();
+        let file = WitnessFile::load(&path).unwrap();
+        assert_eq!(file.key_file, dir.path().join("w.key"));
+        let tls = file.tls.expect("a [tls] table");
+        assert_eq!((tls.cert, tls.key), (dir.path().join("w.crt"), dir.path().join("w.key")));
+        assert_eq!(tls.client_certs, [dir.path().join("coordinator.crt")]);
+        assert!(tls.require_client_cert, "mutual TLS by default");
+
+        // An unknown key in [tls] is refused, naming the file.
+        std::fs::write(&path, text.replace("client_certs", "clients")).unwrap();
+        let error = format!("{:#}", WitnessFile::load(&path).unwrap_err());
+        assert!(error.contains("witness.toml is not a witness config") && error.contains("clients"), "{error}");
+    }
+}
