@@ -510,28 +510,32 @@ impl Round {
 }
 
 /// Each row's Euclidean distance to the nearest other row among `others` (infinite when there is none), in `f64`.
+///
+/// Each pair's distance is computed once: `d(i, j)` and `d(j, i)` are the same bits, since `(a − b)²` and `(b − a)²`
+/// are, and the sum runs over the coordinates in the same order.
 fn nearest_distances(updates: ArrayView2<f32>, others: &[usize]) -> Vec<f64> {
-    updates
-        .rows()
-        .into_iter()
-        .enumerate()
-        .map(|(i, row)| {
-            others
-                .iter()
-                .filter(|&&j| j != i)
-                .map(|&j| {
-                    row.iter()
-                        .zip(updates.row(j))
-                        .map(|(&a, &b)| {
-                            let difference = f64::from(a) - f64::from(b);
-                            difference * difference
-                        })
-                        .sum::<f64>()
-                        .sqrt()
-                })
-                .fold(f64::INFINITY, f64::min)
-        })
-        .collect()
+    let distance = |i: usize, j: usize| -> f64 {
+        updates
+            .row(i)
+            .iter()
+            .zip(updates.row(j))
+            .map(|(&a, &b)| {
+                let difference = f64::from(a) - f64::from(b);
+                difference * difference
+            })
+            .sum::<f64>()
+            .sqrt()
+    };
+    let mut known: BTreeMap<(usize, usize), f64> = BTreeMap::new();
+    let mut nearest = vec![f64::INFINITY; updates.nrows()];
+    for (i, nearest) in nearest.iter_mut().enumerate() {
+        for &j in others.iter().filter(|&&j| j != i) {
+            let pair = (i.min(j), i.max(j));
+            let d = *known.entry(pair).or_insert_with(|| distance(pair.0, pair.1));
+            *nearest = nearest.min(d);
+        }
+    }
+    nearest
 }
 
 /// Suspends PDCs flagged in `k` consecutive rounds they took part in.
