@@ -174,31 +174,14 @@ async fn a_coordinator_killed_at_random_points_resumes_its_study() {
     assert!(replay.contains(&format!("PASS: study {study_id} replays bit for bit ({ROUNDS} rounds)")), "{replay}");
 }
 
-/// Six rounds of trimmed mean with FedAdam on the server and exact-Shapley rewards: every kind of state a round
-/// carries to the next (optimiser moments, hospital figures, the carried reward budget).
-const STATEFUL_MANIFEST: &str = r#"
-name = "restarted"
-seed = 5
-model = { kind = "logistic_regression" }
-[data]
-task = "binary_classification"
-label = "malignant"
-[training]
-rounds = 6
-local_epochs = 1
-batch_size = 16
-learning_rate = 0.1
-[participants]
-min = 3
-max = 3
-round_deadline_secs = 60
-[aggregation]
-rule = "trimmed_mean"
-beta = 0.34
-server_optimizer = "fedadam"
-[rewards]
-budget_per_round = 100.0
-"#;
+/// Six rounds of replay.rs's study (trimmed mean with FedAdam on the server and exact-Shapley rewards): every kind
+/// of state a round carries to the next (optimiser moments, hospital figures, the carried reward budget).
+fn stateful_manifest() -> String {
+    let manifest = crate::replay::MANIFEST.replace("name = \"replayed\"", "name = \"restarted\"");
+    let six = manifest.replace("rounds = 10", "rounds = 6");
+    assert_ne!(six, manifest, "replay.rs's manifest changed: update this test");
+    six
+}
 
 const WARDS: [&str; 3] = ["ward-a", "ward-b", "ward-c"];
 
@@ -240,7 +223,7 @@ async fn play(pdcs: &mut [TestPdc], streams: &mut [(usize, tonic::Streaming<pb::
 async fn create_and_start(url: &str) -> (String, Vec<TestPdc>, Vec<(usize, tonic::Streaming<pb::Task>)>) {
     let mut researcher = support::researcher(url).await;
     let request = pb::CreateStudyRequest {
-        manifest_toml: STATEFUL_MANIFEST.to_owned(),
+        manifest_toml: stateful_manifest(),
         validation_csv: support::breast_cancer_csv().into_bytes(),
         ..Default::default()
     };

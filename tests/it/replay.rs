@@ -14,7 +14,7 @@ use crate::ledger::{fetch, pdc_run};
 use crate::support;
 
 /// Ten rounds, trimmed mean with FedAdam on the server, and exact-Shapley rewards every round.
-const MANIFEST: &str = r#"
+pub(crate) const MANIFEST: &str = r#"
 name = "replayed"
 seed = 11
 model = { kind = "logistic_regression" }
