@@ -364,19 +364,8 @@ impl Hospital {
             train_loss: 0.5,
             privacy: None,
         };
-        let header = pb::UpdateHeader {
-            study_id: contribution.study_id.clone(),
-            round: contribution.round,
-            pdc_id: contribution.pdc_id.clone(),
-            n_examples: contribution.n_examples,
-            n_parameters: contribution.n_parameters,
-            update_hash: contribution.update_hash.to_vec(),
-            train_loss: contribution.train_loss,
-            signature: self.identity.sign(&contribution.signing_bytes()).to_vec(),
-            privacy: None,
-            resume_offset: 0,
-            compression: compression as i32,
-        };
+        let signature = self.identity.sign(&contribution.signing_bytes());
+        let header = pdc_client::agent::update_header(&contribution, &signature, compression);
         PreparedUpload { header, running, seed, n, compression }
     }
 

@@ -667,27 +667,7 @@ impl Agent {
             privacy,
         };
         let signature = self.identity.sign(&contribution.signing_bytes());
-        let header = pb::UpdateHeader {
-            study_id: contribution.study_id.clone(),
-            round: contribution.round,
-            pdc_id: contribution.pdc_id.clone(),
-            n_examples: contribution.n_examples,
-            n_parameters: contribution.n_parameters,
-            update_hash: contribution.update_hash.to_vec(),
-            train_loss: contribution.train_loss,
-            signature: signature.to_vec(),
-            privacy: contribution.privacy.as_ref().map(|claim| pb::PrivacyClaim {
-                dataset: claim.dataset.clone(),
-                noise_multiplier: claim.noise_multiplier,
-                sampling_rate: claim.sampling_rate,
-                steps: claim.steps,
-                clip_norm: claim.clip_norm,
-                epsilon: claim.epsilon,
-                delta: claim.delta,
-            }),
-            resume_offset: 0,
-            compression: compression_to_pb(self.config.compression) as i32,
-        };
+        let header = update_header(&contribution, &signature, compression_to_pb(self.config.compression));
         let pending = PendingUpload {
             study_id: task.study_id.clone(),
             round: task.round,
@@ -817,6 +797,32 @@ impl Agent {
             }
         });
         futures::stream::iter(std::iter::once(header).chain(chunks))
+    }
+}
+
+/// The header of a fresh upload of `contribution`, with the PDC's `signature` over its signing bytes, its chunks
+/// sent with `compression`.
+pub fn update_header(contribution: &Contribution, signature: &[u8], compression: pb::Compression) -> pb::UpdateHeader {
+    pb::UpdateHeader {
+        study_id: contribution.study_id.clone(),
+        round: contribution.round,
+        pdc_id: contribution.pdc_id.clone(),
+        n_examples: contribution.n_examples,
+        n_parameters: contribution.n_parameters,
+        update_hash: contribution.update_hash.to_vec(),
+        train_loss: contribution.train_loss,
+        signature: signature.to_vec(),
+        privacy: contribution.privacy.as_ref().map(|claim| pb::PrivacyClaim {
+            dataset: claim.dataset.clone(),
+            noise_multiplier: claim.noise_multiplier,
+            sampling_rate: claim.sampling_rate,
+            steps: claim.steps,
+            clip_norm: claim.clip_norm,
+            epsilon: claim.epsilon,
+            delta: claim.delta,
+        }),
+        resume_offset: 0,
+        compression: compression as i32,
     }
 }
 

@@ -82,6 +82,15 @@ impl UpdateArchive {
     /// durably, and returns the hash.
     pub fn store(&self, values: &[f32]) -> Result<Hash> {
         let id = pdc_ledger::hash::parameters_hash(values);
+        self.store_hashed(&id, values)?;
+        Ok(id)
+    }
+
+    /// Stores `values` under `id`, which the caller computed as their [`parameters_hash`] already (a round's
+    /// model, whose hash the ledger records): a model of hundreds of MB is not hashed twice.
+    ///
+    /// [`parameters_hash`]: pdc_ledger::hash::parameters_hash
+    pub(crate) fn store_hashed(&self, id: &Hash, values: &[f32]) -> Result<()> {
         let temp = self.dir.join("incoming").join(format!("{:016x}.part", rand_suffix()));
         let write = || -> std::io::Result<()> {
             let mut file = BufWriter::new(File::create(&temp)?);
@@ -90,10 +99,9 @@ impl UpdateArchive {
                 file.write_all(&pdc_ledger::hash::f32_bytes(piece))?;
             }
             file.into_inner().map_err(std::io::IntoInnerError::into_error)?.sync_all()?;
-            std::fs::rename(&temp, self.path(&id))
+            std::fs::rename(&temp, self.path(id))
         };
-        write().map_err(Error::Archive)?;
-        Ok(id)
+        write().map_err(Error::Archive)
     }
 
     /// Reads the update `id` in pieces of at most `piece_len` values, calling `visit(offset, values)` for each.

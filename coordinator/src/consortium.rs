@@ -203,6 +203,11 @@ impl Membership {
         membership
     }
 
+    /// The current members of `role`, by id, with their keys.
+    pub fn with_role(&self, role: Role) -> impl Iterator<Item = (&str, [u8; 32])> + '_ {
+        self.members.iter().filter(move |(_, (r, _))| *r == role).map(|(id, (_, key))| (id.as_str(), *key))
+    }
+
     /// The entries that bring the recorded membership to `consortium`'s: none when the file was recorded already
     /// and nothing differs; otherwise a `ConsortiumRecorded`, then the registrations and revocations (by member
     /// id). Refused: a listed key that was revoked, or that another member holds on the ledger, and a role change

@@ -34,6 +34,7 @@ use rocksdb::{ColumnFamilyDescriptor, DB, Options, WriteOptions};
 use serde::{Deserialize, Serialize};
 
 use crate::aggregation::{ServerState, SuspensionTracker};
+use crate::consortium::Membership;
 use crate::round::AcceptedUpdate;
 use crate::service::{HospitalStats, LEFT_OUT_PREFIX, RoundRecord, SUSPENDED_PREFIX};
 use crate::{Error, Result};
@@ -228,25 +229,16 @@ pub(crate) struct LedgerScan {
 /// Folds `entries`, in ledger order, into what they say. Entries of unknown studies are ignored (the audit checks
 /// the ledger's consistency; recovery only needs its latest word).
 pub(crate) fn scan(entries: impl IntoIterator<Item = Entry>) -> LedgerScan {
-    let mut scan = LedgerScan::default();
+    let entries: Vec<Entry> = entries.into_iter().collect();
+    // Registrations, rotations and revocations fold as the consortium's own membership does.
+    let membership = Membership::from_entries(&entries);
+    let hospitals = membership.with_role(Role::Hospital).map(|(id, key)| (id.to_owned(), key)).collect();
+    let mut scan = LedgerScan { hospitals, ..LedgerScan::default() };
     for entry in entries {
         match entry {
-            Entry::MemberRegistered { pdc_id, role: Role::Hospital, public_key } => {
-                scan.hospitals.insert(pdc_id, public_key);
-            }
-            Entry::KeyRevoked { pdc_id, key, .. } => {
-                if scan.hospitals.get(&pdc_id) == Some(&key) {
-                    scan.hospitals.remove(&pdc_id);
-                }
-            }
             Entry::ManifestSigned { study_id, researcher_id, signature, .. } => {
                 if let Some(study) = scan.studies.get_mut(&study_id) {
                     study.signed_by = Some((researcher_id, signature));
-                }
-            }
-            Entry::KeyRotated { pdc_id, new_key, .. } => {
-                if let Some(key) = scan.hospitals.get_mut(&pdc_id) {
-                    *key = new_key;
                 }
             }
             Entry::BudgetDeclared { pdc_id, dataset, epsilon, delta } => {

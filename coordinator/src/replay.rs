@@ -37,8 +37,8 @@ use pdc_ledger::{Hash, sha3_256};
 use crate::archive::UpdateArchive;
 use crate::round::AcceptedUpdate;
 use crate::service::{
-    ARCHIVED_MANIFEST, ARCHIVED_VALIDATION, PreparedStudy, ValuationInputs, aggregate, aggregation_entries,
-    prepare_study, value_contributions,
+    PreparedStudy, ValuationInputs, aggregate, aggregation_entries, prepare_study, read_archived_study,
+    value_contributions,
 };
 use crate::{Error, Result};
 
@@ -165,7 +165,8 @@ struct LedgerRound {
 }
 
 /// Replays `study_id` from the ledger `entries` (decoded, in log order), the study's archive folder `study_dir`
-/// (holding [`ARCHIVED_MANIFEST`] and [`ARCHIVED_VALIDATION`]) and the update `archive`.
+/// (holding [`crate::service::ARCHIVED_MANIFEST`] and [`crate::service::ARCHIVED_VALIDATION`]) and the update
+/// `archive`.
 ///
 /// # Errors
 ///
@@ -177,8 +178,7 @@ pub fn replay_study(
     study_dir: &Path,
     archive: &UpdateArchive,
 ) -> Result<ReplayReport> {
-    let read = |name: &str| std::fs::read(study_dir.join(name)).map_err(Error::Archive);
-    let (manifest_bytes, validation_csv) = (read(ARCHIVED_MANIFEST)?, read(ARCHIVED_VALIDATION)?);
+    let (manifest_bytes, validation_csv) = read_archived_study(study_dir)?;
     let mut report = ReplayReport { study_id: study_id.to_owned(), problems: Vec::new(), rounds: Vec::new() };
     let created = entries.iter().find_map(|entry| match entry {
         Entry::StudyCreated { study_id: id, manifest_hash } if id == study_id => Some(*manifest_hash),

@@ -27,8 +27,7 @@ use crate::manifest::{self, Manifest};
 use crate::metrics::Telemetry;
 use crate::recovery::{BUDGET_EXHAUSTED_PREFIX, RoundSnapshot, StateStore, StudyProgress};
 use crate::rewards::{RoundUpdate, RoundValuation, ValuationSettings};
-use crate::round::Resume;
-use crate::round::{AcceptedUpdate, Action, Event, Phase, RoundMachine, RoundPolicy};
+use crate::round::{AcceptedUpdate, Action, Event, Phase, Resume, RoundMachine, RoundPolicy};
 use crate::statistics::{CohortAnswer, FeasibilityQuery, Standardization, StandardizationStep, StatisticsQuery};
 use crate::{Error, Result};
 
@@ -597,9 +596,7 @@ impl Coordinator {
     }
 
     fn recover_study(&self, study_id: &str, progress: &StudyProgress, resumed: &mut Vec<Resumption>) -> Result<Study> {
-        let folder = self.config.data_dir.join("studies").join(study_id);
-        let read = |name: &str| std::fs::read(folder.join(name)).map_err(Error::Archive);
-        let (manifest, validation) = (read(ARCHIVED_MANIFEST)?, read(ARCHIVED_VALIDATION)?);
+        let (manifest, validation) = read_archived_study(&self.config.data_dir.join("studies").join(study_id))?;
         let manifest = String::from_utf8(manifest).map_err(|e| Error::State(format!("archived manifest: {e}")))?;
         let prepared = prepare_study(&manifest, &validation)?;
         if prepared.manifest_hash != progress.manifest_hash {
@@ -1133,8 +1130,8 @@ impl Coordinator {
                 // restarted coordinator finds both for every aggregate it reads (see `crate::recovery`).
                 let durable = self
                     .archive
-                    .store(&model)
-                    .and_then(|_| self.state_store.put_round(study_id, &snapshot))
+                    .store_hashed(&model_hash, &model)
+                    .and_then(|()| self.state_store.put_round(study_id, &snapshot))
                     .and_then(|()| self.ledger.record(&entries));
                 match durable {
                     Ok(_) => {
@@ -2462,6 +2459,12 @@ fn archive_study(folder: &std::path::Path, canonical: &str, validation_csv: &[u8
         std::fs::File::open(folder)?.sync_all()
     };
     write().map_err(Error::Archive)
+}
+
+/// Reads a study's archived manifest and validation set from `folder`, as [`archive_study`] wrote them.
+pub(crate) fn read_archived_study(folder: &std::path::Path) -> Result<(Vec<u8>, Vec<u8>)> {
+    let read = |name: &str| std::fs::read(folder.join(name)).map_err(Error::Archive);
+    Ok((read(ARCHIVED_MANIFEST)?, read(ARCHIVED_VALIDATION)?))
 }
 
 /// Values every contribution of the round (Shapley values of the validation metric over coalitions aggregated

@@ -299,24 +299,13 @@ async fn a_restarted_coordinator_reaches_the_models_and_rewards_of_an_uninterrup
     assert_eq!(restarted.hospitals, reference.hospitals, "the same rewards, utilities and figures");
 }
 
-/// One ward is enough for a round; two rounds.
-const ONE_WARD_MANIFEST: &str = r#"
-name = "one-ward"
-seed = 3
-model = { kind = "logistic_regression" }
-[data]
-task = "binary_classification"
-label = "malignant"
-[training]
-rounds = 2
-local_epochs = 1
-batch_size = 16
-learning_rate = 0.1
-[participants]
-min = 1
-max = 1
-round_deadline_secs = 60
-"#;
+/// ledger.rs's two-round study named `name`, with one ward enough for a round.
+fn one_ward_manifest(name: &str) -> String {
+    let manifest = crate::ledger::MANIFEST.replace("name = \"ledger\"", &format!("name = \"{name}\""));
+    let one = manifest.replace("min = 2\nmax = 2", "min = 1\nmax = 1");
+    assert_ne!(one, manifest, "ledger.rs's manifest changed: update this test");
+    one
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_coordinator_keeps_drafts_recruiting_studies_and_consent_conditions() {
@@ -324,7 +313,7 @@ async fn a_restarted_coordinator_keeps_drafts_recruiting_studies_and_consent_con
     let (url, stop, coordinator) = serve(dir.path()).await;
     let mut researcher = support::researcher(&url).await;
     let request = |name: &str, draft: bool| pb::CreateStudyRequest {
-        manifest_toml: ONE_WARD_MANIFEST.replace("name = \"one-ward\"", &format!("name = \"{name}\"")),
+        manifest_toml: one_ward_manifest(name),
         validation_csv: support::breast_cancer_csv().into_bytes(),
         draft,
         ..Default::default()

@@ -21,7 +21,7 @@ use tonic::Code;
 
 use crate::support::{self, TestPdc, assert_status};
 
-const MANIFEST: &str = r#"
+pub(crate) const MANIFEST: &str = r#"
 name = "ledger"
 seed = 3
 model = { kind = "logistic_regression" }

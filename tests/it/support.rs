@@ -179,26 +179,8 @@ pub async fn upload_with(
         train_loss,
         privacy,
     };
-    let header = pb::UpdateHeader {
-        study_id: study_id.to_owned(),
-        round,
-        pdc_id: pdc_id.to_owned(),
-        n_examples: contribution.n_examples,
-        n_parameters: contribution.n_parameters,
-        update_hash: contribution.update_hash.to_vec(),
-        train_loss: contribution.train_loss,
-        signature: signer.sign(&contribution.signing_bytes()).to_vec(),
-        privacy: contribution.privacy.as_ref().map(|claim| pb::PrivacyClaim {
-            dataset: claim.dataset.clone(),
-            noise_multiplier: claim.noise_multiplier,
-            sampling_rate: claim.sampling_rate,
-            steps: claim.steps,
-            clip_norm: claim.clip_norm,
-            epsilon: claim.epsilon,
-            delta: claim.delta,
-        }),
-        ..Default::default()
-    };
+    let signature = signer.sign(&contribution.signing_bytes());
+    let header = pdc_client::agent::update_header(&contribution, &signature, pb::Compression::None);
     let bytes = f32_bytes(values);
     let chunks = bytes.chunks(chunk_bytes.max(1)).enumerate().map(|(index, data)| pb::UpdatePart {
         part: Some(pb::update_part::Part::Chunk(pb::Chunk {
