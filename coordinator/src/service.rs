@@ -18,6 +18,7 @@ use pdc_privacy::stats::{NoisyCohortCounts, NoisyFeatureSummary};
 use tokio::sync::{Notify, broadcast, mpsc};
 
 use crate::access::{Caller, StudyAction};
+use crate::aggregation::rule::RoundInputs;
 use crate::aggregation::{AggregationConfig, FedAvg, ServerState, SuspensionTracker, aggregate_round, apply_delta};
 use crate::archive::{PartialUploads, UpdateArchive, UploadKey, UploadProgress, UploadStream};
 use crate::consent::ConsentTerms;
@@ -2590,7 +2591,10 @@ pub(crate) fn aggregate(
         None
     };
     let mut state = optimizer.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    let round = aggregate_round(config, &rows, &state.round_inputs(server_update.as_deref()))?;
+    // The anomaly scores compare updates at a common number of local steps, which the batch size gives.
+    let inputs =
+        RoundInputs { local_batch_size: Some(root.train.batch_size), ..state.round_inputs(server_update.as_deref()) };
+    let round = aggregate_round(config, &rows, &inputs)?;
     let excluded = round
         .excluded
         .iter()

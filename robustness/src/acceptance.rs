@@ -166,7 +166,7 @@ pub fn recommend(lookup: &Lookup, spec: &MatrixSpec) -> Option<(Defence, f64, f6
 }
 
 /// (2) At 20 % attackers the recommended defence stays within [`TWENTY_PERCENT_TOLERANCE`] points of attack-free
-/// FedAvg on every attack, while FedAvg collapses under sign flipping and scaling (the boosted backdoor).
+/// FedAvg on every attack, while FedAvg collapses under sign flipping ×4 and scaling (the boosted backdoor).
 pub fn twenty_percent(lookup: &Lookup, spec: &MatrixSpec) -> (Verdict, Option<Defence>) {
     let mut lines = Vec::new();
     let Some((defence, worst, mean, where_)) = recommend(lookup, spec) else {
@@ -201,10 +201,12 @@ pub fn twenty_percent(lookup: &Lookup, spec: &MatrixSpec) -> (Verdict, Option<De
             if !spec.attacks.contains(&attack) {
                 continue;
             }
+            // Sign flip ×1 is reported but not judged: see the context line below.
+            let judged = attack != AttackKind::SignFlip;
             let (Some(drop), Some(summary)) =
                 (lookup.drop(dataset, 20, attack, fedavg), lookup.get(dataset, 20, attack, fedavg))
             else {
-                collapse_ok = false;
+                collapse_ok &= !judged;
                 parts.push(format!("{}: not run", attack.name()));
                 continue;
             };
@@ -213,7 +215,9 @@ pub fn twenty_percent(lookup: &Lookup, spec: &MatrixSpec) -> (Verdict, Option<De
             } else {
                 drop > COLLAPSE_POINTS
             };
-            collapse_ok &= collapsed;
+            if judged {
+                collapse_ok &= collapsed;
+            }
             let mut part = format!("{}: AUROC {:.4}, a drop of {drop:.2} points", attack.name(), summary.auroc.mean);
             if attack == AttackKind::Backdoor {
                 part.push_str(&format!(
@@ -222,18 +226,23 @@ pub fn twenty_percent(lookup: &Lookup, spec: &MatrixSpec) -> (Verdict, Option<De
                     100.0 * clean_backdoor
                 ));
             }
-            part.push_str(if collapsed { " (collapsed)" } else { " (did not collapse)" });
+            part.push_str(match (collapsed, judged) {
+                (true, _) => " (collapsed)",
+                (false, true) => " (did not collapse)",
+                (false, false) => " (slowed, not collapsed; not judged)",
+            });
             parts.push(part);
         }
         lines.push(format!("- FedAvg at 20 % on {}: {}.", dataset.name(), parts.join("; ")));
     }
     lines.push(format!(
         "- {}: FedAvg collapses (a drop of more than {COLLAPSE_POINTS} points, or for the backdoor more than \
-         {:.0} % backdoor success) on sign flipping and scaling.",
+         {:.0} % backdoor success) on sign flipping ×4 and on scaling (the boosted backdoor). Sign flipping ×1 \
+         is not judged: 20 % negated updates cannot reverse an average of 80 % honest ones (next line).",
         pass_fail(collapse_ok),
         100.0 * COLLAPSE_BACKDOOR
     ));
-    if spec.attacks.contains(&AttackKind::SignFlip) && spec.attacker_percents.contains(&40) {
+    if spec.attacks.contains(&AttackKind::SignFlip) {
         // With m of n equal weights negated, FedAvg still steps (n − 2m)/n of the honest mean: slower, not
         // backwards, until m approaches n/2.
         let at_forty: Vec<String> = spec
@@ -244,14 +253,17 @@ pub fn twenty_percent(lookup: &Lookup, spec: &MatrixSpec) -> (Verdict, Option<De
                 Some(format!("{} {drop:.2} points", dataset.name()))
             })
             .collect();
+        let mut line = "- Context: with m of n (about equally weighted) updates negated, FedAvg still moves \
+                        (n − 2m)/n of the honest mean, 60 % at 20 % attackers: sign flip ×1 slows it rather than \
+                        reversing it."
+            .to_owned();
         if !at_forty.is_empty() {
-            lines.push(format!(
-                "- Context: with m of n (about equally weighted) updates negated, FedAvg still moves (n − 2m)/n of \
-                 the honest mean, 60 % at 20 % attackers: sign flip ×1 slows it rather than reversing it. At 40 % \
-                 (20 % of the honest step) FedAvg's drop under sign flip ×1 is: {}.",
+            line.push_str(&format!(
+                " At 40 % (20 % of the honest step) FedAvg's drop under sign flip ×1 is: {}.",
                 at_forty.join("; ")
             ));
         }
+        lines.push(line);
     }
     (Verdict { pass: robust_ok && collapse_ok, lines }, Some(defence))
 }
@@ -350,7 +362,7 @@ mod tests {
         MatrixSpec {
             datasets: vec![DatasetKind::BreastCancer],
             attacker_percents: vec![0, 20],
-            attacks: vec![AttackKind::SignFlip, AttackKind::Backdoor, AttackKind::FreeRide],
+            attacks: vec![AttackKind::SignFlip, AttackKind::SignFlipX4, AttackKind::Backdoor, AttackKind::FreeRide],
             defences: vec![
                 Defence::plain(RuleChoice::FedAvg),
                 Defence::plain(RuleChoice::Median),
@@ -370,8 +382,9 @@ mod tests {
         }
     }
 
-    /// FedAvg 0.99 clean; median costs 0.5 points, trimmed mean 1.5; at 20 % FedAvg collapses, the median holds
-    /// within 3 points, the trimmed mean loses 6 on the backdoor; Bulyan is n/a.
+    /// FedAvg 0.99 clean; median costs 0.5 points, trimmed mean 1.5; at 20 % FedAvg collapses under sign flip ×4
+    /// and the backdoor and only slows under sign flip ×1, the median holds within 3 points, the trimmed mean
+    /// loses 6 on the backdoor; Bulyan is n/a.
     fn lookup() -> Lookup {
         let bc = DatasetKind::BreastCancer;
         let (fedavg, median, trimmed, bulyan) = (
@@ -390,16 +403,19 @@ mod tests {
         put(0, AttackKind::None, median, summary(0.985, 0.1, none));
         put(0, AttackKind::None, trimmed, summary(0.975, 0.1, none));
         put(0, AttackKind::None, bulyan, None);
-        put(20, AttackKind::SignFlip, fedavg, summary(0.6, 0.1, none));
+        put(20, AttackKind::SignFlip, fedavg, summary(0.95, 0.1, none));
         put(20, AttackKind::SignFlip, median, summary(0.97, 0.1, none));
         put(20, AttackKind::SignFlip, trimmed, summary(0.98, 0.1, none));
+        put(20, AttackKind::SignFlipX4, fedavg, summary(0.6, 0.1, none));
+        put(20, AttackKind::SignFlipX4, median, summary(0.97, 0.1, none));
+        put(20, AttackKind::SignFlipX4, trimmed, summary(0.98, 0.1, none));
         put(20, AttackKind::Backdoor, fedavg, summary(0.97, 0.9, none));
         put(20, AttackKind::Backdoor, median, summary(0.96, 0.2, none));
         put(20, AttackKind::Backdoor, trimmed, summary(0.93, 0.2, none));
         put(20, AttackKind::FreeRide, fedavg, summary(0.99, 0.1, riders));
         put(20, AttackKind::FreeRide, median, summary(0.99, 0.1, riders));
         put(20, AttackKind::FreeRide, trimmed, summary(0.99, 0.1, flags((40, 40), (9, 160))));
-        for attack in [AttackKind::SignFlip, AttackKind::Backdoor, AttackKind::FreeRide] {
+        for attack in [AttackKind::SignFlip, AttackKind::SignFlipX4, AttackKind::Backdoor, AttackKind::FreeRide] {
             put(20, attack, bulyan, None);
         }
         Lookup::from_cells(cells)
@@ -408,7 +424,8 @@ mod tests {
     #[test]
     fn drops_are_against_attack_free_fedavg() {
         let lookup = lookup();
-        let drop = lookup.drop(DatasetKind::BreastCancer, 20, AttackKind::SignFlip, Defence::plain(RuleChoice::FedAvg));
+        let drop =
+            lookup.drop(DatasetKind::BreastCancer, 20, AttackKind::SignFlipX4, Defence::plain(RuleChoice::FedAvg));
         assert!((drop.unwrap() - 39.0).abs() < 1e-9);
         assert_eq!(
             lookup.drop(DatasetKind::BreastCancer, 0, AttackKind::None, Defence::plain(RuleChoice::Bulyan)),
@@ -431,14 +448,32 @@ mod tests {
         let (defence, worst, mean, where_) = recommend(&lookup(), &spec()).unwrap();
         assert_eq!(defence, Defence::plain(RuleChoice::Median));
         assert!((worst - 3.0).abs() < 1e-9);
-        assert!((mean - (2.0 + 3.0 + 0.0) / 3.0).abs() < 1e-9);
+        assert!((mean - (2.0 + 2.0 + 3.0 + 0.0) / 4.0).abs() < 1e-9);
         assert_eq!(where_, "backdoor + boost on breast cancer");
         let (verdict, recommended) = twenty_percent(&lookup(), &spec());
         assert_eq!(recommended, Some(Defence::plain(RuleChoice::Median)));
         assert!(verdict.pass, "{:#?}", verdict.lines);
         let text = verdict.lines.join("\n");
-        assert!(text.contains("sign flip ×1: AUROC 0.6000, a drop of 39.00 points (collapsed)"), "{text}");
+        assert!(text.contains("sign flip ×4: AUROC 0.6000, a drop of 39.00 points (collapsed)"), "{text}");
+        assert!(
+            text.contains("sign flip ×1: AUROC 0.9500, a drop of 4.00 points (slowed, not collapsed; not judged)"),
+            "{text}"
+        );
         assert!(text.contains("backdoor success 90.0 % (attack-free model: 10.0 %) (collapsed)"), "{text}");
+        assert!(text.contains("- PASS: FedAvg collapses"), "{text}");
+    }
+
+    /// Sign flip ×4 that FedAvg survives fails the criterion, whatever sign flip ×1 does.
+    #[test]
+    fn fedavg_surviving_sign_flip_x4_fails_the_collapse_criterion() {
+        let mut lookup = lookup();
+        let key = (DatasetKind::BreastCancer, 20, AttackKind::SignFlipX4, Defence::plain(RuleChoice::FedAvg));
+        lookup.cells.insert(key, summary(0.95, 0.1, flags((0, 0), (1, 100))));
+        let (verdict, _) = twenty_percent(&lookup, &spec());
+        assert!(!verdict.pass);
+        let text = verdict.lines.join("\n");
+        assert!(text.contains("sign flip ×4: AUROC 0.9500, a drop of 4.00 points (did not collapse)"), "{text}");
+        assert!(text.contains("- FAIL: FedAvg collapses"), "{text}");
     }
 
     #[test]

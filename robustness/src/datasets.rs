@@ -91,6 +91,14 @@ impl DatasetKind {
         }
     }
 
+    /// The name `--datasets` takes.
+    pub fn slug(self) -> &'static str {
+        match self {
+            Self::BreastCancer => "breast_cancer",
+            Self::Synthetic => "synthetic",
+        }
+    }
+
     /// The consortium's fixed configuration.
     pub fn config(self) -> DatasetConfig {
         match self {

@@ -4,9 +4,10 @@
 //!
 //! ```text
 //! robustness [--seeds N] [--rounds N] [--out FILE] [--threads N] [--quick]
+//!            [--datasets LIST] [--shares LIST] [--attacks LIST] [--defences LIST]
 //! ```
 //!
-//! Run it in release mode through `cargo xtask bench robustness`.
+//! Run it through `cargo xtask bench robustness` (the optimised dev profile).
 
 mod acceptance;
 mod datasets;
@@ -23,18 +24,28 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
 
-use crate::matrix::MatrixSpec;
+use crate::matrix::{Filter, MatrixSpec};
 use crate::report::Provenance;
 use crate::runner::{RunSettings, run_matrix};
 
 const USAGE: &str = "\
 Usage: robustness [--seeds N] [--rounds N] [--out FILE] [--threads N] [--quick]
+                  [--datasets LIST] [--shares LIST] [--attacks LIST] [--defences LIST]
 
   --seeds N     seeds per cell (default 5; 1 with --quick)
   --rounds N    rounds for every dataset (default: each dataset's own, 30; 3 with --quick)
   --out FILE    where to write the Markdown report (default: robustness-report.md in the workspace root)
   --threads N   worker threads (default: the available cores); the numbers do not depend on it
-  --quick       a tiny matrix for CI smoke runs";
+  --quick       a tiny matrix for CI smoke runs
+
+A part of the matrix, for quick tuning runs (each LIST is comma-separated; a filtered run needs --out, so that
+it never overwrites the full report, and its acceptance verdicts cover only what ran):
+  --datasets    breast_cancer, synthetic
+  --shares      attacker shares in percent: 0, 20, 40
+  --attacks     none (the attack-free scenario), label_flip, sign_flip, sign_flip_x4, gaussian_noise, backdoor,
+                alie, ipm, free_ride, free_ride_noisy
+  --defences    fedavg, median, trimmed_mean, krum, multi_krum, bulyan, centered_clipping, norm_bound,
+                fedavg+anomaly, trimmed_mean+anomaly, multi_krum+anomaly";
 
 /// The parsed command line.
 #[derive(Debug, PartialEq)]
@@ -44,11 +55,20 @@ struct Options {
     out: Option<PathBuf>,
     threads: Option<usize>,
     quick: bool,
+    filter: Filter,
     help: bool,
 }
 
 fn parse(args: &[String]) -> Result<Options, String> {
-    let mut options = Options { seeds: None, rounds: None, out: None, threads: None, quick: false, help: false };
+    let mut options = Options {
+        seeds: None,
+        rounds: None,
+        out: None,
+        threads: None,
+        quick: false,
+        filter: Filter::default(),
+        help: false,
+    };
     let mut args = args.iter();
     while let Some(arg) = args.next() {
         let mut value = |name: &str| args.next().cloned().ok_or_else(|| format!("`{name}` needs a value"));
@@ -65,9 +85,25 @@ fn parse(args: &[String]) -> Result<Options, String> {
             "--threads" => options.threads = Some(positive("--threads", value("--threads")?)? as usize),
             "--out" => options.out = Some(PathBuf::from(value("--out")?)),
             "--quick" => options.quick = true,
+            "--datasets" | "--shares" | "--attacks" | "--defences" => {
+                let list: Vec<String> = value(arg)?.split(',').map(|item| item.trim().to_owned()).collect();
+                if list.iter().any(String::is_empty) {
+                    return Err(format!("`{arg}` takes a comma-separated list without empty items"));
+                }
+                let slot = match arg.as_str() {
+                    "--datasets" => &mut options.filter.datasets,
+                    "--shares" => &mut options.filter.shares,
+                    "--attacks" => &mut options.filter.attacks,
+                    _ => &mut options.filter.defences,
+                };
+                *slot = Some(list);
+            }
             "-h" | "--help" => options.help = true,
             other => return Err(format!("unknown argument `{other}`")),
         }
+    }
+    if !options.filter.is_empty() && options.out.is_none() {
+        return Err("a filtered run needs `--out FILE` (it would otherwise overwrite the full report)".to_owned());
     }
     Ok(options)
 }
@@ -96,7 +132,7 @@ fn main() -> ExitCode {
 
 fn run(options: &Options, args: &[String]) -> Result<()> {
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
-    let (spec, settings) = plan(options, cores);
+    let (spec, settings) = plan(options, cores).map_err(anyhow::Error::msg)?;
     let out = options.out.clone().unwrap_or_else(default_out);
     let started = Instant::now();
     let step = |done: usize, total: usize, elapsed: std::time::Duration| {
@@ -118,14 +154,15 @@ fn run(options: &Options, args: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// The matrix and run settings the options ask for.
-fn plan(options: &Options, cores: usize) -> (MatrixSpec, RunSettings) {
+/// The matrix (cut down by the filter) and run settings the options ask for.
+fn plan(options: &Options, cores: usize) -> Result<(MatrixSpec, RunSettings), String> {
     let (spec, seeds, rounds) = if options.quick {
         (MatrixSpec::quick(), options.seeds.unwrap_or(1), Some(options.rounds.unwrap_or(3)))
     } else {
         (MatrixSpec::default_matrix(), options.seeds.unwrap_or(5), options.rounds)
     };
-    (spec, RunSettings { seeds, rounds, threads: options.threads.unwrap_or(cores) })
+    let spec = spec.filtered(&options.filter)?;
+    Ok((spec, RunSettings { seeds, rounds, threads: options.threads.unwrap_or(cores) }))
 }
 
 /// `robustness-report.md` in the workspace root (this crate's parent folder).
@@ -202,18 +239,51 @@ mod tests {
                 out: Some("r.md".into()),
                 threads: None,
                 quick: true,
+                filter: Filter::default(),
                 help: false
             }
         );
         assert_eq!(parsed("--seeds 0").unwrap_err(), "`--seeds` takes a positive integer, got `0`");
         assert_eq!(parsed("--rounds").unwrap_err(), "`--rounds` needs a value");
         assert_eq!(parsed("--fast").unwrap_err(), "unknown argument `--fast`");
-        let (spec, settings) = plan(&parsed("").unwrap(), 2);
+        let (spec, settings) = plan(&parsed("").unwrap(), 2).unwrap();
         assert_eq!(spec, MatrixSpec::default_matrix());
         assert_eq!(settings, RunSettings { seeds: 5, rounds: None, threads: 2 });
-        let (spec, settings) = plan(&parsed("--quick --threads 1").unwrap(), 2);
+        let (spec, settings) = plan(&parsed("--quick --threads 1").unwrap(), 2).unwrap();
         assert_eq!(spec, MatrixSpec::quick());
         assert_eq!(settings, RunSettings { seeds: 1, rounds: Some(3), threads: 1 });
+    }
+
+    #[test]
+    fn filters_cut_the_matrix_down_and_refuse_unknown_names() {
+        let spec = |line: &str| plan(&parsed(line)?, 2).map(|(spec, _)| spec);
+        let krum = spec("--out k.md --datasets synthetic --attacks none --defences fedavg,krum").unwrap();
+        assert_eq!(krum.datasets, [DatasetKind::Synthetic]);
+        assert_eq!(krum.attacker_percents, [0, 20, 40]);
+        assert!(krum.attacks.is_empty());
+        assert_eq!(krum.defences, [Defence::plain(RuleChoice::FedAvg), Defence::plain(RuleChoice::Krum)]);
+        // Only the attack-free cells remain: one per defence.
+        assert_eq!(krum.cells().len(), 2);
+        let echo = spec("--out e.md --shares 20,40 --attacks free_ride --defences multi_krum+anomaly").unwrap();
+        assert_eq!(echo.attacker_percents, [20, 40]);
+        assert_eq!(echo.attacks, [AttackKind::FreeRide]);
+        assert_eq!(echo.cells().len(), 2 * 2);
+        // Without `none`, the 0 % scenario goes.
+        assert_eq!(spec("--out x.md --attacks ipm").unwrap().attacker_percents, [20, 40]);
+        assert_eq!(
+            spec("--out x.md --defences krum,fltrust").unwrap_err(),
+            "`--defences` has no `fltrust`; it takes fedavg, median, trimmed_mean, krum, multi_krum, bulyan, \
+             centered_clipping, norm_bound, fedavg+anomaly, trimmed_mean+anomaly, multi_krum+anomaly"
+        );
+        assert_eq!(spec("--out x.md --shares 10").unwrap_err(), "`--shares` has no `10`; it takes 0, 20, 40");
+        assert_eq!(
+            parsed("--attacks ipm").unwrap_err(),
+            "a filtered run needs `--out FILE` (it would otherwise overwrite the full report)"
+        );
+        assert_eq!(
+            parsed("--out x.md --datasets synthetic,").unwrap_err(),
+            "`--datasets` takes a comma-separated list without empty items"
+        );
     }
 
     #[test]
@@ -238,7 +308,7 @@ mod tests {
     /// numbers with one thread as with two.
     #[test]
     fn the_quick_matrix_runs_and_is_deterministic() {
-        let (spec, settings) = plan(&parsed("--quick --rounds 2").unwrap(), 2);
+        let (spec, settings) = plan(&parsed("--quick --rounds 2").unwrap(), 2).unwrap();
         let quiet = |_: usize, _: usize, _: std::time::Duration| {};
         let results = run_matrix(&spec, &settings, &quiet).unwrap();
         let single = run_matrix(&spec, &RunSettings { threads: 1, ..settings.clone() }, &quiet).unwrap();

@@ -65,6 +65,22 @@ impl AttackKind {
         }
     }
 
+    /// The name `--attacks` takes.
+    pub fn slug(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::LabelFlip => "label_flip",
+            Self::SignFlip => "sign_flip",
+            Self::SignFlipX4 => "sign_flip_x4",
+            Self::GaussianNoise => "gaussian_noise",
+            Self::Backdoor => "backdoor",
+            Self::Alie => "alie",
+            Self::Ipm => "ipm",
+            Self::FreeRide => "free_ride",
+            Self::FreeRideNoisy => "free_ride_noisy",
+        }
+    }
+
     /// Whether the attackers are free riders rather than poisoners.
     pub fn is_free_riding(self) -> bool {
         matches!(self, Self::FreeRide | Self::FreeRideNoisy)
@@ -255,6 +271,28 @@ pub enum Plan {
     NotApplicable(String),
 }
 
+/// A part of a matrix to run, for quick runs while tuning: each axis given keeps only the values listed (by their
+/// `slug`s, shares in percent, defences by their table names such as `multi_krum+anomaly`); `None` keeps the
+/// whole axis. The attack `none` stands for the attack-free scenario at 0 %.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Filter {
+    /// `--datasets`.
+    pub datasets: Option<Vec<String>>,
+    /// `--shares`.
+    pub shares: Option<Vec<String>>,
+    /// `--attacks`.
+    pub attacks: Option<Vec<String>>,
+    /// `--defences`.
+    pub defences: Option<Vec<String>>,
+}
+
+impl Filter {
+    /// Whether it keeps the whole matrix.
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
 /// What to run.
 #[derive(Clone, Debug, PartialEq)]
 pub struct MatrixSpec {
@@ -291,6 +329,40 @@ impl MatrixSpec {
                 Defence::plain(RuleChoice::Bulyan),
             ],
         }
+    }
+
+    /// The part of this matrix that `filter` keeps: every axis the filter names is cut down to the values it
+    /// lists, in this matrix's order. Fails on a name this matrix does not have, listing the ones it does.
+    pub fn filtered(&self, filter: &Filter) -> Result<Self, String> {
+        fn keep<T: Copy>(
+            axis: &str,
+            all: &[T],
+            wanted: &Option<Vec<String>>,
+            name: impl Fn(T) -> String,
+        ) -> Result<Vec<T>, String> {
+            let Some(wanted) = wanted else { return Ok(all.to_vec()) };
+            for value in wanted {
+                if !all.iter().any(|&item| name(item) == *value) {
+                    let names: Vec<String> = all.iter().map(|&item| name(item)).collect();
+                    return Err(format!("`--{axis}` has no `{value}`; it takes {}", names.join(", ")));
+                }
+            }
+            Ok(all.iter().copied().filter(|&item| wanted.contains(&name(item))).collect())
+        }
+        let mut attacks = self.attacks.clone();
+        attacks.insert(0, AttackKind::None);
+        let attacks = keep("attacks", &attacks, &filter.attacks, |attack| attack.slug().to_owned())?;
+        let mut attacker_percents =
+            keep("shares", &self.attacker_percents, &filter.shares, |percent| percent.to_string())?;
+        if filter.attacks.is_some() && !attacks.contains(&AttackKind::None) {
+            attacker_percents.retain(|&percent| percent > 0);
+        }
+        Ok(Self {
+            datasets: keep("datasets", &self.datasets, &filter.datasets, |dataset| dataset.slug().to_owned())?,
+            attacker_percents,
+            attacks: attacks.into_iter().filter(|&attack| attack != AttackKind::None).collect(),
+            defences: keep("defences", &self.defences, &filter.defences, Defence::name)?,
+        })
     }
 
     /// Every cell, dataset by dataset, share by share, attack by attack, defence by defence.

@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use pdc_client::attack::{Attack, BenignEstimate};
 use pdc_client::training::{LocalUpdate, train_round, train_round_attacked};
 use pdc_coordinator::aggregation::ServerState;
-use pdc_coordinator::aggregation::rule::{AggregationConfig, aggregate_round};
+use pdc_coordinator::aggregation::rule::{AggregationConfig, RoundInputs, aggregate_round};
 use pdc_coordinator::manifest::UpdateChecks;
 use pdc_models::{Task, evaluate, predict};
 
@@ -97,7 +97,10 @@ pub fn run_study(
             stopped = Some((round, "no update arrived".to_owned()));
             break;
         }
-        match aggregate_round(config, &rows, &state.round_inputs(None)) {
+        // As the coordinator does: the anomaly scores compare updates at a common number of local steps.
+        let inputs =
+            RoundInputs { local_batch_size: Some(study.terms.training.batch_size), ..state.round_inputs(None) };
+        match aggregate_round(config, &rows, &inputs) {
             Ok(aggregate) => {
                 // `rows` are already in id order, which is the order of the scores.
                 for ((_, score), &attacker) in aggregate.scores.iter().zip(&is_attacker) {

@@ -497,6 +497,11 @@ pub struct RoundInputs<'a> {
     pub server_update: Option<&'a [f32]>,
     /// The previous round's aggregated delta: centered clipping starts from it (from zero without it).
     pub previous_aggregate: Option<&'a [f32]>,
+    /// The study's local batch size. With it, the anomaly scores compare updates at a common number of local SGD
+    /// steps per epoch, `⌈examples / batch⌉`, rather than at a common example count: a hospital with fewer rows
+    /// than a batch takes one step, as long as one of a hospital with a full batch, so scaling it by its example
+    /// count would inflate it (see [`super::anomaly`]). Without it, updates are compared by example count.
+    pub local_batch_size: Option<usize>,
 }
 
 /// A round's aggregate together with its anomaly scores.
@@ -530,7 +535,7 @@ pub fn aggregate(
     updates: &[(&str, f64, &[f32])],
     server_update: Option<&[f32]>,
 ) -> Result<Vec<f32>> {
-    aggregate_with(config, updates, &RoundInputs { server_update, previous_aggregate: None })
+    aggregate_with(config, updates, &RoundInputs { server_update, ..RoundInputs::default() })
 }
 
 /// [`aggregate`] with every input a round may have.
@@ -544,6 +549,16 @@ pub fn aggregate_with(
     let rows: Vec<(&str, f64, &[f32])> = order.iter().map(|&i| updates[i]).collect();
     let matrix = needs_matrix(rule).then(|| stack(&rows));
     apply(rule, &rows, matrix.as_ref().map(|matrix| matrix.view()), inputs)
+}
+
+/// The size an update is compared at by the anomaly scores: its local SGD steps per epoch, `⌈examples / batch⌉`,
+/// when the batch size is known, else its example count (a weight that is not finite and positive is passed
+/// through, for [`score_updates`] to refuse).
+fn comparison_size(examples: f64, local_batch_size: Option<usize>) -> f64 {
+    match local_batch_size {
+        Some(batch) if batch > 0 && examples.is_finite() && examples > 0.0 => (examples / batch as f64).ceil(),
+        _ => examples,
+    }
 }
 
 /// Scores every update (see [`super::anomaly`]), leaves out the flagged ones if the configuration says so, and
@@ -572,8 +587,8 @@ pub fn aggregate_round(
         return Ok(RoundAggregate { delta, scores: Vec::new(), excluded: Vec::new(), rule });
     }
     let matrix = stack(&rows);
-    let weights: Vec<f64> = rows.iter().map(|row| row.1).collect();
-    let scores = score_updates(&config.anomaly, matrix.view(), &weights)?;
+    let sizes: Vec<f64> = rows.iter().map(|row| comparison_size(row.1, inputs.local_batch_size)).collect();
+    let scores = score_updates(&config.anomaly, matrix.view(), &sizes)?;
     let kept: Vec<usize> = if config.anomaly.exclude_flagged {
         (0..rows.len()).filter(|&i| !scores[i].flagged).collect()
     } else {
@@ -1014,7 +1029,7 @@ mod tests {
         let config = parse("rule = \"centered_clipping\"\ntau = 5.0\niterations = 1");
         // From 0: (1 + 2 + 5)/3. From 2: 2 + (−1 + 0 + 5)/3.
         assert_eq!(aggregate(&config, &updates, None).unwrap(), vec![(8.0f64 / 3.0) as f32]);
-        let inputs = RoundInputs { server_update: None, previous_aggregate: Some(&[2.0]) };
+        let inputs = RoundInputs { previous_aggregate: Some(&[2.0]), ..RoundInputs::default() };
         assert_eq!(aggregate_with(&config, &updates, &inputs).unwrap(), vec![(2.0 + 4.0f64 / 3.0) as f32]);
     }
 
@@ -1161,6 +1176,43 @@ mod tests {
         );
     }
 
+    /// A hospital with fewer rows than a batch takes one step, as long as a full batch's: compared by example
+    /// count its update looks several times too long, compared by local steps (the batch size known) it does not.
+    #[test]
+    fn anomaly_scores_compare_updates_by_local_steps_when_the_batch_size_is_known() {
+        let owned: Vec<(String, f64, Vec<f32>)> = [
+            (64.0, [1.0f32, 0.0]),
+            (64.0, [1.02, 0.02]),
+            (64.0, [0.98, -0.02]),
+            (64.0, [1.01, 0.01]),
+            (3.0, [0.8, 0.0]),
+        ]
+        .iter()
+        .enumerate()
+        .map(|(i, (examples, delta))| (format!("h{i}"), *examples, delta.to_vec()))
+        .collect();
+        let updates = rows_of(&owned);
+        let config = parse("[anomaly]\nexclude_flagged = true");
+        let small = |round: &RoundAggregate| round.scores[4].1.clone();
+        let by_examples = aggregate_round(&config, &updates, &RoundInputs::default()).unwrap();
+        assert!(small(&by_examples).flagged, "{:?}", small(&by_examples));
+        assert_eq!(by_examples.excluded, ["h4"]);
+        let inputs = RoundInputs { local_batch_size: Some(32), ..RoundInputs::default() };
+        let by_steps = aggregate_round(&config, &updates, &inputs).unwrap();
+        // Two steps against one: its norm is compared after dividing by √(1/2), 1.13 against a median of 1.01.
+        assert!(!small(&by_steps).flagged, "{:?}", small(&by_steps));
+        assert!((small(&by_steps).norm_ratio - 0.8 * 2f64.sqrt() / 1.01).abs() < 1e-3, "{:?}", small(&by_steps));
+        assert!(by_steps.excluded.is_empty());
+        // The weights of the aggregate are still the example counts.
+        assert_eq!(by_steps.delta, aggregate(&parse(""), &updates, None).unwrap());
+        assert_eq!(
+            [comparison_size(3.0, Some(32)), comparison_size(64.0, Some(32)), comparison_size(65.0, Some(32))],
+            [1.0, 2.0, 3.0]
+        );
+        assert_eq!(comparison_size(3.0, None), 3.0);
+        assert!(comparison_size(f64::NAN, Some(32)).is_nan());
+    }
+
     #[test]
     fn kept_update_sizing_per_rule() {
         for (rule, n_kept, expected) in [
@@ -1234,8 +1286,8 @@ mod tests {
                     aggregate(&config, updates, Some(&server)).unwrap().iter().map(|v| v.to_bits()).collect::<Vec<_>>()
                 };
                 prop_assert_eq!(bits(&updates), bits(&shuffled), "{:?}", config.rule);
-                let round = aggregate_round(&config, &shuffled, &RoundInputs { server_update: Some(&server), previous_aggregate: None }).unwrap();
-                prop_assert_eq!(round, aggregate_round(&config, &updates, &RoundInputs { server_update: Some(&server), previous_aggregate: None }).unwrap());
+                let round = aggregate_round(&config, &shuffled, &RoundInputs { server_update: Some(&server), ..RoundInputs::default() }).unwrap();
+                prop_assert_eq!(round, aggregate_round(&config, &updates, &RoundInputs { server_update: Some(&server), ..RoundInputs::default() }).unwrap());
             }
         }
     }

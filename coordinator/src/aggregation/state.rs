@@ -75,7 +75,7 @@ impl ServerState {
     /// The inputs of the next round's [`aggregate_round`](super::rule::aggregate_round): the previous aggregate
     /// from this state, and the coordinator's own update for FLTrust when it has one.
     pub fn round_inputs<'a>(&'a self, server_update: Option<&'a [f32]>) -> RoundInputs<'a> {
-        RoundInputs { server_update, previous_aggregate: self.previous_aggregate() }
+        RoundInputs { server_update, previous_aggregate: self.previous_aggregate(), local_batch_size: None }
     }
 
     /// Applies a round's aggregated delta to `global` and returns the next model: a server optimiser step if the
