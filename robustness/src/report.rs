@@ -92,7 +92,8 @@ fn notes(out: &mut String) {
         "- A study with the default `[aggregation]` table streams FedAvg and computes no anomaly scores at all; the \
          harness scores the FedAvg cells anyway (same updates, same thresholds) so that their flag rates can be \
          compared. Flags under `+anomaly` change the aggregate; under the other rules they are only recorded.",
-        "- The anomaly checks compare updates at a common scale (each divided by √(examples / median examples)), \
+        "- The anomaly checks compare updates at a common scale (each divided by √(steps / median steps), steps being \
+         a hospital's local SGD steps per epoch, ⌈examples / batch⌉, as the coordinator does), \
          take the round's statistics from the updates that are neither free riders nor near duplicates, and flag \
          near-duplicate updates: ALIE's and IPM's colluders here send one identical vector each round, which is \
          what the duplicate check catches; colluders that add jitter would not be caught by it. The \
