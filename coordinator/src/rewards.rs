@@ -1228,7 +1228,12 @@ mod tests {
     /// The breast-cancer table split 80/20 (stratified), standardised on the validation part as the coordinator
     /// does with the researcher's set.
     fn breast_cancer() -> (Dataset, Dataset) {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../data/breast_cancer_wisconsin.csv");
+        // From the directory cargo names at run time: the compile-time one is gone if the build cache is shared
+        // with a clone elsewhere.
+        let path = std::path::PathBuf::from(
+            std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR when it runs tests"),
+        )
+        .join("../data/breast_cancer_wisconsin.csv");
         let text = std::fs::read_to_string(path).unwrap();
         let header: Vec<String> = text.lines().next().unwrap().split(',').map(str::to_owned).collect();
         let schema = Schema {

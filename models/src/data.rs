@@ -421,7 +421,7 @@ mod tests {
 
     #[test]
     fn the_bundled_datasets_load() {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data");
+        let root = crate::test_data::data_dir();
         let cancer = load_csv(&root.join("breast_cancer_wisconsin.csv"), &crate::test_data::cancer_schema()).unwrap();
         assert_eq!((cancer.n_rows(), cancer.n_features()), (569, 30));
         assert_eq!(cancer.label_counts(), [357, 212]);

@@ -72,12 +72,15 @@ pub use pdc_privacy::NoiseMode;
 /// The bundled public datasets, split and standardised as the tests use them.
 #[cfg(test)]
 pub(crate) mod test_data {
-    use std::path::{Path, PathBuf};
+    use std::path::PathBuf;
 
     use crate::{Dataset, ModelKind, ModelSpec, Schema, Standardizer, Task, load_csv, train_validation_split};
 
-    fn data_dir() -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../data")
+    /// The bundled tables, found from the directory cargo names when it runs the test (a shared build cache can
+    /// hold a test binary built in a clone elsewhere, whose compile-time path is gone).
+    pub(crate) fn data_dir() -> PathBuf {
+        PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR when it runs tests"))
+            .join("../data")
     }
 
     pub(crate) fn cancer_schema() -> Schema {

@@ -12,9 +12,10 @@ use pdc_proto::pb::federation_service_client::FederationServiceClient;
 use pdc_proto::pb::study_service_client::StudyServiceClient;
 use tonic::transport::Channel;
 
-/// The repository's root.
+/// The repository's root, as cargo names it when it runs the test (a shared build cache can hold a test binary
+/// built in a clone elsewhere, whose compile-time path is gone).
 pub fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR when it runs tests"))
 }
 
 /// The bundled breast-cancer table.

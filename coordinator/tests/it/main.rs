@@ -4,7 +4,12 @@ use pdc_coordinator::aggregation::{FedAvg, apply_delta};
 use pdc_models::{ModelKind, ModelSpec, Schema, Standardizer, Task, TrainConfig};
 
 fn breast_cancer() -> (pdc_models::Dataset, pdc_models::Dataset) {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../data/breast_cancer_wisconsin.csv");
+    // From the directory cargo names at run time: the compile-time one is gone if the build cache is shared with a
+    // clone elsewhere.
+    let path = std::path::PathBuf::from(
+        std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR when it runs tests"),
+    )
+    .join("../data/breast_cancer_wisconsin.csv");
     let text = std::fs::read_to_string(path).unwrap();
     let header: Vec<String> = text.lines().next().unwrap().split(',').map(str::to_owned).collect();
     let schema = Schema { features: header[..header.len() - 1].to_vec(), label: "malignant".into() };

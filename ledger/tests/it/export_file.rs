@@ -16,7 +16,11 @@ use crate::support::*;
 const UPDATE: &str = "PDC_UPDATE_GOLDEN";
 
 fn data(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data").join(name)
+    // From the directory cargo names at run time: the compile-time one is gone if the build cache is shared with a
+    // clone elsewhere.
+    PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR when it runs tests"))
+        .join("tests/data")
+        .join(name)
 }
 
 fn golden_bytes() -> Vec<u8> {
