@@ -16,6 +16,10 @@ const BREAST_CANCER_CSV: &str = include_str!("../../data/breast_cancer_wisconsin
 /// The share of rows held out as the researcher's validation set.
 pub const VALIDATION_FRACTION: f64 = 0.2;
 
+/// The rows of FLTrust's root data: Cao et al.'s default root set of 100 examples, drawn uniformly from the
+/// training rows.
+pub const ROOT_ROWS: usize = 100;
+
 /// Which consortium.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum DatasetKind {
@@ -156,7 +160,8 @@ impl DatasetKind {
 }
 
 /// One consortium drawn for one seed: the hospitals' raw tables, the researcher's validation set, the
-/// standardisation the coordinator fits on it, the initial model and the order in which hospitals turn attacker.
+/// standardisation the coordinator fits on it, FLTrust's root data, the initial model and the order in which
+/// hospitals turn attacker.
 #[derive(Clone, Debug)]
 pub struct Study {
     /// The fixed configuration.
@@ -173,6 +178,11 @@ pub struct Study {
     pub validation: Dataset,
     /// Fitted by the coordinator on the researcher's validation set, as `pdc-coordinator` does.
     pub standardizer: Standardizer,
+    /// FLTrust's root data, in table units: [`ROOT_ROWS`] training rows drawn with the seed (the hospitals keep
+    /// theirs). The coordinator trains its FLTrust update on the researcher's validation set; here that set is
+    /// every rule's held-out measure, and an update trained on it would flatter FLTrust, so the server holds a
+    /// clean sample of the training distribution instead, as in Cao et al. (2021).
+    pub root: Dataset,
     /// The first global model.
     pub initial: Vec<f32>,
     /// A seeded permutation of the hospitals: the first `k` are the attackers of a cell with `k` attackers, so a
@@ -206,6 +216,10 @@ impl DatasetConfig {
         };
         let (train, raw_validation) =
             train_validation_split(&table, VALIDATION_FRACTION, derive(seed, Purpose::ValidationSplit, 0))?;
+        let mut root_rows = crate::seeds::permutation(train.n_rows(), derive(seed, Purpose::RootSample, 0));
+        root_rows.truncate(ROOT_ROWS);
+        root_rows.sort_unstable();
+        let root = train.subset(&root_rows);
         let partition_seed = derive(seed, Purpose::Partition, 0);
         let parts = match self.split {
             Split::Dirichlet(alpha) => partition_dirichlet(&train, self.n_hospitals, alpha, partition_seed)?,
@@ -242,6 +256,7 @@ impl DatasetConfig {
             raw_validation,
             validation,
             standardizer,
+            root,
             initial,
             attacker_order,
         })

@@ -10,6 +10,7 @@
 //! Run it through `cargo xtask bench robustness` (the optimised dev profile).
 
 mod acceptance;
+mod benchmarks;
 mod datasets;
 mod matrix;
 mod report;
@@ -18,7 +19,7 @@ mod seeds;
 mod simulate;
 mod stats;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -34,7 +35,8 @@ Usage: robustness [--seeds N] [--rounds N] [--out FILE] [--threads N] [--quick]
 
   --seeds N     seeds per cell (default 5; 1 with --quick)
   --rounds N    rounds for every dataset (default: each dataset's own, 30; 3 with --quick)
-  --out FILE    where to write the Markdown report (default: robustness-report.md in the workspace root)
+  --out FILE    where to write the Markdown report (default: robustness-report.md in the workspace root; the
+                default matrix written there also replaces the robustness-matrix section of BENCHMARKS.md)
   --threads N   worker threads (default: the available cores); the numbers do not depend on it
   --quick       a tiny matrix for CI smoke runs
 
@@ -44,7 +46,7 @@ it never overwrites the full report, and its acceptance verdicts cover only what
   --shares      attacker shares in percent: 0, 20, 40
   --attacks     none (the attack-free scenario), label_flip, sign_flip, sign_flip_x4, gaussian_noise, backdoor,
                 alie, ipm, free_ride, free_ride_noisy
-  --defences    fedavg, median, trimmed_mean, krum, multi_krum, bulyan, centered_clipping, norm_bound,
+  --defences    fedavg, median, trimmed_mean, krum, multi_krum, bulyan, centered_clipping, norm_bound, fltrust,
                 fedavg+anomaly, trimmed_mean+anomaly, multi_krum+anomaly";
 
 /// The parsed command line.
@@ -151,7 +153,25 @@ fn run(options: &Options, args: &[String]) -> Result<()> {
     let text = report::render(&spec, &settings, &provenance, &results);
     std::fs::write(&out, text).with_context(|| format!("cannot write {}", out.display()))?;
     eprintln!("robustness: wrote {} in {:.1} s", out.display(), provenance.wall_seconds);
+    if options.is_default_run() {
+        let path = workspace_root().join("BENCHMARKS.md");
+        let lookup = acceptance::Lookup::new(&results);
+        let ran = results.iter().map(|result| result.runs.len()).sum();
+        let section = benchmarks::section(&spec, &provenance, ran, &lookup, &report::verdicts(&lookup, &spec));
+        let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        let spliced = benchmarks::splice(&text, &section).with_context(|| format!("in {}", path.display()))?;
+        std::fs::write(&path, spliced).with_context(|| format!("cannot write {}", path.display()))?;
+        eprintln!("robustness: replaced the robustness-matrix section of {}", path.display());
+    }
     Ok(())
+}
+
+impl Options {
+    /// Whether this run is the default matrix written to the default report, the one BENCHMARKS.md summarises
+    /// (a filtered run needs `--out`, so it is never one).
+    fn is_default_run(&self) -> bool {
+        self.out.is_none() && !self.quick && self.seeds.is_none() && self.rounds.is_none() && self.filter.is_empty()
+    }
 }
 
 /// The matrix (cut down by the filter) and run settings the options ask for.
@@ -165,9 +185,18 @@ fn plan(options: &Options, cores: usize) -> Result<(MatrixSpec, RunSettings), St
     Ok((spec, RunSettings { seeds, rounds, threads: options.threads.unwrap_or(cores) }))
 }
 
-/// `robustness-report.md` in the workspace root (this crate's parent folder).
+/// `robustness-report.md` in the workspace root.
 fn default_out() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("robustness-report.md")
+    workspace_root().join("robustness-report.md")
+}
+
+/// The workspace root, this crate's parent folder. Cargo names the crate's directory when it runs the binary,
+/// which stays right if a shared build cache holds a binary built in a clone elsewhere; the compile-time path is
+/// the fallback for a binary started by hand.
+fn workspace_root() -> PathBuf {
+    let manifest_dir =
+        std::env::var_os("CARGO_MANIFEST_DIR").map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from);
+    manifest_dir.join("..")
 }
 
 /// The `cargo xtask` line that reproduces a run with these arguments (`--out` and `--threads` left out: they
@@ -229,6 +258,15 @@ mod tests {
     }
 
     #[test]
+    fn only_the_default_matrix_in_the_default_report_rewrites_benchmarks_md() {
+        assert!(parsed("").unwrap().is_default_run());
+        assert!(parsed("--threads 1").unwrap().is_default_run());
+        for line in ["--out x.md", "--quick", "--seeds 3", "--rounds 5", "--out x.md --attacks ipm"] {
+            assert!(!parsed(line).unwrap().is_default_run(), "{line}");
+        }
+    }
+
+    #[test]
     fn options_parse_and_refuse_nonsense() {
         let options = parsed("--seeds 3 --rounds 10 --out r.md --quick").unwrap();
         assert_eq!(
@@ -271,9 +309,9 @@ mod tests {
         // Without `none`, the 0 % scenario goes.
         assert_eq!(spec("--out x.md --attacks ipm").unwrap().attacker_percents, [20, 40]);
         assert_eq!(
-            spec("--out x.md --defences krum,fltrust").unwrap_err(),
-            "`--defences` has no `fltrust`; it takes fedavg, median, trimmed_mean, krum, multi_krum, bulyan, \
-             centered_clipping, norm_bound, fedavg+anomaly, trimmed_mean+anomaly, multi_krum+anomaly"
+            spec("--out x.md --defences krum,fltrust+anomaly").unwrap_err(),
+            "`--defences` has no `fltrust+anomaly`; it takes fedavg, median, trimmed_mean, krum, multi_krum, bulyan, \
+             centered_clipping, norm_bound, fltrust, fedavg+anomaly, trimmed_mean+anomaly, multi_krum+anomaly"
         );
         assert_eq!(spec("--out x.md --shares 10").unwrap_err(), "`--shares` has no `10`; it takes 0, 20, 40");
         assert_eq!(

@@ -138,7 +138,7 @@ pub fn backdoor_boost(n_participants: usize, n_attackers: usize) -> f64 {
     n_participants as f64 / n_attackers.max(1) as f64
 }
 
-/// The aggregation rules of the matrix (FLTrust needs a server update the coordinator does not compute yet).
+/// The aggregation rules of the matrix.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum RuleChoice {
     /// Weighted FedAvg.
@@ -157,11 +157,13 @@ pub enum RuleChoice {
     CenteredClipping,
     /// Norm bound, then weighted FedAvg.
     NormBound,
+    /// FLTrust against the server's update on the study's root data.
+    FlTrust,
 }
 
 impl RuleChoice {
     /// Every rule, in report order.
-    pub const ALL: [RuleChoice; 8] = [
+    pub const ALL: [RuleChoice; 9] = [
         Self::FedAvg,
         Self::Median,
         Self::TrimmedMean,
@@ -170,6 +172,7 @@ impl RuleChoice {
         Self::Bulyan,
         Self::CenteredClipping,
         Self::NormBound,
+        Self::FlTrust,
     ];
 
     fn kind(self) -> RuleKind {
@@ -182,6 +185,7 @@ impl RuleChoice {
             Self::Bulyan => RuleKind::Bulyan,
             Self::CenteredClipping => RuleKind::CenteredClipping,
             Self::NormBound => RuleKind::NormBound,
+            Self::FlTrust => RuleKind::FlTrust,
         }
     }
 }
@@ -217,7 +221,7 @@ impl Defence {
     pub fn config(self, dataset: &DatasetConfig, n: usize, f: usize) -> AggregationConfig {
         let mut config = AggregationConfig { rule: self.rule.kind(), ..AggregationConfig::default() };
         match self.rule {
-            RuleChoice::FedAvg | RuleChoice::Median => {}
+            RuleChoice::FedAvg | RuleChoice::Median | RuleChoice::FlTrust => {}
             RuleChoice::TrimmedMean => config.beta = Some(f as f64 / n as f64),
             RuleChoice::Krum | RuleChoice::MultiKrum | RuleChoice::Bulyan => config.f = Some(f),
             RuleChoice::CenteredClipping => config.tau = Some(dataset.clip_radius),
@@ -406,8 +410,8 @@ mod tests {
     fn the_default_matrix_has_every_combination_once() {
         let spec = MatrixSpec::default_matrix();
         let cells = spec.cells();
-        // Per dataset: the attack-free row plus 9 attacks at each of 20 % and 40 %, times 11 defences.
-        assert_eq!(cells.len(), 2 * (1 + 9 * 2) * 11);
+        // Per dataset: the attack-free row plus 9 attacks at each of 20 % and 40 %, times 12 defences.
+        assert_eq!(cells.len(), 2 * (1 + 9 * 2) * 12);
         assert!(cells.iter().all(|cell| (cell.attacker_percent == 0) == (cell.attack == AttackKind::None)));
         let mut keys: Vec<_> =
             cells.iter().map(|cell| (cell.dataset, cell.attacker_percent, cell.attack, cell.defence)).collect();
@@ -451,6 +455,7 @@ mod tests {
             (DatasetKind::BreastCancer, 40, RuleChoice::TrimmedMean),
             (DatasetKind::Synthetic, 20, RuleChoice::Bulyan),
             (DatasetKind::Synthetic, 40, RuleChoice::MultiKrum),
+            (DatasetKind::BreastCancer, 40, RuleChoice::FlTrust),
         ] {
             assert!(matches!(plan(dataset, percent, rule), Plan::Run(_)), "{dataset:?} {percent} {rule:?}");
         }

@@ -4,7 +4,7 @@
 use std::fmt::Write;
 
 use crate::acceptance::{Lookup, Verdict, free_riders, no_attack, twenty_percent};
-use crate::datasets::{DatasetKind, Split, VALIDATION_FRACTION};
+use crate::datasets::{DatasetKind, ROOT_ROWS, Split, VALIDATION_FRACTION};
 use crate::matrix::{AttackKind, BACKDOOR_POISON_FRACTION, IPM_EPSILON, MatrixSpec, Plan, assumed_byzantine};
 use crate::runner::{CellResult, CellSummary, RunSettings};
 use crate::stats::{FlagTally, ReasonKind};
@@ -51,16 +51,8 @@ pub fn render(spec: &MatrixSpec, settings: &RunSettings, provenance: &Provenance
         settings.seeds
     );
 
-    let (second, recommended) = twenty_percent(&lookup, spec);
-    let verdicts: [(&str, Verdict); 3] = [
-        ("(1) No attack: every robust rule within 1 AUROC point of FedAvg", no_attack(&lookup, spec)),
-        ("(2) 20 % attackers: the recommended rule within 4 points on every attack; FedAvg collapses", second),
-        (
-            "(3) Free riders flagged in ≥ 95 % of their rounds, honest hospitals in ≤ 5 %",
-            free_riders(&lookup, spec, recommended),
-        ),
-    ];
     let _ = writeln!(out, "## Acceptance\n");
+    let verdicts = verdicts(&lookup, spec);
     for (title, verdict) in &verdicts {
         let _ = writeln!(out, "**{title}: {}**\n", if verdict.pass { "PASS" } else { "FAIL" });
         for line in &verdict.lines {
@@ -78,6 +70,19 @@ pub fn render(spec: &MatrixSpec, settings: &RunSettings, provenance: &Provenance
     out
 }
 
+/// The three acceptance criteria's titles and verdicts.
+pub fn verdicts(lookup: &Lookup, spec: &MatrixSpec) -> [(&'static str, Verdict); 3] {
+    let (second, recommended) = twenty_percent(lookup, spec);
+    [
+        ("(1) No attack: every robust rule within 1 AUROC point of FedAvg", no_attack(lookup, spec)),
+        ("(2) 20 % attackers: the recommended rule within 4 points on every attack; FedAvg collapses", second),
+        (
+            "(3) Free riders flagged in ≥ 95 % of their rounds, honest hospitals in ≤ 5 %",
+            free_riders(lookup, spec, recommended),
+        ),
+    ]
+}
+
 /// What the harness had to take from the coordinator as it is, which the numbers reflect.
 fn notes(out: &mut String) {
     let _ = writeln!(out, "## How the coordinator's code shapes these numbers\n");
@@ -87,8 +92,7 @@ fn notes(out: &mut String) {
          ⌊(n' − 3)/4⌋ for Bulyan); with fewer than 3 kept it leaves nothing out. A study stops on a failed \
          aggregation (cells marked ‡; see the reasons in the last table).",
         "- Centered clipping starts each round from the previous round's aggregate (the study's `ServerState`), \
-         from zero only in round 1. FLTrust (its server update is trained on the validation set) is not in the \
-         matrix.",
+         from zero only in round 1.",
         "- A study with the default `[aggregation]` table streams FedAvg and computes no anomaly scores at all; the \
          harness scores the FedAvg cells anyway (same updates, same thresholds) so that their flag rates can be \
          compared. Flags under `+anomaly` change the aggregate; under the other rules they are only recorded.",
@@ -101,6 +105,13 @@ fn notes(out: &mut String) {
     ] {
         let _ = writeln!(out, "{line}");
     }
+    let _ = writeln!(
+        out,
+        "- FLTrust's server trains its own update each round, with the hospitals' training terms, on a root set of \
+         {ROOT_ROWS} training rows drawn with the seed (Cao et al.'s default size; the hospitals keep those rows). \
+         The coordinator trains it on the researcher's validation set; here that set is every rule's held-out \
+         measure, and training on it would flatter FLTrust."
+    );
     out.push('\n');
 }
 
@@ -407,7 +418,7 @@ fn marks(summary: &CellSummary) -> &'static str {
     }
 }
 
-fn percent_or_dash(value: Option<f64>) -> String {
+pub(crate) fn percent_or_dash(value: Option<f64>) -> String {
     value.map_or("–".to_owned(), |value| format!("{:.1}", 100.0 * value))
 }
 

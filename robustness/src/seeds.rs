@@ -18,6 +18,10 @@ pub enum Purpose {
     Attack = 6,
     /// A hospital's training seed in a round (index: round × 1000 + hospital).
     Training = 7,
+    /// The training rows FLTrust's server holds as its root data.
+    RootSample = 8,
+    /// The server's training seed for its FLTrust update in a round (index: the round).
+    RootTraining = 9,
 }
 
 /// The seed for `purpose` and `index` under the experiment seed `seed`.

@@ -1,7 +1,8 @@
 //! One simulated study, in process and without gRPC: every round each hospital trains with `pdc-client`'s own
 //! training code (honestly or under its attack), the coordinator's upload checks and `aggregate_round` produce the
 //! round's delta and anomaly scores, and the study's `ServerState` installs the next global model (and keeps the
-//! aggregate centered clipping starts the next round from), as `pdc_coordinator::service::aggregate` does.
+//! aggregate centered clipping starts the next round from), as `pdc_coordinator::service::aggregate` does. Under
+//! FLTrust the server first trains its own update on the study's root data.
 
 use anyhow::{Context, Result};
 use pdc_client::attack::{Attack, BenignEstimate};
@@ -13,7 +14,7 @@ use pdc_models::{Task, evaluate, predict};
 
 use crate::datasets::{Study, Trigger};
 use crate::matrix::{AttackKind, attackers_for};
-use crate::seeds::training_seed;
+use crate::seeds::{Purpose, derive, training_seed};
 use crate::stats::FlagTally;
 
 /// What one study run measured.
@@ -97,9 +98,25 @@ pub fn run_study(
             stopped = Some((round, "no update arrived".to_owned()));
             break;
         }
+        // FLTrust's server trains the global model on its root data with the study's own training terms, as the
+        // coordinator does on the researcher's validation set.
+        let server_update = if config.needs_server_update() {
+            let seed = derive(study.seed, Purpose::RootTraining, u64::from(round));
+            match train_round(&study.terms, &global, &study.root, &study.standardizer, seed) {
+                Ok(update) => Some(update.delta),
+                Err(error) => {
+                    stopped = Some((round, format!("the server update failed: {error}")));
+                    break;
+                }
+            }
+        } else {
+            None
+        };
         // As the coordinator does: the anomaly scores compare updates at a common number of local steps.
-        let inputs =
-            RoundInputs { local_batch_size: Some(study.terms.training.batch_size), ..state.round_inputs(None) };
+        let inputs = RoundInputs {
+            local_batch_size: Some(study.terms.training.batch_size),
+            ..state.round_inputs(server_update.as_deref())
+        };
         match aggregate_round(config, &rows, &inputs) {
             Ok(aggregate) => {
                 // `rows` are already in id order, which is the order of the scores.
@@ -219,6 +236,32 @@ mod tests {
         // Without attackers nobody counts as one.
         let clean = run_study(&study, AttackKind::None, 0, &config, 2).unwrap();
         assert_eq!((clean.flags.attacker_updates, clean.flags.honest_updates), (0, 20));
+    }
+
+    #[test]
+    fn fltrusts_server_trains_on_root_rows_drawn_from_the_training_rows() {
+        let study = DatasetKind::BreastCancer.config().prepare(1, 2).unwrap();
+        assert_eq!(study.root.n_rows(), crate::datasets::ROOT_ROWS);
+        // Every root row is one of the hospitals' rows and none is a validation row.
+        let is_in = |table: &pdc_models::Dataset, row: &[f32]| (0..table.n_rows()).any(|i| table.row(i) == row);
+        for row in (0..study.root.n_rows()).map(|i| study.root.row(i)) {
+            assert!(study.parts.iter().any(|part| is_in(part, row)));
+            assert!(!is_in(&study.raw_validation, row));
+        }
+        let config = AggregationConfig { rule: RuleKind::FlTrust, ..AggregationConfig::default() };
+        let outcome = run_study(&study, AttackKind::SignFlipX4, 20, &config, 2).unwrap();
+        assert_eq!(outcome, run_study(&study, AttackKind::SignFlipX4, 20, &config, 2).unwrap());
+        assert!(outcome.stopped.is_none() && !outcome.diverged, "{outcome:?}");
+        // The flipped updates point away from the server's and get no trust: FLTrust learns where FedAvg,
+        // averaging them in at four times their size, goes backwards.
+        let fedavg = run_study(&study, AttackKind::SignFlipX4, 20, &AggregationConfig::default(), 2).unwrap();
+        assert!(outcome.auroc > fedavg.auroc + 0.05, "FLTrust {} vs FedAvg {}", outcome.auroc, fedavg.auroc);
+        // A server without root data cannot train its update, and the study stops with the reason.
+        let mut rootless = study.clone();
+        rootless.root = rootless.root.subset(&[]);
+        let (round, reason) = run_study(&rootless, AttackKind::None, 0, &config, 2).unwrap().stopped.unwrap();
+        assert_eq!(round, 1);
+        assert!(reason.starts_with("the server update failed: "), "{reason}");
     }
 
     #[test]
