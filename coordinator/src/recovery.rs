@@ -6,9 +6,9 @@
 //!    recorded there before it takes effect and before the caller is answered: registrations and key rotations,
 //!    budgets, study creation, consents, each round's opening with its participants, each accepted contribution
 //!    (so an acknowledged update is never lost), spends and rejections, each aggregate, and each study's end.
-//!    [`scan`] folds the entries, in order, into what they say of each study.
+//!    `scan` folds the entries, in order, into what they say of each study.
 //! 2. **The study state store** (RocksDB, `<data_dir>/state`, this module's [`StateStore`]) holds what the ledger
-//!    does not: whether a study was started, and for every aggregated round a [`RoundSnapshot`] of the state the
+//!    does not: whether a study was started, and for every aggregated round a `RoundSnapshot` of the state the
 //!    round left (the server optimiser's moments, the suspension tracker, each hospital's figures, the carried
 //!    reward budget, central DP's adaptive clip norm). A snapshot is written, synchronously, *before* the round's
 //!    aggregate is recorded on the ledger, so every `RoundAggregated` entry has its snapshot; a snapshot whose
