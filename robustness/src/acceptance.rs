@@ -343,11 +343,12 @@ pub fn free_riders(lookup: &Lookup, spec: &MatrixSpec, recommended: Option<Defen
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::stats::{FlagTally, Summary};
 
-    fn summary(auroc: f64, backdoor: f64, flags: FlagTally) -> Option<CellSummary> {
+    /// A cell summary over 5 seeds with these means (and no spread), for tests.
+    pub(crate) fn summary(auroc: f64, backdoor: f64, flags: FlagTally) -> Option<CellSummary> {
         Some(CellSummary {
             auroc: Summary { mean: auroc, std: 0.0, n: 5 },
             backdoor: Summary { mean: backdoor, std: 0.0, n: 5 },

@@ -153,9 +153,8 @@ mod tests {
     use expect_test::expect;
 
     use super::*;
+    use crate::acceptance::tests::summary;
     use crate::matrix::RuleChoice;
-    use crate::runner::CellSummary;
-    use crate::stats::Summary;
 
     #[test]
     fn the_section_replaces_only_what_lies_between_the_markers() {
@@ -182,16 +181,6 @@ mod tests {
     fn the_section_reads_well() {
         let dataset = DatasetKind::Synthetic;
         let (fedavg, krum) = (Defence::plain(RuleChoice::FedAvg), Defence::plain(RuleChoice::Krum));
-        let summary = |auroc: f64, backdoor: f64, flags: FlagTally| {
-            Some(CellSummary {
-                auroc: Summary { mean: auroc, std: 0.01, n: 5 },
-                backdoor: Summary { mean: backdoor, std: 0.0, n: 5 },
-                flags,
-                diverged: 0,
-                stopped: 0,
-                stop_reason: None,
-            })
-        };
         let flagged = |attacker_flagged, honest_flagged| FlagTally {
             attacker_updates: 10,
             attacker_flagged,
