@@ -1,4 +1,7 @@
-//! Integration tests of the coordinator's cores with real models: FedAvg against centralised training.
+//! Integration tests of the coordinator's cores: FedAvg against centralised training with real models, and the
+//! aggregation rules and server optimisers against Flower's own outputs.
+
+mod flower;
 
 use pdc_coordinator::aggregation::{FedAvg, apply_delta};
 use pdc_models::{ModelKind, ModelSpec, Schema, Standardizer, Task, TrainConfig};
