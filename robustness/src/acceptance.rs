@@ -345,6 +345,7 @@ pub fn free_riders(lookup: &Lookup, spec: &MatrixSpec, recommended: Option<Defen
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::matrix::ServerOptimizerChoice;
     use crate::stats::{FlagTally, Summary};
 
     /// A cell summary over 5 seeds with these means (and no spread), for tests.
@@ -370,6 +371,7 @@ pub(crate) mod tests {
                 Defence::plain(RuleChoice::TrimmedMean),
                 Defence::plain(RuleChoice::Bulyan),
             ],
+            server: ServerOptimizerChoice::default(),
         }
     }
 

@@ -154,7 +154,7 @@ mod tests {
 
     use super::*;
     use crate::acceptance::tests::summary;
-    use crate::matrix::RuleChoice;
+    use crate::matrix::{RuleChoice, ServerOptimizerChoice};
 
     #[test]
     fn the_section_replaces_only_what_lies_between_the_markers() {
@@ -205,6 +205,7 @@ mod tests {
             attacker_percents: vec![0, 20, 40],
             attacks: vec![AttackKind::SignFlipX4, AttackKind::Backdoor],
             defences: vec![fedavg, krum],
+            server: ServerOptimizerChoice::default(),
         };
         let provenance = Provenance {
             command: "cargo xtask bench robustness".to_owned(),

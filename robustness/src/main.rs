@@ -5,6 +5,7 @@
 //! ```text
 //! robustness [--seeds N] [--rounds N] [--out FILE] [--threads N] [--quick]
 //!            [--datasets LIST] [--shares LIST] [--attacks LIST] [--defences LIST]
+//!            [--server-optimizer NAME] [--server-learning-rate X] [--server-momentum X]
 //! ```
 //!
 //! Run it through `cargo xtask bench robustness` (the optimised dev profile).
@@ -25,29 +26,37 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
 
-use crate::matrix::{Filter, MatrixSpec};
+use crate::matrix::{Filter, MatrixSpec, ServerOptimizerChoice};
 use crate::report::Provenance;
 use crate::runner::{RunSettings, run_matrix};
 
 const USAGE: &str = "\
 Usage: robustness [--seeds N] [--rounds N] [--out FILE] [--threads N] [--quick]
                   [--datasets LIST] [--shares LIST] [--attacks LIST] [--defences LIST]
+                  [--server-optimizer NAME] [--server-learning-rate X] [--server-momentum X]
 
   --seeds N     seeds per cell (default 5; 1 with --quick)
   --rounds N    rounds for every dataset (default: each dataset's own, 30; 3 with --quick)
-  --out FILE    where to write the Markdown report (default: robustness-report.md in the workspace root; the
-                default matrix written there also replaces the robustness-matrix section of BENCHMARKS.md)
+  --out FILE    where to write the Markdown report (default: robustness-report.md in the workspace root, which
+                holds only the default matrix; written there, it also replaces the robustness-matrix section of
+                BENCHMARKS.md). Any other run (every option here but --threads) needs --out.
   --threads N   worker threads (default: the available cores); the numbers do not depend on it
   --quick       a tiny matrix for CI smoke runs
 
-A part of the matrix, for quick tuning runs (each LIST is comma-separated; a filtered run needs --out, so that
-it never overwrites the full report, and its acceptance verdicts cover only what ran):
+A part of the matrix, for quick tuning runs (each LIST is comma-separated; its acceptance verdicts cover only
+what ran):
   --datasets    breast_cancer, synthetic
   --shares      attacker shares in percent: 0, 20, 40
   --attacks     none (the attack-free scenario), label_flip, sign_flip, sign_flip_x4, gaussian_noise, backdoor,
                 alie, ipm, free_ride, free_ride_noisy
   --defences    fedavg, median, trimmed_mean, krum, multi_krum, bulyan, centered_clipping, norm_bound, fltrust,
-                fedavg+anomaly, trimmed_mean+anomaly, multi_krum+anomaly";
+                fedavg+anomaly, trimmed_mean+anomaly, multi_krum+anomaly
+
+A server optimiser on top of every rule, FedAvg included (the default matrix has none; parameters left out take
+the coordinator's defaults, and a combination a manifest could not have is refused):
+  --server-optimizer      none, fedavgm, fedadam, fedyogi, fedadagrad
+  --server-learning-rate  the server learning rate
+  --server-momentum       FedAvgM's momentum";
 
 /// The parsed command line.
 #[derive(Debug, PartialEq)]
@@ -58,6 +67,7 @@ struct Options {
     threads: Option<usize>,
     quick: bool,
     filter: Filter,
+    server: ServerOptimizerChoice,
     help: bool,
 }
 
@@ -69,6 +79,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
         threads: None,
         quick: false,
         filter: Filter::default(),
+        server: ServerOptimizerChoice::default(),
         help: false,
     };
     let mut args = args.iter();
@@ -77,6 +88,10 @@ fn parse(args: &[String]) -> Result<Options, String> {
         let positive = |name: &str, text: String| match text.parse::<u64>() {
             Ok(value) if value > 0 => Ok(value),
             _ => Err(format!("`{name}` takes a positive integer, got `{text}`")),
+        };
+        let number = |name: &str, text: String| match text.parse::<f64>() {
+            Ok(value) if value.is_finite() => Ok(value),
+            _ => Err(format!("`{name}` takes a finite number, got `{text}`")),
         };
         match arg.as_str() {
             "--seeds" => options.seeds = Some(positive("--seeds", value("--seeds")?)?),
@@ -87,6 +102,16 @@ fn parse(args: &[String]) -> Result<Options, String> {
             "--threads" => options.threads = Some(positive("--threads", value("--threads")?)? as usize),
             "--out" => options.out = Some(PathBuf::from(value("--out")?)),
             "--quick" => options.quick = true,
+            "--server-optimizer" => {
+                let name = value(arg)?;
+                let kinds = ServerOptimizerChoice::KINDS;
+                options.server.kind = kinds.into_iter().find(|kind| kind.name() == name).ok_or_else(|| {
+                    let names: Vec<&str> = kinds.iter().map(|kind| kind.name()).collect();
+                    format!("`--server-optimizer` has no `{name}`; it takes {}", names.join(", "))
+                })?;
+            }
+            "--server-learning-rate" => options.server.learning_rate = Some(number(arg, value(arg)?)?),
+            "--server-momentum" => options.server.momentum = Some(number(arg, value(arg)?)?),
             "--datasets" | "--shares" | "--attacks" | "--defences" => {
                 let list: Vec<String> = value(arg)?.split(',').map(|item| item.trim().to_owned()).collect();
                 if list.iter().any(String::is_empty) {
@@ -104,8 +129,10 @@ fn parse(args: &[String]) -> Result<Options, String> {
             other => return Err(format!("unknown argument `{other}`")),
         }
     }
-    if !options.filter.is_empty() && options.out.is_none() {
-        return Err("a filtered run needs `--out FILE` (it would otherwise overwrite the full report)".to_owned());
+    if !options.is_default_matrix() && options.out.is_none() {
+        return Err("a run other than the default matrix needs `--out FILE` (it would otherwise overwrite the full \
+                    report)"
+            .to_owned());
     }
     Ok(options)
 }
@@ -167,10 +194,14 @@ fn run(options: &Options, args: &[String]) -> Result<()> {
 }
 
 impl Options {
-    /// Whether this run is the default matrix written to the default report, the one BENCHMARKS.md summarises
-    /// (a filtered run needs `--out`, so it is never one).
+    /// Whether this run is the default matrix written to the default report, the one BENCHMARKS.md summarises.
     fn is_default_run(&self) -> bool {
-        self.out.is_none() && !self.quick && self.seeds.is_none() && self.rounds.is_none() && self.filter.is_empty()
+        self.out.is_none() && self.is_default_matrix()
+    }
+
+    /// Whether the options ask for the default matrix with its default settings (`--threads` changes no number).
+    fn is_default_matrix(&self) -> bool {
+        !self.quick && self.seeds.is_none() && self.rounds.is_none() && self.filter.is_empty() && self.server.is_none()
     }
 }
 
@@ -181,7 +212,11 @@ fn plan(options: &Options, cores: usize) -> Result<(MatrixSpec, RunSettings), St
     } else {
         (MatrixSpec::default_matrix(), options.seeds.unwrap_or(5), options.rounds)
     };
-    let spec = spec.filtered(&options.filter)?;
+    let mut spec = spec.filtered(&options.filter)?;
+    for dataset in &spec.datasets {
+        options.server.validate(dataset.config().n_hospitals)?;
+    }
+    spec.server = options.server;
     Ok((spec, RunSettings { seeds, rounds, threads: options.threads.unwrap_or(cores) }))
 }
 
@@ -261,8 +296,17 @@ mod tests {
     fn only_the_default_matrix_in_the_default_report_rewrites_benchmarks_md() {
         assert!(parsed("").unwrap().is_default_run());
         assert!(parsed("--threads 1").unwrap().is_default_run());
-        for line in ["--out x.md", "--quick", "--seeds 3", "--rounds 5", "--out x.md --attacks ipm"] {
+        for line in ["--out x.md", "--out x.md --quick", "--out x.md --attacks ipm"] {
             assert!(!parsed(line).unwrap().is_default_run(), "{line}");
+        }
+        // Only the default matrix may go to the default report.
+        for line in ["--quick", "--seeds 3", "--rounds 5", "--attacks ipm", "--server-optimizer fedavgm"] {
+            assert_eq!(
+                parsed(line).unwrap_err(),
+                "a run other than the default matrix needs `--out FILE` (it would otherwise overwrite the full \
+                 report)",
+                "{line}"
+            );
         }
     }
 
@@ -278,6 +322,7 @@ mod tests {
                 threads: None,
                 quick: true,
                 filter: Filter::default(),
+                server: ServerOptimizerChoice::default(),
                 help: false
             }
         );
@@ -287,7 +332,7 @@ mod tests {
         let (spec, settings) = plan(&parsed("").unwrap(), 2).unwrap();
         assert_eq!(spec, MatrixSpec::default_matrix());
         assert_eq!(settings, RunSettings { seeds: 5, rounds: None, threads: 2 });
-        let (spec, settings) = plan(&parsed("--quick --threads 1").unwrap(), 2).unwrap();
+        let (spec, settings) = plan(&parsed("--quick --threads 1 --out q.md").unwrap(), 2).unwrap();
         assert_eq!(spec, MatrixSpec::quick());
         assert_eq!(settings, RunSettings { seeds: 1, rounds: Some(3), threads: 1 });
     }
@@ -315,13 +360,56 @@ mod tests {
         );
         assert_eq!(spec("--out x.md --shares 10").unwrap_err(), "`--shares` has no `10`; it takes 0, 20, 40");
         assert_eq!(
-            parsed("--attacks ipm").unwrap_err(),
-            "a filtered run needs `--out FILE` (it would otherwise overwrite the full report)"
-        );
-        assert_eq!(
             parsed("--out x.md --datasets synthetic,").unwrap_err(),
             "`--datasets` takes a comma-separated list without empty items"
         );
+    }
+
+    #[test]
+    fn a_server_optimizer_goes_on_every_rule_and_bad_ones_are_refused() {
+        let spec = |line: &str| plan(&parsed(line)?, 2).map(|(spec, _)| spec);
+        let momentum = spec(
+            "--out m.md --attacks none --defences fedavg,krum --server-optimizer fedavgm --server-learning-rate 0.5 \
+             --server-momentum 0.9",
+        )
+        .unwrap();
+        let expected = ServerOptimizerChoice {
+            kind: pdc_coordinator::aggregation::rule::OptimizerKind::FedAvgM,
+            learning_rate: Some(0.5),
+            momentum: Some(0.9),
+        };
+        assert_eq!(momentum.server, expected);
+        assert_eq!(expected.describe(), "fedavgm (server_learning_rate 0.5, server_momentum 0.9)");
+        let cells = momentum.cells();
+        assert_eq!(cells.len(), 2 * 2);
+        for cell in &cells {
+            let Plan::Run(table) = &cell.plan else { panic!("{:?} is refused", cell.defence) };
+            assert_eq!(table.server_optimizer, expected.kind);
+            assert_eq!((table.server_learning_rate, table.server_momentum), (Some(0.5), Some(0.9)));
+        }
+        // The default matrix has none.
+        assert!(spec("").unwrap().server.is_none());
+        assert!(spec("").unwrap().cells().iter().all(|cell| match &cell.plan {
+            Plan::Run(table) => table.server_optimizer == pdc_coordinator::aggregation::rule::OptimizerKind::None,
+            Plan::NotApplicable(_) => true,
+        }));
+        assert_eq!(
+            parsed("--out x.md --server-optimizer adam").unwrap_err(),
+            "`--server-optimizer` has no `adam`; it takes none, fedavgm, fedadam, fedyogi, fedadagrad"
+        );
+        assert_eq!(
+            parsed("--out x.md --server-momentum NaN").unwrap_err(),
+            "`--server-momentum` takes a finite number, got `NaN`"
+        );
+        // What a manifest could not say is refused before anything runs, with the coordinator's reason.
+        for line in [
+            "--out x.md --server-optimizer fedadam --server-momentum 0.9",
+            "--out x.md --server-optimizer fedavgm --server-learning-rate -1",
+            "--out x.md --server-momentum 0.9",
+        ] {
+            let error = spec(line).unwrap_err();
+            assert!(error.starts_with("the server optimiser is refused: "), "{line}: {error}");
+        }
     }
 
     #[test]
@@ -346,7 +434,7 @@ mod tests {
     /// numbers with one thread as with two.
     #[test]
     fn the_quick_matrix_runs_and_is_deterministic() {
-        let (spec, settings) = plan(&parsed("--quick --rounds 2").unwrap(), 2).unwrap();
+        let (spec, settings) = plan(&parsed("--quick --rounds 2 --out q.md").unwrap(), 2).unwrap();
         let quiet = |_: usize, _: usize, _: std::time::Duration| {};
         let results = run_matrix(&spec, &settings, &quiet).unwrap();
         let single = run_matrix(&spec, &RunSettings { threads: 1, ..settings.clone() }, &quiet).unwrap();

@@ -4,7 +4,7 @@
 
 use pdc_client::attack::Attack;
 use pdc_coordinator::aggregation::AnomalyConfig;
-use pdc_coordinator::aggregation::rule::{AggregationConfig, RuleKind};
+use pdc_coordinator::aggregation::rule::{AggregationConfig, OptimizerKind, RuleKind};
 
 use crate::datasets::{DatasetConfig, DatasetKind};
 use crate::seeds::{Purpose, derive};
@@ -232,6 +232,62 @@ impl Defence {
     }
 }
 
+/// A server optimiser on top of every defence's rule, for tuning runs (the default matrix has none). Parameters
+/// left out take the coordinator's defaults.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct ServerOptimizerChoice {
+    /// The optimiser.
+    pub kind: OptimizerKind,
+    /// `server_learning_rate`.
+    pub learning_rate: Option<f64>,
+    /// `server_momentum` (FedAvgM).
+    pub momentum: Option<f64>,
+}
+
+impl ServerOptimizerChoice {
+    /// Every optimiser a manifest can name, `none` first.
+    pub const KINDS: [OptimizerKind; 5] = [
+        OptimizerKind::None,
+        OptimizerKind::FedAvgM,
+        OptimizerKind::FedAdam,
+        OptimizerKind::FedYogi,
+        OptimizerKind::FedAdagrad,
+    ];
+
+    /// Whether this is the default: no server optimiser and no parameters.
+    pub fn is_none(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// Writes the choice into a defence's `[aggregation]` table.
+    pub fn apply(&self, config: &mut AggregationConfig) {
+        config.server_optimizer = self.kind;
+        config.server_learning_rate = self.learning_rate;
+        config.server_momentum = self.momentum;
+    }
+
+    /// Checks the choice as the coordinator checks a manifest, on a FedAvg table, and returns its reason if it is
+    /// refused (e.g. a momentum for an optimiser without one).
+    pub fn validate(&self, n_hospitals: usize) -> Result<(), String> {
+        let mut config = AggregationConfig::default();
+        self.apply(&mut config);
+        config.validate(n_hospitals).map_err(|error| format!("the server optimiser is refused: {error}"))
+    }
+
+    /// How the report names it, e.g. `fedavgm (server_learning_rate 1, server_momentum 0.9)`; the parameters shown
+    /// are the ones given.
+    pub fn describe(&self) -> String {
+        let mut given = Vec::new();
+        if let Some(rate) = self.learning_rate {
+            given.push(format!("server_learning_rate {rate}"));
+        }
+        if let Some(momentum) = self.momentum {
+            given.push(format!("server_momentum {momentum}"));
+        }
+        if given.is_empty() { self.kind.name().to_owned() } else { format!("{} ({})", self.kind, given.join(", ")) }
+    }
+}
+
 /// The defences of the default matrix: every rule, then the anomaly check in front of FedAvg, the trimmed mean and
 /// Multi-Krum.
 pub fn default_defences() -> Vec<Defence> {
@@ -308,6 +364,8 @@ pub struct MatrixSpec {
     pub attacks: Vec<AttackKind>,
     /// The defences.
     pub defences: Vec<Defence>,
+    /// The server optimiser on top of every defence (none in the default matrix).
+    pub server: ServerOptimizerChoice,
 }
 
 impl MatrixSpec {
@@ -318,6 +376,7 @@ impl MatrixSpec {
             attacker_percents: vec![0, 20, 40],
             attacks: AttackKind::ALL.iter().copied().filter(|&attack| attack != AttackKind::None).collect(),
             defences: default_defences(),
+            server: ServerOptimizerChoice::default(),
         }
     }
 
@@ -332,6 +391,7 @@ impl MatrixSpec {
                 Defence::plain(RuleChoice::TrimmedMean),
                 Defence::plain(RuleChoice::Bulyan),
             ],
+            server: ServerOptimizerChoice::default(),
         }
     }
 
@@ -366,6 +426,7 @@ impl MatrixSpec {
             attacker_percents,
             attacks: attacks.into_iter().filter(|&attack| attack != AttackKind::None).collect(),
             defences: keep("defences", &self.defences, &filter.defences, Defence::name)?,
+            server: self.server,
         })
     }
 
@@ -379,7 +440,8 @@ impl MatrixSpec {
                 let attacks = if attacker_percent == 0 { vec![AttackKind::None] } else { self.attacks.clone() };
                 for attack in attacks {
                     for &defence in &self.defences {
-                        let table = defence.config(&config, n, assumed_byzantine(n, attacker_percent));
+                        let mut table = defence.config(&config, n, assumed_byzantine(n, attacker_percent));
+                        self.server.apply(&mut table);
                         let plan = match table.validate(n) {
                             Ok(()) => Plan::Run(Box::new(table)),
                             Err(error) => Plan::NotApplicable(error.to_string()),

@@ -184,6 +184,14 @@ fn setup(out: &mut String, spec: &MatrixSpec, settings: &RunSettings) {
         assumed_byzantine(10, 0),
         assumed_byzantine(20, 0)
     );
+    if !spec.server.is_none() {
+        let _ = writeln!(
+            out,
+            "- Server optimiser: **{}** on top of every rule, FedAvg included (the default matrix has none), so \
+             \"drop\" compares with FedAvg under the same optimiser.",
+            spec.server.describe()
+        );
+    }
     let _ = writeln!(
         out,
         "- Attacks: label flip (every label); sign flip ×1 and ×4; Gaussian noise N(0, σ²) added to the delta; \
@@ -434,7 +442,7 @@ mod tests {
     use expect_test::expect;
 
     use super::*;
-    use crate::matrix::{Defence, RuleChoice};
+    use crate::matrix::{Defence, RuleChoice, ServerOptimizerChoice};
     use crate::stats::{FlagTally, Summary};
 
     #[test]
@@ -476,6 +484,7 @@ mod tests {
             attacker_percents: vec![0, 20],
             attacks: vec![AttackKind::SignFlip],
             defences: vec![fedavg, bulyan],
+            server: ServerOptimizerChoice::default(),
         };
         let mut out = String::new();
         dataset_tables(&mut out, &spec, &Lookup::from_cells(cells), dataset);

@@ -24,7 +24,9 @@ Commands:
   bench [NAME] [-- ARGS...]   run the criterion bench NAME (all benches without it); ARGS go to criterion
   bench robustness [ARGS...]  run the robustness benchmark (`cargo run -p pdc-robustness -- ARGS`, the
                               dev profile, which is optimised): --seeds N, --rounds N, --out FILE, --threads N, --quick;
-                              a part of the matrix: --datasets, --shares, --attacks, --defences LIST (with --out)
+                              a part of the matrix: --datasets, --shares, --attacks, --defences LIST; a server
+                              optimiser on every rule: --server-optimizer NAME, --server-learning-rate X,
+                              --server-momentum X; any run but the default matrix needs --out
   bench large-model [ARGS...] one FedAvg round of a 100M-parameter model, ten hospitals, the real coordinator
                               under /usr/bin/time -v (installed when missing): peak RSS and MB/s both ways;
                               --parameters N, --hospitals N, --compression none|zstd, --test (a small round)
