@@ -404,6 +404,23 @@ round_deadline_secs = 10
         assert_eq!(Manifest::parse(&manifest.to_canonical_toml()).unwrap(), manifest);
     }
 
+    /// The README's recommended robust study resolves, and needs the participants Multi-Krum needs.
+    #[test]
+    fn the_robust_example_resolves_and_needs_two_f_plus_three_participants() {
+        let text = include_str!("../../examples/robust-study.toml");
+        let header: Vec<String> = ["mean_radius", "worst_texture", "malignant"].map(str::to_owned).to_vec();
+        let manifest = Manifest::parse(text).unwrap().resolve(&header).unwrap();
+        assert_eq!(manifest.aggregation.rule().unwrap(), crate::aggregation::rule::Rule::MultiKrum { f: 2, m: None });
+        assert!(manifest.aggregation.anomaly.exclude_flagged);
+        assert_eq!(manifest.aggregation.server_optimizer, crate::aggregation::rule::OptimizerKind::None);
+        let error = Manifest::parse(&text.replace("min = 7", "min = 6")).unwrap().resolve(&header).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "invalid manifest: aggregation.rule = \"multi_krum\" needs at least 7 updates per round, but \
+             participants.min is 6"
+        );
+    }
+
     #[test]
     fn unknown_model_is_rejected_with_the_known_kinds() {
         let text = MANIFEST.replace("kind = \"mlp\", hidden = [8]", "kind = \"transformer\"");
