@@ -303,9 +303,9 @@ fn dataset_tables(out: &mut String, spec: &MatrixSpec, lookup: &Lookup, dataset:
     );
     let _ = writeln!(
         out,
-        "| attackers | flagged | norm z-score | cosine | distance | free-rider checks | near duplicate |"
+        "| attackers | flagged | norm z-score | cosine | distance | echo | negligible norm | noisy echo | near duplicate |"
     );
-    let _ = writeln!(out, "|---|---|---|---|---|---|---|");
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|");
     for &percent in &spec.attacker_percents {
         let mut pooled = FlagTally::default();
         for attack in rows(percent) {
@@ -317,12 +317,14 @@ fn dataset_tables(out: &mut String, spec: &MatrixSpec, lookup: &Lookup, dataset:
         }
         let _ = writeln!(
             out,
-            "| {percent} % | {} | {} | {} | {} | {} | {} |",
+            "| {percent} % | {} | {} | {} | {} | {} | {} | {} | {} |",
             percent_or_dash(pooled.false_positive_rate()),
             percent_or_dash(pooled.honest_reason_rate(ReasonKind::NormTooLarge)),
             percent_or_dash(pooled.honest_reason_rate(ReasonKind::LowCosine)),
             percent_or_dash(pooled.honest_reason_rate(ReasonKind::FarFromCentre)),
-            percent_or_dash(pooled.honest_reason_rate(ReasonKind::FreeRiding)),
+            percent_or_dash(pooled.honest_reason_rate(ReasonKind::Echo)),
+            percent_or_dash(pooled.honest_reason_rate(ReasonKind::NegligibleNorm)),
+            percent_or_dash(pooled.honest_reason_rate(ReasonKind::NoisyEcho)),
             percent_or_dash(pooled.honest_reason_rate(ReasonKind::NearDuplicate)),
         );
     }
@@ -462,7 +464,7 @@ mod tests {
         let clean = FlagTally {
             honest_updates: 100,
             honest_flagged: 4,
-            honest_reasons: [3, 1, 0, 0, 0],
+            honest_reasons: [3, 1, 0, 0, 0, 0, 0],
             ..FlagTally::default()
         };
         let attacked = FlagTally {
@@ -470,7 +472,7 @@ mod tests {
             attacker_flagged: 38,
             honest_updates: 160,
             honest_flagged: 8,
-            honest_reasons: [2, 6, 1, 0, 1],
+            honest_reasons: [2, 6, 1, 0, 1, 0, 1],
             ..FlagTally::default()
         };
         let cells = HashMap::from([
@@ -518,10 +520,10 @@ mod tests {
 
             ### Why honest updates are flagged (% of honest updates, every defence and attack of the row pooled; an update may have several reasons)
 
-            | attackers | flagged | norm z-score | cosine | distance | free-rider checks | near duplicate |
-            |---|---|---|---|---|---|---|
-            | 0 % | 4.0 | 3.0 | 1.0 | 0.0 | 0.0 | 0.0 |
-            | 20 % | 5.0 | 1.2 | 3.8 | 0.6 | 0.0 | 0.6 |
+            | attackers | flagged | norm z-score | cosine | distance | echo | negligible norm | noisy echo | near duplicate |
+            |---|---|---|---|---|---|---|---|---|
+            | 0 % | 4.0 | 3.0 | 1.0 | 0.0 | 0.0 | 0.0 | 0.0 | 0.0 |
+            | 20 % | 5.0 | 1.2 | 3.8 | 0.6 | 0.0 | 0.6 | 0.0 | 0.6 |
 
         "#]]
         .assert_eq(&out);

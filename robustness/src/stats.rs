@@ -23,7 +23,7 @@ pub struct FlagTally {
     /// Honest uploads refused by the upload checks.
     pub honest_rejected: u64,
     /// Honest updates flagged for each kind of reason, in [`ReasonKind`] order (an update may have several).
-    pub honest_reasons: [u64; 5],
+    pub honest_reasons: [u64; 7],
 }
 
 /// The kinds of anomaly reasons, for the breakdown of false positives.
@@ -35,10 +35,14 @@ pub enum ReasonKind {
     LowCosine = 1,
     /// Too far from the centre.
     FarFromCentre = 2,
-    /// Echo, negligible norm or noisy echo.
-    FreeRiding = 3,
+    /// The update is exactly zero: the global model echoed.
+    Echo = 3,
+    /// The norm is a negligible fraction of the round's median.
+    NegligibleNorm = 4,
+    /// A small norm without alignment to the centre: the global model plus noise.
+    NoisyEcho = 5,
     /// Another update of the round is (nearly) the same vector.
-    NearDuplicate = 4,
+    NearDuplicate = 6,
 }
 
 impl ReasonKind {
@@ -48,9 +52,9 @@ impl ReasonKind {
             AnomalyReason::NormTooLarge { .. } => Self::NormTooLarge,
             AnomalyReason::LowCosine { .. } => Self::LowCosine,
             AnomalyReason::FarFromCentre { .. } => Self::FarFromCentre,
-            AnomalyReason::Echo | AnomalyReason::NegligibleNorm { .. } | AnomalyReason::NoisyEcho { .. } => {
-                Self::FreeRiding
-            }
+            AnomalyReason::Echo => Self::Echo,
+            AnomalyReason::NegligibleNorm { .. } => Self::NegligibleNorm,
+            AnomalyReason::NoisyEcho { .. } => Self::NoisyEcho,
             AnomalyReason::NearDuplicate { .. } => Self::NearDuplicate,
         }
     }
@@ -73,7 +77,7 @@ impl FlagTally {
     pub fn record_score(&mut self, attacker: bool, score: &AnomalyScore) {
         self.record(attacker, score.flagged, score.is_free_rider());
         if !attacker {
-            let mut seen = [false; 5];
+            let mut seen = [false; 7];
             for reason in &score.reasons {
                 seen[ReasonKind::of(reason) as usize] = true;
             }
@@ -240,7 +244,7 @@ mod tests {
         tally.record_score(false, &score(vec![]));
         tally.record_score(false, &score(vec![AnomalyReason::NearDuplicate { nearest_ratio: 0.0, limit: 0.01 }]));
         tally.record_score(true, &score(vec![AnomalyReason::Echo]));
-        assert_eq!(tally.honest_reasons, [1, 2, 1, 1, 1]);
+        assert_eq!(tally.honest_reasons, [1, 2, 1, 0, 0, 1, 1]);
         assert_eq!(tally.honest_reason_rate(ReasonKind::LowCosine), Some(2.0 / 4.0));
         assert_eq!((tally.honest_flagged, tally.honest_free_rider, tally.attacker_free_rider), (3, 1, 1));
     }
