@@ -3,7 +3,7 @@
 //! attacker shares on two consortia, and writes a Markdown report with its acceptance verdicts.
 //!
 //! ```text
-//! robustness [--seeds N] [--rounds N] [--out FILE] [--threads N] [--quick]
+//! robustness [--seeds N] [--rounds N] [--learning-rate X] [--out FILE] [--threads N] [--quick]
 //!            [--datasets LIST] [--shares LIST] [--attacks LIST] [--defences LIST]
 //!            [--server-optimizer NAME] [--server-learning-rate X] [--server-momentum X]
 //! ```
@@ -31,12 +31,15 @@ use crate::report::Provenance;
 use crate::runner::{RunSettings, run_matrix};
 
 const USAGE: &str = "\
-Usage: robustness [--seeds N] [--rounds N] [--out FILE] [--threads N] [--quick]
+Usage: robustness [--seeds N] [--rounds N] [--learning-rate X] [--out FILE] [--threads N] [--quick]
                   [--datasets LIST] [--shares LIST] [--attacks LIST] [--defences LIST]
                   [--server-optimizer NAME] [--server-learning-rate X] [--server-momentum X]
 
   --seeds N     seeds per cell (default 5; 1 with --quick)
   --rounds N    rounds for every dataset (default: each dataset's own, 30; 3 with --quick)
+  --learning-rate X
+                the hospitals' local learning rate for every dataset (default: each dataset's own, 0.05 for
+                breast cancer and 0.1 for synthetic)
   --out FILE    where to write the Markdown report (default: robustness-report.md in the workspace root, which
                 holds only the default matrix; written there, it also replaces the robustness-matrix section of
                 BENCHMARKS.md). Any other run (every option here but --threads) needs --out.
@@ -63,6 +66,7 @@ the coordinator's defaults, and a combination a manifest could not have is refus
 struct Options {
     seeds: Option<u64>,
     rounds: Option<u32>,
+    learning_rate: Option<f64>,
     out: Option<PathBuf>,
     threads: Option<usize>,
     quick: bool,
@@ -75,6 +79,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
     let mut options = Options {
         seeds: None,
         rounds: None,
+        learning_rate: None,
         out: None,
         threads: None,
         quick: false,
@@ -110,6 +115,10 @@ fn parse(args: &[String]) -> Result<Options, String> {
                     format!("`--server-optimizer` has no `{name}`; it takes {}", names.join(", "))
                 })?;
             }
+            "--learning-rate" => match number(arg, value(arg)?)? {
+                rate if rate > 0.0 => options.learning_rate = Some(rate),
+                rate => return Err(format!("`--learning-rate` must be positive, got {rate}")),
+            },
             "--server-learning-rate" => options.server.learning_rate = Some(number(arg, value(arg)?)?),
             "--server-momentum" => options.server.momentum = Some(number(arg, value(arg)?)?),
             "--datasets" | "--shares" | "--attacks" | "--defences" => {
@@ -201,7 +210,12 @@ impl Options {
 
     /// Whether the options ask for the default matrix with its default settings (`--threads` changes no number).
     fn is_default_matrix(&self) -> bool {
-        !self.quick && self.seeds.is_none() && self.rounds.is_none() && self.filter.is_empty() && self.server.is_none()
+        !self.quick
+            && self.seeds.is_none()
+            && self.rounds.is_none()
+            && self.learning_rate.is_none()
+            && self.filter.is_empty()
+            && self.server.is_none()
     }
 }
 
@@ -217,7 +231,8 @@ fn plan(options: &Options, cores: usize) -> Result<(MatrixSpec, RunSettings), St
         options.server.validate(dataset.config().n_hospitals)?;
     }
     spec.server = options.server;
-    Ok((spec, RunSettings { seeds, rounds, threads: options.threads.unwrap_or(cores) }))
+    let threads = options.threads.unwrap_or(cores);
+    Ok((spec, RunSettings { seeds, rounds, learning_rate: options.learning_rate, threads }))
 }
 
 /// `robustness-report.md` in the workspace root.
@@ -300,7 +315,14 @@ mod tests {
             assert!(!parsed(line).unwrap().is_default_run(), "{line}");
         }
         // Only the default matrix may go to the default report.
-        for line in ["--quick", "--seeds 3", "--rounds 5", "--attacks ipm", "--server-optimizer fedavgm"] {
+        for line in [
+            "--quick",
+            "--seeds 3",
+            "--rounds 5",
+            "--learning-rate 0.02",
+            "--attacks ipm",
+            "--server-optimizer fedavgm",
+        ] {
             assert_eq!(
                 parsed(line).unwrap_err(),
                 "a run other than the default matrix needs `--out FILE` (it would otherwise overwrite the full \
@@ -318,6 +340,7 @@ mod tests {
             Options {
                 seeds: Some(3),
                 rounds: Some(10),
+                learning_rate: None,
                 out: Some("r.md".into()),
                 threads: None,
                 quick: true,
@@ -331,10 +354,19 @@ mod tests {
         assert_eq!(parsed("--fast").unwrap_err(), "unknown argument `--fast`");
         let (spec, settings) = plan(&parsed("").unwrap(), 2).unwrap();
         assert_eq!(spec, MatrixSpec::default_matrix());
-        assert_eq!(settings, RunSettings { seeds: 5, rounds: None, threads: 2 });
+        assert_eq!(settings, RunSettings { seeds: 5, rounds: None, learning_rate: None, threads: 2 });
         let (spec, settings) = plan(&parsed("--quick --threads 1 --out q.md").unwrap(), 2).unwrap();
         assert_eq!(spec, MatrixSpec::quick());
-        assert_eq!(settings, RunSettings { seeds: 1, rounds: Some(3), threads: 1 });
+        assert_eq!(settings, RunSettings { seeds: 1, rounds: Some(3), learning_rate: None, threads: 1 });
+        let (_, settings) = plan(&parsed("--learning-rate 0.02 --rounds 60 --out l.md").unwrap(), 2).unwrap();
+        let config = settings.dataset_config(DatasetKind::Synthetic);
+        assert_eq!((config.learning_rate, config.rounds), (0.02, 60));
+        assert_eq!(settings.dataset_config(DatasetKind::BreastCancer).learning_rate, 0.02);
+        assert_eq!(parsed("--learning-rate 0 --out l.md").unwrap_err(), "`--learning-rate` must be positive, got 0");
+        assert_eq!(
+            parsed("--learning-rate inf --out l.md").unwrap_err(),
+            "`--learning-rate` takes a finite number, got `inf`"
+        );
     }
 
     #[test]

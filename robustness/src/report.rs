@@ -124,7 +124,7 @@ fn setup(out: &mut String, spec: &MatrixSpec, settings: &RunSettings) {
     );
     let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|");
     for &dataset in &spec.datasets {
-        let config = dataset.config();
+        let config = settings.dataset_config(dataset);
         let split = match config.split {
             Split::Dirichlet(alpha) => format!("Dirichlet α = {alpha}"),
             Split::Iid => "IID".to_owned(),
@@ -149,7 +149,7 @@ fn setup(out: &mut String, spec: &MatrixSpec, settings: &RunSettings) {
             config.local_epochs,
             config.batch_size,
             config.learning_rate,
-            settings.rounds.unwrap_or(config.rounds),
+            config.rounds,
             config.clip_radius,
             config.gaussian_std,
             config.free_ride_noise_std,

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow};
 
-use crate::datasets::{DatasetKind, Study};
+use crate::datasets::{DatasetConfig, DatasetKind, Study};
 use crate::matrix::{Cell, MatrixSpec, Plan};
 use crate::simulate::{RunOutcome, run_study};
 use crate::stats::{FlagTally, Summary};
@@ -20,8 +20,20 @@ pub struct RunSettings {
     pub seeds: u64,
     /// Rounds for every dataset, instead of each dataset's own.
     pub rounds: Option<u32>,
+    /// The hospitals' local learning rate for every dataset, instead of each dataset's own.
+    pub learning_rate: Option<f64>,
     /// Worker threads.
     pub threads: usize,
+}
+
+impl RunSettings {
+    /// `dataset`'s configuration with these settings' overrides (rounds, learning rate) applied.
+    pub fn dataset_config(&self, dataset: DatasetKind) -> DatasetConfig {
+        let mut config = dataset.config();
+        config.rounds = self.rounds.unwrap_or(config.rounds);
+        config.learning_rate = self.learning_rate.unwrap_or(config.learning_rate);
+        config
+    }
 }
 
 /// A cell with its runs, one per seed in seed order (none when it is not applicable).
@@ -78,10 +90,9 @@ pub fn run_matrix(
     let cells = spec.cells();
     let mut studies: Vec<(DatasetKind, Vec<Study>)> = Vec::new();
     for &dataset in &spec.datasets {
-        let config = dataset.config();
-        let rounds = settings.rounds.unwrap_or(config.rounds);
+        let config = settings.dataset_config(dataset);
         let drawn = (0..settings.seeds)
-            .map(|seed| config.prepare(seed, rounds))
+            .map(|seed| config.prepare(seed, config.rounds))
             .collect::<Result<Vec<Study>>>()
             .with_context(|| format!("cannot prepare the {} consortium", dataset.name()))?;
         studies.push((dataset, drawn));

@@ -23,7 +23,8 @@ Commands:
                               fmt, dependency directions, clippy, doc, test, benches run once
   bench [NAME] [-- ARGS...]   run the criterion bench NAME (all benches without it); ARGS go to criterion
   bench robustness [ARGS...]  run the robustness benchmark (`cargo run -p pdc-robustness -- ARGS`, the
-                              dev profile, which is optimised): --seeds N, --rounds N, --out FILE, --threads N, --quick;
+                              dev profile, which is optimised): --seeds N, --rounds N, --learning-rate X, --out FILE,
+                              --threads N, --quick;
                               a part of the matrix: --datasets, --shares, --attacks, --defences LIST; a server
                               optimiser on every rule: --server-optimizer NAME, --server-learning-rate X,
                               --server-momentum X; any run but the default matrix needs --out
