@@ -166,10 +166,12 @@ impl Agent {
         self.register(&mut client).await?;
         self.declare_budget(&mut client).await?;
         *delay = self.config.retry.initial_ms;
-        self.consent_pass(&mut client).await?;
+        // The task stream opens before the first consent: a round opens for the PDCs that have consented *and*
+        // hold a stream, so a consent sent first could miss a round that opens in between.
         let request = self.signed("WaitTasks");
         let mut tasks = client.wait_tasks(request).await.map_err(|s| Error::refused("WaitTasks", s))?.into_inner();
         tracing::info!(pdc = %self.config.pdc_id, "waiting for tasks");
+        self.consent_pass(&mut client).await?;
         let mut poll = tokio::time::interval(Duration::from_millis(self.config.retry.poll_ms));
         loop {
             tokio::select! {

@@ -52,6 +52,19 @@ pub async fn serve_with_tls(
     tls: Option<&crate::tls::TlsSettings>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> std::result::Result<(), tonic::transport::Error> {
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls.server_config())?;
+    }
+    builder
+        .add_routes(routes(coordinator))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await
+}
+
+/// The coordinator's three gRPC services (StudyService, FederationService, AuditService) with their message-size
+/// limits and the AuditService's membership check, for a server built elsewhere (e.g. one with extra layers).
+pub fn routes(coordinator: Arc<Coordinator>) -> tonic::service::Routes {
     let study = StudyServiceServer::new(StudyApi { coordinator: Arc::clone(&coordinator) })
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
@@ -70,16 +83,7 @@ pub async fn serve_with_tls(
     let federation = FederationServiceServer::new(FederationApi { coordinator })
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let mut builder = tonic::transport::Server::builder();
-    if let Some(tls) = tls {
-        builder = builder.tls_config(tls.server_config())?;
-    }
-    builder
-        .add_service(study)
-        .add_service(federation)
-        .add_service(audit)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
-        .await
+    tonic::service::Routes::new(study).add_service(federation).add_service(audit)
 }
 
 /// Serves a witness's WitnessService on `listener` until `shutdown` completes.

@@ -122,11 +122,7 @@ async fn a_study_at_epsilon_3_reaches_auroc_0_90_and_every_spend_is_signed_and_r
     let configs: Vec<PathBuf> =
         names.iter().zip(&parts).map(|(name, data)| hospital_config(dir.path(), name, &url, data, 4.0)).collect();
     let agents: Vec<_> = configs.iter().map(|config| start_agent(config)).collect();
-    // Every round must wait for all five: a round opens with the PDCs that have consented *and* hold a task
-    // stream, and an agent that consents before opening its stream could miss round 1 under `min = 3` (seen
-    // once: 19 spends instead of 20).
-    let manifest = PRIVATE_MANIFEST.replace("min = 3", "min = 5");
-    let study_id = create_and_start(&url, &manifest, validation, 5).await;
+    let study_id = create_and_start(&url, PRIVATE_MANIFEST, validation, 5).await;
 
     let mut researcher = support::researcher(&url).await;
     let status = support::wait_for_status(&mut researcher, &study_id, Duration::from_secs(120), |s| {
