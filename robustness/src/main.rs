@@ -25,6 +25,7 @@ use std::process::ExitCode;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
+use pdc_coordinator::aggregation::rule::OptimizerKind;
 
 use crate::matrix::{Filter, MatrixSpec, ServerOptimizerChoice};
 use crate::report::Provenance;
@@ -109,7 +110,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
             "--quick" => options.quick = true,
             "--server-optimizer" => {
                 let name = value(arg)?;
-                let kinds = ServerOptimizerChoice::KINDS;
+                let kinds = OptimizerKind::ALL;
                 options.server.kind = kinds.into_iter().find(|kind| kind.name() == name).ok_or_else(|| {
                     let names: Vec<&str> = kinds.iter().map(|kind| kind.name()).collect();
                     format!("`--server-optimizer` has no `{name}`; it takes {}", names.join(", "))
@@ -405,11 +406,8 @@ mod tests {
              --server-momentum 0.9",
         )
         .unwrap();
-        let expected = ServerOptimizerChoice {
-            kind: pdc_coordinator::aggregation::rule::OptimizerKind::FedAvgM,
-            learning_rate: Some(0.5),
-            momentum: Some(0.9),
-        };
+        let expected =
+            ServerOptimizerChoice { kind: OptimizerKind::FedAvgM, learning_rate: Some(0.5), momentum: Some(0.9) };
         assert_eq!(momentum.server, expected);
         assert_eq!(expected.describe(), "fedavgm (server_learning_rate 0.5, server_momentum 0.9)");
         let cells = momentum.cells();
@@ -422,7 +420,7 @@ mod tests {
         // The default matrix has none.
         assert!(spec("").unwrap().server.is_none());
         assert!(spec("").unwrap().cells().iter().all(|cell| match &cell.plan {
-            Plan::Run(table) => table.server_optimizer == pdc_coordinator::aggregation::rule::OptimizerKind::None,
+            Plan::Run(table) => table.server_optimizer == OptimizerKind::None,
             Plan::NotApplicable(_) => true,
         }));
         assert_eq!(

@@ -245,15 +245,6 @@ pub struct ServerOptimizerChoice {
 }
 
 impl ServerOptimizerChoice {
-    /// Every optimiser a manifest can name, `none` first.
-    pub const KINDS: [OptimizerKind; 5] = [
-        OptimizerKind::None,
-        OptimizerKind::FedAvgM,
-        OptimizerKind::FedAdam,
-        OptimizerKind::FedYogi,
-        OptimizerKind::FedAdagrad,
-    ];
-
     /// Whether this is the default: no server optimiser and no parameters.
     pub fn is_none(&self) -> bool {
         *self == Self::default()

@@ -119,6 +119,9 @@ pub enum OptimizerKind {
 }
 
 impl OptimizerKind {
+    /// Every server optimiser, `none` first (for tools that list or parse them, e.g. the robustness harness).
+    pub const ALL: [OptimizerKind; 5] = [Self::None, Self::FedAvgM, Self::FedAdam, Self::FedYogi, Self::FedAdagrad];
+
     /// The name a manifest uses.
     pub fn name(self) -> &'static str {
         match self {
@@ -755,6 +758,23 @@ mod tests {
 
     fn parse(text: &str) -> AggregationConfig {
         toml::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn every_optimizer_is_listed_once_and_parses_from_its_name() {
+        // A new variant breaks this match, and the test then asks for it in `ALL`.
+        let position = |kind: OptimizerKind| match kind {
+            OptimizerKind::None => 0,
+            OptimizerKind::FedAvgM => 1,
+            OptimizerKind::FedAdam => 2,
+            OptimizerKind::FedYogi => 3,
+            OptimizerKind::FedAdagrad => 4,
+        };
+        for (index, kind) in OptimizerKind::ALL.into_iter().enumerate() {
+            assert_eq!(position(kind), index, "{kind} is out of place in OptimizerKind::ALL");
+            let config = parse(&format!("server_optimizer = \"{}\"", kind.name()));
+            assert_eq!(config.server_optimizer, kind);
+        }
     }
 
     fn error(text: &str, n_max: usize) -> String {
