@@ -183,6 +183,9 @@ pub async fn run(command: StudyCommand) -> anyhow::Result<()> {
                 .into_inner();
             println!("{}", response.study_id);
             eprintln!("manifest hash {}", response.manifest_hash);
+            for warning in &response.warnings {
+                eprintln!("warning: {warning}");
+            }
         }
         StudyCommand::Rewards { target, study_id } => {
             let channel = target.channel().await?;

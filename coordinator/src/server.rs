@@ -158,7 +158,13 @@ impl StudyService for StudyApi {
             signature,
             request.draft,
         )?;
-        Ok(Response::new(pb::CreateStudyResponse { study_id, manifest_hash: hex::encode(manifest_hash) }))
+        // The manifest was resolved above; its warnings go back with the id (and to the log).
+        let warnings =
+            crate::manifest::Manifest::parse(&request.manifest_toml).map(|m| m.warnings()).unwrap_or_default();
+        for warning in &warnings {
+            tracing::warn!(study = %study_id, %warning, "study created with a warning");
+        }
+        Ok(Response::new(pb::CreateStudyResponse { study_id, manifest_hash: hex::encode(manifest_hash), warnings }))
     }
 
     async fn open_recruiting(&self, request: Request<pb::StudyRef>) -> Result<Response<pb::StudyStatus>, Status> {

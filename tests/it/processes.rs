@@ -180,3 +180,42 @@ async fn a_hospital_killed_mid_round_does_not_stop_the_study() {
     let crashed = hospitals.remove(2).wait().await.unwrap();
     assert!(!crashed.success());
 }
+
+/// `pdc study create` prints the manifest's warnings and still creates the study; the recommended study has none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn study_create_prints_the_manifests_warnings() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = split_data(dir.path()).await;
+    let (_coordinator, url) = start_coordinator(dir.path()).await;
+    let robust = std::fs::read_to_string(root().join("examples/robust-study.toml")).unwrap();
+    let with_adam = robust
+        .replace("name = \"breast-cancer-robust\"", "name = \"breast-cancer-robust-adam\"")
+        .replace("rule = \"multi_krum\"", "rule = \"multi_krum\"\nserver_optimizer = \"fedadam\"");
+    assert_ne!(with_adam, robust);
+    let validation = data.join("validation.csv");
+    let create = |manifest: &str, name: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, manifest).unwrap();
+        pdc()
+            .args(["study", "create", "--coordinator", &url, "--manifest"])
+            .arg(&path)
+            .arg("--validation")
+            .arg(&validation)
+            .output()
+    };
+    let plain = create(&robust, "robust.toml").await.unwrap();
+    assert!(plain.status.success(), "{}", String::from_utf8_lossy(&plain.stderr));
+    assert!(!String::from_utf8_lossy(&plain.stderr).contains("warning"), "{}", String::from_utf8_lossy(&plain.stderr));
+
+    let warned = create(&with_adam, "adam.toml").await.unwrap();
+    let stderr = String::from_utf8_lossy(&warned.stderr);
+    assert!(warned.status.success(), "{stderr}");
+    assert!(!String::from_utf8_lossy(&warned.stdout).trim().is_empty(), "no study id: {warned:?}");
+    let warnings: Vec<&str> = stderr.lines().filter(|line| line.starts_with("warning: ")).collect();
+    assert_eq!(warnings.len(), 1, "{stderr}");
+    assert!(
+        warnings[0].starts_with("warning: aggregation.server_optimizer = \"fedadam\" with the anomaly check")
+            && warnings[0].contains("flagged updates are left out of the aggregate, suspend a hospital after 3 rounds"),
+        "{stderr}"
+    );
+}
