@@ -9,23 +9,6 @@ use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::support::{self, root};
 
-const MANIFEST: &str = r#"
-name = "order"
-model = { kind = "logistic_regression" }
-[data]
-task = "binary_classification"
-label = "malignant"
-[training]
-rounds = 1
-local_epochs = 1
-batch_size = 16
-learning_rate = 0.1
-[participants]
-min = 1
-max = 1
-round_deadline_secs = 30
-"#;
-
 /// A round opens for the PDCs that have consented *and* hold a task stream. An agent that consented first and
 /// opened its stream after would, for the moment in between, count as consented but absent, and a round opening
 /// then would leave it out.
@@ -57,7 +40,7 @@ async fn an_agent_holds_its_task_stream_before_it_consents() {
     // The study is listed before the agent connects, so its first consent pass consents to it.
     let mut researcher = support::researcher(&url).await;
     let request = pb::CreateStudyRequest {
-        manifest_toml: MANIFEST.to_owned(),
+        manifest_toml: crate::retry::MANIFEST.to_owned(),
         validation_csv: support::breast_cancer_csv().into_bytes(),
         ..Default::default()
     };

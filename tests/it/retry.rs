@@ -6,7 +6,8 @@ use pdc_proto::pb;
 
 use crate::support::{self, root};
 
-const MANIFEST: &str = r#"
+/// One round of logistic regression with one hospital (also for the agent tests).
+pub(crate) const MANIFEST: &str = r#"
 name = "retry"
 model = { kind = "logistic_regression" }
 [data]
