@@ -366,6 +366,9 @@ pub fn print_status(status: &pb::StudyStatus) {
         status.total_rounds,
         if status.detail.is_empty() { String::new() } else { format!(" — {}", status.detail) }
     );
+    for warning in &status.warnings {
+        println!("  warning: {warning}");
+    }
     for round in &status.rounds {
         println!("  {}", round_line(round));
     }

@@ -345,8 +345,9 @@ impl Manifest {
             if anomaly.exclude_flagged {
                 consequences.push("are left out of the aggregate".to_owned());
             }
-            if anomaly.suspend_after_rounds > 0 {
-                consequences.push(format!("suspend a hospital after {} rounds in a row", anomaly.suspend_after_rounds));
+            let suspend_after = aggregation.suspend_after_rounds();
+            if suspend_after > 0 {
+                consequences.push(format!("suspend a hospital after {suspend_after} rounds in a row"));
             }
             let consequences =
                 if consequences.is_empty() { "are recorded on the ledger".to_owned() } else { consequences.join(", ") };
@@ -478,7 +479,11 @@ round_deadline_secs = 10
         let adam = resolve("[aggregation]\nserver_optimizer = \"fedadam\"\n").warnings();
         assert_eq!(adam.len(), 1);
         assert!(adam[0].starts_with("aggregation.server_optimizer = \"fedadam\" with the anomaly check"), "{adam:?}");
-        assert!(adam[0].contains("flagged updates suspend a hospital after 3 rounds in a row;"), "{adam:?}");
+        // Without a say from the manifest, an optimiser study suspends no one (`suspend_after_rounds()`).
+        assert!(adam[0].contains("flagged updates are recorded on the ledger;"), "{adam:?}");
+        let suspending =
+            resolve("[aggregation]\nserver_optimizer = \"fedadam\"\n[aggregation.anomaly]\nsuspend_after_rounds = 3\n");
+        assert!(suspending.warnings()[0].contains("flagged updates suspend a hospital after 3 rounds in a row;"));
         let consequences = resolve(
             "[rewards]\nbudget_per_round = 10.0\n[aggregation]\nserver_optimizer = \"fedyogi\"\n\
              [aggregation.anomaly]\nexclude_flagged = true\nsuspend_after_rounds = 0\n",
@@ -488,9 +493,6 @@ round_deadline_secs = 10
             consequences[0].contains("flagged updates earn no reward, are left out of the aggregate;"),
             "{consequences:?}"
         );
-        let recorded =
-            resolve("[aggregation]\nserver_optimizer = \"fedavgm\"\n[aggregation.anomaly]\nsuspend_after_rounds = 0\n");
-        assert!(recorded.warnings()[0].contains("flagged updates are recorded on the ledger;"));
         let unchecked =
             resolve("[aggregation]\nserver_optimizer = \"fedadam\"\n[aggregation.anomaly]\nenabled = false\n");
         assert!(unchecked.warnings().is_empty());

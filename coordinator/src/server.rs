@@ -760,6 +760,7 @@ fn status_to_pb(status: &StudyStatus) -> pb::StudyStatus {
             .collect(),
         detail: status.detail.clone(),
         consented: status.consented.clone(),
+        warnings: status.warnings.clone(),
     }
 }
 

@@ -168,6 +168,8 @@ pub struct StudyStatus {
     pub detail: String,
     /// PDCs that consented.
     pub consented: Vec<String>,
+    /// The manifest's warnings ([`crate::manifest::Manifest::warnings`]).
+    pub warnings: Vec<String>,
 }
 
 /// What watchers of a study are told.
@@ -343,6 +345,7 @@ impl Study {
             hospitals: self.hospitals.clone(),
             detail,
             consented: self.consents.iter().cloned().collect(),
+            warnings: self.manifest.warnings(),
         }
     }
 
@@ -1151,7 +1154,7 @@ impl Coordinator {
                                 reason: reason.clone(),
                             });
                         }
-                        let k = study.manifest.aggregation.anomaly.suspend_after_rounds;
+                        let k = study.manifest.aggregation.suspend_after_rounds();
                         for pdc_id in suspended {
                             let reason =
                                 format!("{SUSPENDED_PREFIX}flagged in {k} consecutive rounds, not selected again");
@@ -1328,7 +1331,7 @@ impl Coordinator {
             round_spend: BTreeMap::new(),
             exhausted: BTreeSet::new(),
             central,
-            suspensions: SuspensionTracker::new(manifest.aggregation.anomaly.suspend_after_rounds),
+            suspensions: SuspensionTracker::new(manifest.aggregation.suspend_after_rounds()),
             standardization,
             raw_validation,
             signed_by: None,

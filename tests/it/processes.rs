@@ -218,4 +218,12 @@ async fn study_create_prints_the_manifests_warnings() {
             && warnings[0].contains("flagged updates are left out of the aggregate, suspend a hospital after 3 rounds"),
         "{stderr}"
     );
+
+    // The study's status repeats them, for whoever watches it later.
+    let adam_id = String::from_utf8_lossy(&warned.stdout).trim().to_owned();
+    let plain_id = String::from_utf8_lossy(&plain.stdout).trim().to_owned();
+    let status = pdc_output(&["study", "status", "--coordinator", &url, &adam_id]).await;
+    assert!(status.contains(&format!("  {}", warnings[0])), "{status}");
+    let status = pdc_output(&["study", "status", "--coordinator", &url, &plain_id]).await;
+    assert!(!status.contains("warning"), "{status}");
 }

@@ -102,10 +102,13 @@ pub struct AnomalyConfig {
     /// Rounds with fewer updates than this (default 3) are too small for statistics: only echoes are flagged.
     #[serde(default = "default_min_updates")]
     pub min_updates: usize,
-    /// A PDC flagged in this many consecutive rounds it took part in is suspended from selection (default 3);
-    /// 0 never suspends.
-    #[serde(default = "default_suspend_after_rounds")]
-    pub suspend_after_rounds: u32,
+    /// A PDC flagged in this many consecutive rounds it took part in is suspended from selection; 0 never
+    /// suspends. When absent: [`DEFAULT_SUSPEND_AFTER_ROUNDS`], or never with a server optimiser, under which the
+    /// checks flag honest hospitals far more often (see [`AggregationConfig::suspend_after_rounds`]).
+    ///
+    /// [`AggregationConfig::suspend_after_rounds`]: super::AggregationConfig::suspend_after_rounds
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suspend_after_rounds: Option<u32>,
     /// Whether flagged updates are left out of the aggregate (default false: they are recorded, and the robust
     /// rule is trusted to resist them).
     #[serde(default)]
@@ -126,7 +129,7 @@ impl Default for AnomalyConfig {
             duplicate_distance_ratio: default_duplicate_distance_ratio(),
             relative_spread_floor: default_relative_spread_floor(),
             min_updates: default_min_updates(),
-            suspend_after_rounds: default_suspend_after_rounds(),
+            suspend_after_rounds: None,
             exclude_flagged: false,
         }
     }
@@ -176,9 +179,9 @@ fn default_min_updates() -> usize {
     3
 }
 
-fn default_suspend_after_rounds() -> u32 {
-    3
-}
+/// How many consecutive flagged rounds suspend a PDC when the manifest does not say and the study has no server
+/// optimiser.
+pub const DEFAULT_SUSPEND_AFTER_ROUNDS: u32 = 3;
 
 impl AnomalyConfig {
     /// Checks every threshold; the error names the `aggregation.anomaly` key.
