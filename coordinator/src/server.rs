@@ -151,19 +151,13 @@ impl StudyService for StudyApi {
     ) -> Result<Response<pb::CreateStudyResponse>, Status> {
         let (caller, request) = self.authorized(request, StudyAction::Create, |_| None)?;
         let signature = (!request.manifest_signature.is_empty()).then_some(request.manifest_signature.as_slice());
-        let (study_id, manifest_hash) = self.coordinator.create_study(
+        let (study_id, manifest_hash, warnings) = self.coordinator.create_study(
             &caller,
             &request.manifest_toml,
             &request.validation_csv,
             signature,
             request.draft,
         )?;
-        // The manifest was resolved above; its warnings go back with the id (and to the log).
-        let warnings =
-            crate::manifest::Manifest::parse(&request.manifest_toml).map(|m| m.warnings()).unwrap_or_default();
-        for warning in &warnings {
-            tracing::warn!(study = %study_id, %warning, "study created with a warning");
-        }
         Ok(Response::new(pb::CreateStudyResponse { study_id, manifest_hash: hex::encode(manifest_hash), warnings }))
     }
 

@@ -1193,7 +1193,8 @@ impl Coordinator {
     /// Creates a study from manifest TOML and the validation set's CSV text, for `caller`. With a consortium the
     /// caller is a researcher who signs the canonical manifest's hash ([`signing::manifest_message`]); the study
     /// is then its, and the signature is recorded as `ManifestSigned` with the study. A `draft` is hidden from
-    /// hospitals until [`Coordinator::open_recruiting`]; otherwise the study recruits at once.
+    /// hospitals until [`Coordinator::open_recruiting`]; otherwise the study recruits at once. Returns the id, the
+    /// manifest's hash and its warnings ([`crate::manifest::Manifest::warnings`]).
     pub fn create_study(
         &self,
         caller: &Caller,
@@ -1201,7 +1202,7 @@ impl Coordinator {
         validation_csv: &[u8],
         manifest_signature: Option<&[u8]>,
         draft: bool,
-    ) -> Result<(String, Hash)> {
+    ) -> Result<(String, Hash, Vec<String>)> {
         crate::access::authorize(caller, StudyAction::Create, None)?;
         if validation_csv.len() > MAX_VALIDATION_BYTES {
             return Err(Error::TooLarge(format!(
@@ -1266,10 +1267,14 @@ impl Coordinator {
         }
         self.ledger.record(&entries)?;
         tracing::info!(study = %study_id, name = %study.manifest.name, "study created");
+        let warnings = study.manifest.warnings();
+        for warning in &warnings {
+            tracing::warn!(study = %study_id, %warning, "study created with a warning");
+        }
         study.signed_by = signed;
         study.recruiting = !draft;
         state.studies.insert(study_id.clone(), study);
-        Ok((study_id, manifest_hash))
+        Ok((study_id, manifest_hash, warnings))
     }
 
     /// A created, not started study from its prepared inputs: the same at creation and in recovery.
