@@ -372,6 +372,7 @@ pub(crate) mod tests {
                 Defence::plain(RuleChoice::Bulyan),
             ],
             server: ServerOptimizerChoice::default(),
+            multi_krum_m: None,
         }
     }
 

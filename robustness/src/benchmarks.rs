@@ -206,6 +206,7 @@ mod tests {
             attacks: vec![AttackKind::SignFlipX4, AttackKind::Backdoor],
             defences: vec![fedavg, krum],
             server: ServerOptimizerChoice::default(),
+            multi_krum_m: None,
         };
         let provenance = Provenance {
             command: "cargo xtask bench robustness".to_owned(),

@@ -6,6 +6,7 @@
 //! robustness [--seeds N] [--rounds N] [--learning-rate X] [--out FILE] [--threads N] [--quick]
 //!            [--datasets LIST] [--shares LIST] [--attacks LIST] [--defences LIST]
 //!            [--server-optimizer NAME] [--server-learning-rate X] [--server-momentum X]
+//!            [--multi-krum-m M]
 //! ```
 //!
 //! Run it through `cargo xtask bench robustness` (the optimised dev profile).
@@ -35,6 +36,7 @@ const USAGE: &str = "\
 Usage: robustness [--seeds N] [--rounds N] [--learning-rate X] [--out FILE] [--threads N] [--quick]
                   [--datasets LIST] [--shares LIST] [--attacks LIST] [--defences LIST]
                   [--server-optimizer NAME] [--server-learning-rate X] [--server-momentum X]
+                  [--multi-krum-m M]
 
   --seeds N     seeds per cell (default 5; 1 with --quick)
   --rounds N    rounds for every dataset (default: each dataset's own, 30; 3 with --quick)
@@ -60,7 +62,10 @@ A server optimiser on top of every rule, FedAvg included (the default matrix has
 the coordinator's defaults, and a combination a manifest could not have is refused):
   --server-optimizer      none, fedavgm, fedadam, fedyogi, fedadagrad
   --server-learning-rate  the server learning rate
-  --server-momentum       FedAvgM's momentum";
+  --server-momentum       FedAvgM's momentum
+
+  --multi-krum-m M  Multi-Krum keeps the M best-scored updates instead of n − f (M = 1 is Krum); a cell where M
+                    exceeds n − f is reported as n/a, as the coordinator refuses such a manifest";
 
 /// The parsed command line.
 #[derive(Debug, PartialEq)]
@@ -73,6 +78,7 @@ struct Options {
     quick: bool,
     filter: Filter,
     server: ServerOptimizerChoice,
+    multi_krum_m: Option<usize>,
     help: bool,
 }
 
@@ -86,6 +92,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
         quick: false,
         filter: Filter::default(),
         server: ServerOptimizerChoice::default(),
+        multi_krum_m: None,
         help: false,
     };
     let mut args = args.iter();
@@ -108,6 +115,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
             "--threads" => options.threads = Some(positive("--threads", value("--threads")?)? as usize),
             "--out" => options.out = Some(PathBuf::from(value("--out")?)),
             "--quick" => options.quick = true,
+            "--multi-krum-m" => options.multi_krum_m = Some(positive(arg, value(arg)?)? as usize),
             "--server-optimizer" => {
                 let name = value(arg)?;
                 let kinds = OptimizerKind::ALL;
@@ -217,6 +225,7 @@ impl Options {
             && self.learning_rate.is_none()
             && self.filter.is_empty()
             && self.server.is_none()
+            && self.multi_krum_m.is_none()
     }
 }
 
@@ -232,6 +241,7 @@ fn plan(options: &Options, cores: usize) -> Result<(MatrixSpec, RunSettings), St
         options.server.validate(dataset.config().n_hospitals)?;
     }
     spec.server = options.server;
+    spec.multi_krum_m = options.multi_krum_m;
     let threads = options.threads.unwrap_or(cores);
     Ok((spec, RunSettings { seeds, rounds, learning_rate: options.learning_rate, threads }))
 }
@@ -323,6 +333,7 @@ mod tests {
             "--learning-rate 0.02",
             "--attacks ipm",
             "--server-optimizer fedavgm",
+            "--multi-krum-m 3",
         ] {
             assert_eq!(
                 parsed(line).unwrap_err(),
@@ -347,6 +358,7 @@ mod tests {
                 quick: true,
                 filter: Filter::default(),
                 server: ServerOptimizerChoice::default(),
+                multi_krum_m: None,
                 help: false
             }
         );
@@ -440,6 +452,37 @@ mod tests {
             let error = spec(line).unwrap_err();
             assert!(error.starts_with("the server optimiser is refused: "), "{line}: {error}");
         }
+    }
+
+    #[test]
+    fn multi_krum_m_goes_on_multi_krum_only_and_is_refused_above_n_minus_f() {
+        let spec = |line: &str| plan(&parsed(line)?, 2).map(|(spec, _)| spec);
+        let sweep = spec("--out s.md --shares 0 --defences fedavg,krum,multi_krum,multi_krum+anomaly --multi-krum-m 3")
+            .unwrap();
+        assert_eq!(sweep.multi_krum_m, Some(3));
+        let cells = sweep.cells();
+        assert_eq!(cells.len(), 2 * 4);
+        for cell in &cells {
+            let Plan::Run(table) = &cell.plan else { panic!("{:?} is refused", cell.defence) };
+            let expected = (cell.defence.rule == RuleChoice::MultiKrum).then_some(3);
+            assert_eq!(table.m, expected, "{:?}", cell.defence);
+        }
+        // Without the option Multi-Krum keeps the coordinator's default, n − f.
+        assert!(spec("").unwrap().cells().iter().all(|cell| match &cell.plan {
+            Plan::Run(table) => table.m.is_none(),
+            Plan::NotApplicable(_) => true,
+        }));
+        // m = 9 exceeds n − f = 8 on ten hospitals (f = 2) but not 16 on twenty (f = 4): the coordinator's refusal.
+        let wide = spec("--out w.md --shares 0 --defences multi_krum --multi-krum-m 9").unwrap().cells();
+        match &wide[0].plan {
+            Plan::NotApplicable(reason) => assert!(reason.contains("aggregation.m must lie in 1..=8"), "{reason}"),
+            Plan::Run(_) => panic!("m = 9 of 10 hospitals with f = 2 ran"),
+        }
+        assert!(matches!(wide[1].plan, Plan::Run(_)));
+        assert_eq!(
+            parsed("--out x.md --multi-krum-m 0").unwrap_err(),
+            "`--multi-krum-m` takes a positive integer, got `0`"
+        );
     }
 
     #[test]

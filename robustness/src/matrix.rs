@@ -357,6 +357,9 @@ pub struct MatrixSpec {
     pub defences: Vec<Defence>,
     /// The server optimiser on top of every defence (none in the default matrix).
     pub server: ServerOptimizerChoice,
+    /// Multi-Krum's `m` for every Multi-Krum defence, for sweeps between Krum (1) and the default n − f; `None`
+    /// keeps the default.
+    pub multi_krum_m: Option<usize>,
 }
 
 impl MatrixSpec {
@@ -368,6 +371,7 @@ impl MatrixSpec {
             attacks: AttackKind::ALL.iter().copied().filter(|&attack| attack != AttackKind::None).collect(),
             defences: default_defences(),
             server: ServerOptimizerChoice::default(),
+            multi_krum_m: None,
         }
     }
 
@@ -383,6 +387,7 @@ impl MatrixSpec {
                 Defence::plain(RuleChoice::Bulyan),
             ],
             server: ServerOptimizerChoice::default(),
+            multi_krum_m: None,
         }
     }
 
@@ -418,6 +423,7 @@ impl MatrixSpec {
             attacks: attacks.into_iter().filter(|&attack| attack != AttackKind::None).collect(),
             defences: keep("defences", &self.defences, &filter.defences, Defence::name)?,
             server: self.server,
+            multi_krum_m: self.multi_krum_m,
         })
     }
 
@@ -433,6 +439,9 @@ impl MatrixSpec {
                     for &defence in &self.defences {
                         let mut table = defence.config(&config, n, assumed_byzantine(n, attacker_percent));
                         self.server.apply(&mut table);
+                        if defence.rule == RuleChoice::MultiKrum {
+                            table.m = self.multi_krum_m.or(table.m);
+                        }
                         let plan = match table.validate(n) {
                             Ok(()) => Plan::Run(Box::new(table)),
                             Err(error) => Plan::NotApplicable(error.to_string()),

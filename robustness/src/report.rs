@@ -192,6 +192,12 @@ fn setup(out: &mut String, spec: &MatrixSpec, settings: &RunSettings) {
             spec.server.describe()
         );
     }
+    if let Some(m) = spec.multi_krum_m {
+        let _ = writeln!(
+            out,
+            "- Multi-Krum keeps **m = {m}** updates per round (the default matrix: n − f; m = 1 is Krum)."
+        );
+    }
     let _ = writeln!(
         out,
         "- Attacks: label flip (every label); sign flip ×1 and ×4; Gaussian noise N(0, σ²) added to the delta; \
@@ -487,6 +493,7 @@ mod tests {
             attacks: vec![AttackKind::SignFlip],
             defences: vec![fedavg, bulyan],
             server: ServerOptimizerChoice::default(),
+            multi_krum_m: None,
         };
         let mut out = String::new();
         dataset_tables(&mut out, &spec, &Lookup::from_cells(cells), dataset);
