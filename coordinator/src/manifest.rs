@@ -331,8 +331,9 @@ impl Manifest {
         if aggregation.rule == RuleKind::Krum {
             warnings.push(
                 "aggregation.rule = \"krum\" keeps one hospital's update per round: without any attacker it ended \
-                 1.2 to 1.4 AUROC points below FedAvg on the robustness matrix; rule = \"multi_krum\" averages the \
-                 n - f best-scored updates and stayed within 0.3"
+                 1.2 to 1.4 AUROC points below FedAvg on the robustness matrix; rule = \"multi_krum\" with its \
+                 default m = n - f averages the best-scored updates and stayed within 0.3 (a small m is no middle \
+                 way: m = 2 halved the gap but lost up to 8.8 points to free riders at 20 %)"
                     .to_owned(),
             );
         }
@@ -473,6 +474,7 @@ round_deadline_secs = 10
         let krum = resolve("[aggregation]\nrule = \"krum\"\nf = 0\n").warnings();
         assert_eq!(krum.len(), 1);
         assert!(krum[0].starts_with("aggregation.rule = \"krum\" keeps one hospital's update"), "{krum:?}");
+        assert!(krum[0].contains("a small m is no middle way"), "{krum:?}");
         assert!(resolve("[aggregation]\nrule = \"multi_krum\"\nf = 0\n").warnings().is_empty());
 
         // The warning names what a flag does in this study.
