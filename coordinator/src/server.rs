@@ -52,14 +52,21 @@ pub async fn serve_with_tls(
     tls: Option<&crate::tls::TlsSettings>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> std::result::Result<(), tonic::transport::Error> {
+    serve_routes(routes(coordinator), listener, tls, shutdown).await
+}
+
+/// Serves `routes` on `listener` until `shutdown` completes, over TLS when `tls` is given.
+async fn serve_routes(
+    routes: tonic::service::Routes,
+    listener: TcpListener,
+    tls: Option<&crate::tls::TlsSettings>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> std::result::Result<(), tonic::transport::Error> {
     let mut builder = tonic::transport::Server::builder();
     if let Some(tls) = tls {
         builder = builder.tls_config(tls.server_config())?;
     }
-    builder
-        .add_routes(routes(coordinator))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
-        .await
+    builder.add_routes(routes).serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown).await
 }
 
 /// The coordinator's three gRPC services (StudyService, FederationService, AuditService) with their message-size
@@ -103,14 +110,7 @@ pub async fn serve_witness_with_tls(
     tls: Option<&crate::tls::TlsSettings>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> std::result::Result<(), tonic::transport::Error> {
-    let mut builder = tonic::transport::Server::builder();
-    if let Some(tls) = tls {
-        builder = builder.tls_config(tls.server_config())?;
-    }
-    builder
-        .add_service(WitnessServiceServer::new(witness))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
-        .await
+    serve_routes(tonic::service::Routes::new(WitnessServiceServer::new(witness)), listener, tls, shutdown).await
 }
 
 /// Binds `address` (port 0 picks a free one) and returns the listener with its actual address.
