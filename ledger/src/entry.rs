@@ -52,6 +52,7 @@
 //! # Ok::<(), pdc_ledger::entry::EntryError>(())
 //! ```
 
+use crate::cursor::{Cursor, Truncated};
 use crate::signing::{
     self, ConsentAction, ConsentConditions, Contribution, PrivacyClaim, StatisticKind, StatisticsRelease,
 };
@@ -728,7 +729,7 @@ impl Entry {
 
     /// Parses canonical bytes written by [`Entry::encode`], rejecting anything else with the offending offset.
     pub fn decode(bytes: &[u8]) -> Result<Entry, EntryError> {
-        let mut reader = Reader { bytes, offset: 0 };
+        let mut reader = Reader::new(bytes);
         let version = reader.u8("format version")?;
         if version != FORMAT_VERSION {
             return Err(EntryError::UnsupportedVersion { version });
@@ -989,43 +990,15 @@ impl Writer {
     }
 }
 
-struct Reader<'a> {
-    bytes: &'a [u8],
-    offset: usize,
+type Reader<'a> = Cursor<'a, EntryError>;
+
+impl From<Truncated> for EntryError {
+    fn from(Truncated { what, offset, needed, remaining }: Truncated) -> Self {
+        EntryError::Truncated { what, offset, needed, remaining }
+    }
 }
 
-impl<'a> Reader<'a> {
-    fn remaining(&self) -> usize {
-        self.bytes.len() - self.offset
-    }
-
-    fn take(&mut self, what: &'static str, needed: usize) -> Result<&'a [u8], EntryError> {
-        let remaining = self.remaining();
-        if needed > remaining {
-            return Err(EntryError::Truncated { what, offset: self.offset, needed, remaining });
-        }
-        let slice = &self.bytes[self.offset..self.offset + needed];
-        self.offset += needed;
-        Ok(slice)
-    }
-
-    fn array<const N: usize>(&mut self, what: &'static str) -> Result<[u8; N], EntryError> {
-        let slice = self.take(what, N)?;
-        Ok(slice.try_into().expect("take returned N bytes"))
-    }
-
-    fn u8(&mut self, what: &'static str) -> Result<u8, EntryError> {
-        Ok(self.array::<1>(what)?[0])
-    }
-
-    fn u32(&mut self, what: &'static str) -> Result<u32, EntryError> {
-        Ok(u32::from_le_bytes(self.array(what)?))
-    }
-
-    fn u64(&mut self, what: &'static str) -> Result<u64, EntryError> {
-        Ok(u64::from_le_bytes(self.array(what)?))
-    }
-
+impl Reader<'_> {
     fn f64(&mut self, what: &'static str) -> Result<f64, EntryError> {
         let offset = self.offset;
         let bits = self.u64(what)?;

@@ -58,6 +58,7 @@
 
 use crate::PublicKey;
 use crate::audit::{self, AuditKeys, AuditReport};
+use crate::cursor::{Cursor, Truncated};
 use crate::store::{Store, StoreError};
 
 /// The first 8 bytes of every export file.
@@ -242,7 +243,7 @@ pub fn write_parts(entries: &[Vec<u8>], checkpoints: &[String], keys: &AuditKeys
 
 /// Parses an export file strictly (see the module docs); checks no signature or hash (that is the audit's job).
 pub fn parse(bytes: &[u8]) -> Result<ExportedLedger, ExportError> {
-    let mut reader = Reader { bytes, offset: 0 };
+    let mut reader = Reader::new(bytes);
     if reader.remaining() < MAGIC.len() || bytes[..MAGIC.len()] != MAGIC {
         return Err(ExportError::BadMagic);
     }
@@ -316,41 +317,15 @@ impl Writer {
     }
 }
 
-struct Reader<'a> {
-    bytes: &'a [u8],
-    offset: usize,
+type Reader<'a> = Cursor<'a, ExportError>;
+
+impl From<Truncated> for ExportError {
+    fn from(Truncated { what, offset, needed, remaining }: Truncated) -> Self {
+        ExportError::Truncated { what, offset, needed, remaining }
+    }
 }
 
 impl<'a> Reader<'a> {
-    fn remaining(&self) -> usize {
-        self.bytes.len() - self.offset
-    }
-
-    fn take(&mut self, what: &'static str, needed: usize) -> Result<&'a [u8], ExportError> {
-        let remaining = self.remaining();
-        if needed > remaining {
-            return Err(ExportError::Truncated { what, offset: self.offset, needed, remaining });
-        }
-        let slice = &self.bytes[self.offset..self.offset + needed];
-        self.offset += needed;
-        Ok(slice)
-    }
-
-    fn array<const N: usize>(&mut self, what: &'static str) -> Result<[u8; N], ExportError> {
-        let slice = self.take(what, N)?;
-        let mut array = [0; N];
-        array.copy_from_slice(slice);
-        Ok(array)
-    }
-
-    fn u32(&mut self, what: &'static str) -> Result<u32, ExportError> {
-        Ok(u32::from_le_bytes(self.array(what)?))
-    }
-
-    fn u64(&mut self, what: &'static str) -> Result<u64, ExportError> {
-        Ok(u64::from_le_bytes(self.array(what)?))
-    }
-
     fn key(&mut self, what: &'static str) -> Result<PublicKey, ExportError> {
         let offset = self.offset;
         let bytes: [u8; 32] = self.array(what)?;

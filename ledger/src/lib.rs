@@ -12,6 +12,7 @@
 pub mod audit;
 pub mod certificate;
 pub mod checkpoint;
+mod cursor;
 pub mod entry;
 pub mod export;
 pub mod hash;
