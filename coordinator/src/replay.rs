@@ -63,6 +63,9 @@ pub struct ReplayReport {
     pub study_id: String,
     /// Problems with the study's inputs (manifest, initial model) and with rounds that could not be replayed.
     pub problems: Vec<String>,
+    /// The archived manifest's warnings ([`crate::manifest::Manifest::warnings`]): choices the coordinator warned
+    /// about at creation. They do not fail the replay.
+    pub warnings: Vec<String>,
     /// Each aggregated round, in ledger order, up to the first that could not be replayed.
     pub rounds: Vec<RoundReplay>,
 }
@@ -87,6 +90,9 @@ impl fmt::Display for ReplayReport {
                 self.problems.len(),
                 self.rounds.len()
             )?;
+        }
+        for warning in &self.warnings {
+            writeln!(f, "  warning: {warning}")?;
         }
         for problem in &self.problems {
             writeln!(f, "  {problem}")?;
@@ -179,7 +185,8 @@ pub fn replay_study(
     archive: &UpdateArchive,
 ) -> Result<ReplayReport> {
     let (manifest_bytes, validation_csv) = read_archived_study(study_dir)?;
-    let mut report = ReplayReport { study_id: study_id.to_owned(), problems: Vec::new(), rounds: Vec::new() };
+    let mut report =
+        ReplayReport { study_id: study_id.to_owned(), problems: Vec::new(), warnings: Vec::new(), rounds: Vec::new() };
     let created = entries.iter().find_map(|entry| match entry {
         Entry::StudyCreated { study_id: id, manifest_hash } if id == study_id => Some(*manifest_hash),
         _ => None,
@@ -211,6 +218,7 @@ pub fn replay_study(
         report.problems.push("the archived manifest is not in canonical form".to_owned());
         return Ok(report);
     }
+    report.warnings = manifest.warnings();
     let optimizer = Mutex::new(optimizer);
 
     let study_entries: Vec<&Entry> = entries.iter().filter(|entry| entry.study_id() == Some(study_id)).collect();

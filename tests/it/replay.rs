@@ -94,6 +94,9 @@ async fn a_study_replays_bit_for_bit_and_tampered_archives_are_found() {
     let report = replay(&entries, &study_id, &data_dir);
     assert!(report.passed(), "{report}");
     assert_eq!(report.rounds.len(), 10);
+    // FedAdam with the anomaly check on: the warning `pdc study create` printed comes back to the auditor.
+    assert_eq!(report.warnings.len(), 1, "{report}");
+    assert!(report.warnings[0].starts_with("aggregation.server_optimizer = \"fedadam\" with the anomaly check"));
     let recorded: Vec<[u8; 32]> = entries
         .iter()
         .filter_map(|bytes| match Entry::decode(bytes).unwrap() {
@@ -112,6 +115,7 @@ async fn a_study_replays_bit_for_bit_and_tampered_archives_are_found() {
     assert!(ok, "{stdout}{stderr}");
     assert!(stdout.contains(&format!("PASS: study {study_id} replays bit for bit (10 rounds)")), "{stdout}");
     assert!(stdout.starts_with("ledger: PASS"), "{stdout}");
+    assert!(stdout.contains(&format!("  warning: {}\n", report.warnings[0])), "{stdout}");
 
     // One byte of ward-b's archived round-4 update changed: found, named, and the replay stops there.
     let update_hash = entries
