@@ -24,6 +24,13 @@
 //! - the clipped sum of layer `l` is `a_lᵀ (c ⊙ Δ_l)` for the weight and `Σᵢ cᵢ Δ_{l,i}` for the bias: one matrix
 //!   product per layer, and no per-example gradient is ever materialised.
 //!
+//! The clipped sum is accumulated in `f64`, and noised in `f64` before anything is rounded to `f32`: each term
+//! (a product of two `f32` values) is exact in `f64`, so the sum's only rounding is the accumulation's, which
+//! stretches one example's influence by at most a factor `1 + 2.02·m²·2⁻⁵³` for `m` terms. The noise's standard
+//! deviation is `σ·C` times [`pdc_privacy::noise::f64_sum_rounding_factor`] of the table's size (the largest batch
+//! Poisson sampling can draw), so rounding never leaves the sensitivity above what the noise covers. An `f32` sum
+//! would not do: its rounding grows with the sum's magnitude, up to `m·C·2⁻²⁴`.
+//!
 //! The forward and backward passes are written out on `f32` buffers with ndarray's matrix products (matrixmultiply,
 //! which picks AVX/FMA kernels at run time) instead of going through burn's autodiff: for models this small burn's
 //! per-operation bookkeeping would dominate the step. The tests check every per-example gradient against burn's
@@ -42,6 +49,7 @@
 
 use ndarray::linalg::general_mat_mul;
 use ndarray::{ArrayView2, ArrayViewMut2};
+use pdc_privacy::noise::f64_sum_rounding_factor;
 use pdc_privacy::{Accountant, GaussianNoise, NoiseMode};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
@@ -342,7 +350,10 @@ pub fn train_dp(spec: &ModelSpec, initial: &[f32], data: &Dataset, config: &DpTr
     check_model_and_data(spec, initial, data)?;
     let sampler = PoissonSampler::new(data.n_rows(), config.sampling_rate(data.n_rows()), config.sampling_seed)?;
     let noise = if config.noise_multiplier > 0.0 {
-        Some(GaussianNoise::new(config.noise_multiplier * config.clip_norm)?)
+        // The clipped sum is accumulated in f64 over a batch of at most n_rows examples; the factor keeps its
+        // rounding within the noise (see `pdc_privacy::noise::f64_sum_rounding_factor`).
+        let rounding = f64_sum_rounding_factor(data.n_rows());
+        Some(GaussianNoise::new(config.noise_multiplier * config.clip_norm * rounding)?)
     } else {
         None
     };
@@ -384,18 +395,18 @@ fn run(
         n_sampled += batch.len() as u64;
         n_clipped += gradients.clip_and_sum(config.clip_norm).ok_or(Error::NonFiniteGradient { epoch, step })?;
         if let Some(noise) = &mut noise {
-            noise.add(gradients.sum_mut(), config.noise_mode)?;
+            noise.add_f64(gradients.sum_mut(), config.noise_mode)?;
         }
         if config.proximal_mu > 0.0 {
             // FedProx: the proximal gradient μ·(w − w₀) joins the privatised mean gradient.
             let pull = config.learning_rate * config.proximal_mu;
             for ((parameter, &gradient), &anchor) in parameters.iter_mut().zip(gradients.sum()).zip(initial) {
                 let current = f64::from(*parameter);
-                *parameter = (current - step_size * f64::from(gradient) - pull * (current - f64::from(anchor))) as f32;
+                *parameter = (current - step_size * gradient - pull * (current - f64::from(anchor))) as f32;
             }
         } else {
             for (parameter, &gradient) in parameters.iter_mut().zip(gradients.sum()) {
-                *parameter = (f64::from(*parameter) - step_size * f64::from(gradient)) as f32;
+                *parameter = (f64::from(*parameter) - step_size * gradient) as f32;
             }
         }
     }
@@ -483,7 +494,11 @@ pub(crate) struct PerExampleGradients {
     inputs: Vec<Vec<f32>>,
     deltas: Vec<Vec<f32>>,
     squared_norms: Vec<f64>,
-    sum: Vec<f32>,
+    /// The clipped sum, accumulated in `f64` so that its rounding stays within the noise's margin.
+    sum: Vec<f64>,
+    /// `f64` copies of one layer's `inputs` and `deltas` for the sum's matrix product (reused between steps).
+    wide_inputs: Vec<f64>,
+    wide_deltas: Vec<f64>,
 }
 
 impl PerExampleGradients {
@@ -506,6 +521,8 @@ impl PerExampleGradients {
             deltas: vec![Vec::new(); n_layers],
             squared_norms: Vec::new(),
             sum: vec![0.0; offset],
+            wide_inputs: Vec::new(),
+            wide_deltas: Vec::new(),
         }
     }
 
@@ -630,14 +647,18 @@ impl PerExampleGradients {
                 weight_sum.fill(0.0);
                 continue;
             }
+            // Every term a·Δ of two f32 values is exact in f64, so the sum's only rounding is the f64
+            // accumulation that the noise's rounding factor allows for.
+            widen(&self.inputs[layer][..m * d_input], &mut self.wide_inputs);
+            widen(&self.deltas[layer][..m * d_output], &mut self.wide_deltas);
             general_mat_mul(
                 1.0,
-                &matrix(&self.inputs[layer], m, d_input).t(),
-                &matrix(&self.deltas[layer], m, d_output),
+                &wide_matrix(&self.wide_inputs, m, d_input).t(),
+                &wide_matrix(&self.wide_deltas, m, d_output),
                 0.0,
-                &mut matrix_mut(weight_sum, d_input, d_output),
+                &mut ArrayViewMut2::from_shape((d_input, d_output), weight_sum).expect("the slice holds the weight"),
             );
-            for delta in self.deltas[layer].chunks_exact(d_output) {
+            for delta in self.wide_deltas.chunks_exact(d_output) {
                 for (total, &value) in bias_sum.iter_mut().zip(delta) {
                     *total += value;
                 }
@@ -648,13 +669,30 @@ impl PerExampleGradients {
 
     /// The clipped sum of the per-example gradients, in layout order, as [`clip_and_sum`](Self::clip_and_sum)
     /// left it.
-    pub(crate) fn sum(&self) -> &[f32] {
+    pub(crate) fn sum(&self) -> &[f64] {
         &self.sum
     }
 
     /// The clipped sum, for the noise to be added in place.
-    pub(crate) fn sum_mut(&mut self) -> &mut [f32] {
+    pub(crate) fn sum_mut(&mut self) -> &mut [f64] {
         &mut self.sum
+    }
+
+    /// Row `row`'s gradient as the `f64` clipped sum adds it: every entry the exact `f64` product of the `f32`
+    /// input and `Δ` values (clipped if [`clip_and_sum`](Self::clip_and_sum) ran since).
+    #[cfg(test)]
+    pub(crate) fn exact_example_gradient(&self, row: usize) -> Vec<f64> {
+        let mut gradient = Vec::with_capacity(self.sum.len());
+        for layer in 0..self.widths.len() - 1 {
+            let (d_input, d_output) = (self.widths[layer], self.widths[layer + 1]);
+            let input = &self.inputs[layer][row * d_input..(row + 1) * d_input];
+            let delta = &self.deltas[layer][row * d_output..(row + 1) * d_output];
+            for &a in input {
+                gradient.extend(delta.iter().map(|&d| f64::from(a) * f64::from(d)));
+            }
+            gradient.extend(delta.iter().map(|&d| f64::from(d)));
+        }
+        gradient
     }
 
     /// Row `row`'s gradient of the last [`backward`](Self::backward), materialised in layout order (clipped if
@@ -715,6 +753,17 @@ fn matrix(values: &[f32], rows: usize, cols: usize) -> ArrayView2<'_, f32> {
 /// `values[..rows × cols]` as a mutable row-major matrix.
 fn matrix_mut(values: &mut [f32], rows: usize, cols: usize) -> ArrayViewMut2<'_, f32> {
     ArrayViewMut2::from_shape((rows, cols), &mut values[..rows * cols]).expect("the slice holds rows × cols values")
+}
+
+/// `values[..rows × cols]` of `f64` as a row-major matrix.
+fn wide_matrix(values: &[f64], rows: usize, cols: usize) -> ArrayView2<'_, f64> {
+    ArrayView2::from_shape((rows, cols), &values[..rows * cols]).expect("the slice holds rows × cols values")
+}
+
+/// Replaces `wide` by `values` converted to `f64` (exactly).
+fn widen(values: &[f32], wide: &mut Vec<f64>) {
+    wide.clear();
+    wide.extend(values.iter().map(|&value| f64::from(value)));
 }
 
 fn squared_norm(values: &[f32]) -> f64 {
@@ -925,6 +974,7 @@ mod tests {
             let n_clipped = gradients.clip_and_sum(clip_norm).unwrap();
             let mut expected_sum = vec![0.0f32; gradients.sum().len()];
             let mut expected_clipped = 0;
+            let got_sum: Vec<f32> = gradients.sum().iter().map(|&total| total as f32).collect();
             for gradient in &burn_gradients {
                 let example_norm = norm(gradient);
                 let factor = if example_norm > clip_norm {
@@ -939,7 +989,7 @@ mod tests {
             }
             assert_eq!(n_clipped, expected_clipped);
             assert!(n_clipped > 0 && n_clipped < batch.len() as u64);
-            assert_close(gradients.sum(), &expected_sum, 1e-4, &format!("{spec:?} clipped sum"));
+            assert_close(&got_sum, &expected_sum, 1e-4, &format!("{spec:?} clipped sum"));
         }
     }
 
@@ -1005,14 +1055,21 @@ mod tests {
                 } else {
                     prop_assert_eq!(&clipped, raw);
                 }
-                for (total, &g) in expected_sum.iter_mut().zip(&clipped) {
-                    *total += f64::from(g);
+                // The terms the sum is made of: exact f64 products of the f32 inputs and clipped Δ rows, whose
+                // norm the clip bounds too.
+                let exact = gradients.exact_example_gradient(row);
+                let exact_norm = exact.iter().map(|g| g * g).sum::<f64>().sqrt();
+                prop_assert!(exact_norm <= clip_norm, "row {}: exact norm {} over {}", row, exact_norm, clip_norm);
+                for (total, &g) in expected_sum.iter_mut().zip(&exact) {
+                    *total += g;
                 }
             }
             prop_assert_eq!(n_clipped, expected_clipped);
             let scale = expected_sum.iter().fold(1.0f64, |m, v| m.max(v.abs()));
+            // The f64 sum of exact f64 terms: only the accumulation's own rounding (γₙ·Σ|terms|) separates the
+            // two, far below f32's resolution.
             for (&got, &expected) in gradients.sum().iter().zip(&expected_sum) {
-                prop_assert!((f64::from(got) - expected).abs() <= 1e-5 * scale, "{} vs {}", got, expected);
+                prop_assert!((got - expected).abs() <= 1e-12 * scale, "{} vs {}", got, expected);
             }
         }
     }

@@ -427,10 +427,10 @@ impl std::fmt::Debug for CentralDp {
 
 /// `1 + 4n²·2⁻⁵³`: bounds how far `f64` rounding in summing `n` updates can stretch the sum's sensitivity beyond
 /// `S` (Higham, "Accuracy and Stability of Numerical Algorithms", (4.4): each rounded sum is within
-/// `γ_{n−1} Σᵢ‖xᵢ‖ ≤ 1.01·n·2⁻⁵³·n·S` of the exact one, for both neighbours).
+/// `γ_{n−1} Σᵢ‖xᵢ‖ ≤ 1.01·n·2⁻⁵³·n·S` of the exact one, for both neighbours). DP-SGD's clipped sum uses the same
+/// bound ([`crate::noise::f64_sum_rounding_factor`]).
 fn sum_rounding_factor(participants: usize) -> f64 {
-    let n = participants as f64;
-    1.0 + 4.0 * n * n * (f64::EPSILON / 2.0)
+    crate::noise::f64_sum_rounding_factor(participants)
 }
 
 #[cfg(test)]
