@@ -15,6 +15,7 @@ mod error;
 pub mod ledger;
 pub mod manifest;
 pub mod metrics;
+pub mod pipeline;
 pub mod recovery;
 pub mod replay;
 pub mod rewards;

@@ -35,8 +35,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::aggregation::{ServerState, SuspensionTracker};
 use crate::consortium::Membership;
+use crate::pipeline::LEFT_OUT_PREFIX;
 use crate::round::AcceptedUpdate;
-use crate::service::{HospitalStats, LEFT_OUT_PREFIX, RoundRecord, SUSPENDED_PREFIX};
+use crate::service::{HospitalStats, RoundRecord, SUSPENDED_PREFIX};
 use crate::{Error, Result};
 
 /// Column family of round snapshots, keyed by study id, NUL, round (big-endian).

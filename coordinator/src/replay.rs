@@ -35,11 +35,12 @@ use pdc_ledger::hash::{StreamHasher, parameters_hash};
 use pdc_ledger::{Hash, sha3_256};
 
 use crate::archive::UpdateArchive;
-use crate::round::AcceptedUpdate;
-use crate::service::{
-    PreparedStudy, ValuationInputs, aggregate, aggregation_entries, prepare_study, read_archived_study,
+use crate::pipeline::{
+    Aggregated, CentralRelease, LEFT_OUT_PREFIX, RootData, ValuationInputs, aggregate, aggregation_entries,
     value_contributions,
 };
+use crate::round::AcceptedUpdate;
+use crate::service::{PreparedStudy, prepare_study, read_archived_study};
 use crate::{Error, Result};
 
 /// Pieces an archived update is hashed in, in parameters.
@@ -317,15 +318,15 @@ pub fn replay_study(
                 break;
             }
             let mean = archive.read(&release_hash)?;
-            crate::service::Aggregated {
+            Aggregated {
                 model: crate::aggregation::apply_delta(&global, &mean)?,
                 excluded: Vec::new(),
                 valuation: None,
-                release: Some(entry),
+                release: Some(CentralRelease { entry, mean }),
                 flagged: Vec::new(),
             }
         } else {
-            let root = crate::service::RootData::new(&manifest, &spec, &validation, round);
+            let root = RootData::new(&manifest, &spec, &validation, round);
             aggregate(archive, &global, &contributions, &manifest.aggregation, &optimizer, &root)?
         };
         if budget > 0.0 {
@@ -353,7 +354,7 @@ pub fn replay_study(
             &aggregated.valuation,
         );
         if let Some(release) = aggregated.release.take() {
-            expected.insert(expected.len() - 1, release);
+            expected.insert(expected.len() - 1, release.entry);
         }
         let differences = compare(&ledger_round.recorded, &expected);
         report.rounds.push(RoundReplay { round, model_hash, differences });
@@ -365,9 +366,7 @@ pub fn replay_study(
 /// Whether `entry` is one of those the coordinator appends when it aggregates `round`.
 fn is_aggregation_record(entry: &Entry, round: u32) -> bool {
     match entry {
-        Entry::UpdateRejected { round: r, reason, .. } => {
-            *r == round && reason.starts_with(crate::service::LEFT_OUT_PREFIX)
-        }
+        Entry::UpdateRejected { round: r, reason, .. } => *r == round && reason.starts_with(LEFT_OUT_PREFIX),
         Entry::RoundAggregated { round: r, .. }
         | Entry::UtilityScores { round: r, .. }
         | Entry::RewardsAllotted { round: r, .. }

@@ -27,6 +27,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, PoisonError};
 
 use pdc_models::{Dataset, Metrics, ModelSpec, Task};
+use pdc_privacy::clip::l2_norm;
 use serde::{Deserialize, Serialize};
 
 use crate::aggregation::{FedAvg, apply_delta};
@@ -1158,10 +1159,6 @@ fn similarity(a: &[f32], b: &[f32], norm_a: f64, norm_b: f64) -> (f64, f64) {
         difference += (x - y) * (x - y);
     }
     (dot / (norm_a * norm_b), difference.sqrt() / norm_a.max(norm_b))
-}
-
-fn l2_norm(values: &[f32]) -> f64 {
-    values.iter().map(|&value| f64::from(value) * f64::from(value)).sum::<f64>().sqrt()
 }
 
 fn median(values: &[f64]) -> f64 {

@@ -18,16 +18,18 @@ use pdc_privacy::stats::{NoisyCohortCounts, NoisyFeatureSummary};
 use tokio::sync::{Notify, broadcast, mpsc};
 
 use crate::access::{Caller, StudyAction};
-use crate::aggregation::rule::RoundInputs;
-use crate::aggregation::{AggregationConfig, FedAvg, ServerState, SuspensionTracker, aggregate_round, apply_delta};
+use crate::aggregation::{ServerState, SuspensionTracker};
 use crate::archive::{PartialUploads, UpdateArchive, UploadKey, UploadProgress, UploadStream};
 use crate::consent::ConsentTerms;
 use crate::consortium::{Consortium, Membership};
 use crate::ledger::{Ledger, LedgerSettings};
 use crate::manifest::{self, Manifest};
 use crate::metrics::Telemetry;
+use crate::pipeline::{
+    Aggregated, CentralState, RootData, ValuationInputs, aggregate, aggregation_entries, central_aggregate,
+    valuation_entry_count, value_contributions,
+};
 use crate::recovery::{BUDGET_EXHAUSTED_PREFIX, RoundSnapshot, StateStore, StudyProgress};
-use crate::rewards::{RoundUpdate, RoundValuation, ValuationSettings};
 use crate::round::{AcceptedUpdate, Action, Event, Phase, Resume, RoundMachine, RoundPolicy};
 use crate::statistics::{CohortAnswer, FeasibilityQuery, Standardization, StandardizationStep, StatisticsQuery};
 use crate::{Error, Result};
@@ -38,9 +40,6 @@ const MAX_CLOCK_SKEW_MS: u64 = 5 * 60 * 1000;
 pub const MAX_VALIDATION_BYTES: usize = 4 << 20;
 /// Longest PDC id.
 const MAX_PDC_ID_LEN: usize = 64;
-/// Pieces the aggregator reads from the archive at a time, in parameters (4 MiB).
-const AGGREGATION_PIECE: usize = 1 << 20;
-
 /// Settings of a coordinator.
 #[derive(Clone, Debug)]
 pub struct CoordinatorConfig {
@@ -316,13 +315,6 @@ struct Study {
     consent_terms: ConsentTerms,
     /// Whether the study was opened to hospitals (it is a draft until then).
     recruiting: bool,
-}
-
-/// A study's central DP: the mechanism (with its adaptive clip norm) and the PDC-level accountant of its rounds.
-pub(crate) struct CentralState {
-    dp: pdc_privacy::central::CentralDp,
-    accountant: pdc_privacy::RdpAccountant,
-    delta: f64,
 }
 
 impl Study {
@@ -1005,7 +997,14 @@ impl Coordinator {
             let release_study = study_id.clone();
             let result = tokio::task::spawn_blocking(move || {
                 let mut aggregated = match &central {
-                    Some(central) => central_aggregate(&archive, &release_study, round, &global, &work, central)?,
+                    Some(central) => {
+                        let aggregated = central_aggregate(&archive, &release_study, round, &global, &work, central)?;
+                        if let Some(release) = &aggregated.release {
+                            // Archived before the release entry that names it is recorded.
+                            archive.store(&release.mean)?;
+                        }
+                        aggregated
+                    }
                     None => {
                         let root = RootData::new(&manifest, &spec, validation.as_ref(), round);
                         aggregate(&archive, &global, &work, &config, &optimizer, &root)?
@@ -1077,7 +1076,7 @@ impl Coordinator {
                     aggregation_entries(study_id, round, contributions, &excluded, model_hash, &validation, &valuation);
                 if let Some(release) = release {
                     // Recorded just before the aggregate it produced.
-                    entries.insert(entries.len() - 1 - valuation_entry_count(&valuation), release);
+                    entries.insert(entries.len() - 1 - valuation_entry_count(&valuation), release.entry);
                 }
                 // The round's effects on the study, computed before anything is recorded.
                 let mut hospitals = study.hospitals.clone();
@@ -2297,109 +2296,6 @@ fn snapshot(study: &Study) -> ModelSnapshot {
 struct ModelSection<'a> {
     model: &'a pdc_models::ModelKind,
 }
-
-/// What a round's aggregation produced: the new model, and the updates its anomaly check left out (with why).
-pub(crate) struct Aggregated {
-    pub(crate) model: Vec<f32>,
-    pub(crate) excluded: Vec<(String, String)>,
-    /// The round's utilities and rewards, when the study pays rewards.
-    pub(crate) valuation: Option<RoundValuation>,
-    /// The central DP release the model follows from, when the study uses central DP.
-    pub(crate) release: Option<Entry>,
-    /// The PDCs the anomaly check flagged this round (left out or not).
-    pub(crate) flagged: Vec<String>,
-}
-
-/// How many entries [`reward_entries`] makes for `valuation`.
-fn valuation_entry_count(valuation: &Option<RoundValuation>) -> usize {
-    valuation.as_ref().map_or(0, |valuation| reward_entries("", valuation).len())
-}
-
-/// DP-FedAvg: clips every update, adds the noise to their sum, archives the noisy mean and charges the round to
-/// the study's accountant (every selected PDC takes part, so the round is one Gaussian release at `z`).
-fn central_aggregate(
-    archive: &UpdateArchive,
-    study_id: &str,
-    round: u32,
-    global: &[f32],
-    contributions: &[(String, AcceptedUpdate)],
-    central: &Mutex<CentralState>,
-) -> Result<Aggregated> {
-    let deltas =
-        contributions.iter().map(|(_, update)| archive.read(&update.update_hash)).collect::<Result<Vec<Vec<f32>>>>()?;
-    let updates: Vec<&[f32]> = deltas.iter().map(Vec::as_slice).collect();
-    let mut state = central.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    let state = &mut *state;
-    let privacy = |e: pdc_privacy::Error| Error::Model(pdc_models::Error::from(e));
-    let released = state.dp.aggregate(&updates).map_err(privacy)?;
-    state.dp.record_round(&mut state.accountant, 1.0);
-    let epsilon = pdc_privacy::Accountant::epsilon(&state.accountant, state.delta).map_err(privacy)?;
-    let release_hash = archive.store(&released.mean)?;
-    let release = Entry::CentralDpRelease {
-        study_id: study_id.to_owned(),
-        round,
-        release_hash,
-        clip_norm: released.clip_norm,
-        noise_std: released.noise_std,
-        epsilon,
-        delta: state.delta,
-    };
-    Ok(Aggregated {
-        model: apply_delta(global, &released.mean)?,
-        excluded: Vec::new(),
-        valuation: None,
-        release: Some(release),
-        flagged: Vec::new(),
-    })
-}
-
-/// What valuing a round needs besides its updates.
-pub(crate) struct ValuationInputs<'a> {
-    pub(crate) round: u32,
-    pub(crate) budget: f64,
-    pub(crate) carried_in: f64,
-    pub(crate) seed: u64,
-    pub(crate) settings: &'a ValuationSettings,
-}
-
-/// The entries that record a round's aggregation, in the order the coordinator appends them: a rejection for each
-/// update the anomaly check left out, the aggregate, then the valuation's entries. Returns the contributors too.
-pub(crate) fn aggregation_entries(
-    study_id: &str,
-    round: u32,
-    contributions: &[(String, AcceptedUpdate)],
-    excluded: &[(String, String)],
-    model_hash: Hash,
-    validation: &Metrics,
-    valuation: &Option<RoundValuation>,
-) -> (Vec<String>, Vec<Entry>) {
-    let contributors: Vec<String> = contributions
-        .iter()
-        .map(|(id, _)| id.clone())
-        .filter(|id| !excluded.iter().any(|(left_out, _)| left_out == id))
-        .collect();
-    let mut entries: Vec<Entry> = excluded
-        .iter()
-        .map(|(pdc_id, reason)| Entry::UpdateRejected {
-            study_id: study_id.to_owned(),
-            round,
-            pdc_id: pdc_id.clone(),
-            reason: reason.clone(),
-        })
-        .collect();
-    entries.push(Entry::RoundAggregated {
-        study_id: study_id.to_owned(),
-        round,
-        model_hash,
-        contributors: contributors.clone(),
-        metrics: metric_pairs(validation),
-    });
-    if let Some(valuation) = valuation {
-        entries.extend(reward_entries(study_id, valuation));
-    }
-    (contributors, entries)
-}
-
 /// A study's inputs as the coordinator derives them from the researcher's manifest and validation set, the same
 /// way at creation and in a replay.
 pub(crate) struct PreparedStudy {
@@ -2447,9 +2343,6 @@ pub(crate) fn prepare_study(manifest_toml: &str, validation_csv: &[u8]) -> Resul
 /// How the reason recorded for a PDC suspended from selection begins.
 pub(crate) const SUSPENDED_PREFIX: &str = "suspended from selection: ";
 
-/// How the reason of an update the anomaly check left out of aggregation begins.
-pub(crate) const LEFT_OUT_PREFIX: &str = "flagged and left out of aggregation: ";
-
 /// The archived manifest of a study, under its folder in `<data_dir>/studies`.
 pub const ARCHIVED_MANIFEST: &str = "manifest.toml";
 /// The archived validation set of a study.
@@ -2476,187 +2369,6 @@ pub(crate) fn read_archived_study(folder: &std::path::Path) -> Result<(Vec<u8>, 
     Ok((read(ARCHIVED_MANIFEST)?, read(ARCHIVED_VALIDATION)?))
 }
 
-/// Values every contribution of the round (Shapley values of the validation metric over coalitions aggregated
-/// with FedAvg from `global`) and splits the round's budget; updates left out by the anomaly check count as
-/// flagged and are paid nothing.
-pub(crate) fn value_contributions(
-    archive: &UpdateArchive,
-    spec: &ModelSpec,
-    global: &[f32],
-    validation: &Dataset,
-    contributions: &[(String, AcceptedUpdate)],
-    aggregated: &Aggregated,
-    inputs: ValuationInputs<'_>,
-) -> Result<RoundValuation> {
-    let deltas =
-        contributions.iter().map(|(_, update)| archive.read(&update.update_hash)).collect::<Result<Vec<Vec<f32>>>>()?;
-    let updates: Vec<RoundUpdate<'_>> = contributions
-        .iter()
-        .zip(&deltas)
-        .map(|((pdc_id, update), delta)| RoundUpdate {
-            pdc_id,
-            n_examples: update.n_examples,
-            delta,
-            flagged: aggregated.excluded.iter().any(|(id, _)| id == pdc_id),
-        })
-        .collect();
-    let round = crate::rewards::RoundInput {
-        round: inputs.round,
-        seed: inputs.seed,
-        spec,
-        global,
-        validation,
-        updates: &updates,
-        settings: inputs.settings,
-        aggregator: None,
-        budget: inputs.budget,
-        carried_in: inputs.carried_in,
-    };
-    crate::rewards::value_round(&round)
-}
-
-/// The ledger entries of a round's valuation: the utilities with how they were computed, the allotment, and one
-/// payment per rewarded PDC (none when the budget was carried over).
-pub(crate) fn reward_entries(study_id: &str, valuation: &RoundValuation) -> Vec<Entry> {
-    let round = valuation.round;
-    let values = valuation.coalitions.iter().map(|coalition| (coalition.members.join("+"), coalition.value)).collect();
-    let mut entries = vec![
-        Entry::CoalitionValues { study_id: study_id.to_owned(), round, values },
-        Entry::UtilityScores {
-            study_id: study_id.to_owned(),
-            round,
-            scores: valuation.utilities(),
-            method: valuation.method.name().to_owned(),
-            seed: valuation.seed,
-        },
-        Entry::RewardsAllotted {
-            study_id: study_id.to_owned(),
-            round,
-            budget: valuation.budget + valuation.carried_in,
-            carried_over: valuation.truncated,
-        },
-    ];
-    if !valuation.truncated {
-        entries.extend(valuation.rewards().into_iter().map(|(pdc_id, amount)| Entry::RewardPaid {
-            study_id: study_id.to_owned(),
-            round,
-            pdc_id,
-            amount,
-        }));
-    }
-    entries
-}
-
-/// What FLTrust's server update is trained on: the study's root data (the researcher's standardised validation
-/// set) with the study's local training settings, seeded per round so that a replay trains the same update.
-pub(crate) struct RootData<'a> {
-    pub(crate) spec: &'a ModelSpec,
-    pub(crate) data: &'a Dataset,
-    pub(crate) train: pdc_models::TrainConfig,
-}
-
-impl<'a> RootData<'a> {
-    /// The root data of `manifest`'s study for `round`.
-    pub(crate) fn new(manifest: &Manifest, spec: &'a ModelSpec, data: &'a Dataset, round: u32) -> Self {
-        // Apart from the valuation's seed of the same round.
-        let seed = crate::rewards::round_seed(manifest.seed, round) ^ 0x464c_5452_5553_5400;
-        Self { spec, data, train: manifest.train_config(seed) }
-    }
-}
-
-/// Aggregates the contributions' deltas, read from the archive in the given (sorted) order, and applies them to
-/// `global`. Plain FedAvg streams (memory O(model)); any other rule or a server optimiser holds the round's updates
-/// in memory, scores them, and steps the study's server optimiser.
-pub(crate) fn aggregate(
-    archive: &UpdateArchive,
-    global: &[f32],
-    contributions: &[(String, AcceptedUpdate)],
-    config: &AggregationConfig,
-    optimizer: &Mutex<ServerState>,
-    root: &RootData<'_>,
-) -> Result<Aggregated> {
-    if config.is_default() {
-        return Ok(Aggregated {
-            model: fedavg_piecewise(archive, global, contributions)?,
-            excluded: Vec::new(),
-            valuation: None,
-            release: None,
-            flagged: Vec::new(),
-        });
-    }
-    let deltas =
-        contributions.iter().map(|(_, update)| archive.read(&update.update_hash)).collect::<Result<Vec<Vec<f32>>>>()?;
-    let rows: Vec<(&str, f64, &[f32])> = contributions
-        .iter()
-        .zip(&deltas)
-        .map(|((pdc_id, update), delta)| (pdc_id.as_str(), update.n_examples as f64, delta.as_slice()))
-        .collect();
-    // FLTrust weighs each update by its agreement with the coordinator's own update on the root data.
-    let server_update: Option<Vec<f32>> = if config.rule == crate::aggregation::rule::RuleKind::FlTrust {
-        let trained = pdc_models::train_local(root.spec, global, root.data, &root.train)?;
-        Some(trained.parameters.iter().zip(global).map(|(after, before)| after - before).collect())
-    } else {
-        None
-    };
-    let mut state = optimizer.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    // The anomaly scores compare updates at a common number of local steps, which the batch size gives.
-    let inputs =
-        RoundInputs { local_batch_size: Some(root.train.batch_size), ..state.round_inputs(server_update.as_deref()) };
-    let round = aggregate_round(config, &rows, &inputs)?;
-    let excluded = round
-        .excluded
-        .iter()
-        .map(|pdc_id| {
-            let why = round.scores.iter().find(|(id, _)| id == pdc_id).map(|(_, score)| score.describe());
-            (pdc_id.clone(), format!("{LEFT_OUT_PREFIX}{}", why.unwrap_or_default()))
-        })
-        .collect();
-    let model = state.apply(global, &round.delta)?;
-    let flagged = round.scores.iter().filter(|(_, score)| score.flagged).map(|(id, _)| id.clone()).collect();
-    Ok(Aggregated { model, excluded, valuation: None, release: None, flagged })
-}
-
-/// FedAvg read piece-major: every update is read side by side, one piece of each at a time, and each piece of the
-/// new model is written as soon as it is averaged. Memory is the global model, the new one and one piece per
-/// update — O(model), whatever the number of PDCs. Each value is the same sum, in the same PDC order, as a whole
-/// [`FedAvg`] over the updates followed by [`apply_delta`], so the model hash is too.
-fn fedavg_piecewise(
-    archive: &UpdateArchive,
-    global: &[f32],
-    contributions: &[(String, AcceptedUpdate)],
-) -> Result<Vec<f32>> {
-    if contributions.is_empty() {
-        // FedAvg refuses a round without updates, with its own error.
-        FedAvg::new(0).finish()?;
-    }
-    let mut readers =
-        contributions.iter().map(|(_, update)| archive.reader(&update.update_hash)).collect::<Result<Vec<_>>>()?;
-    let mut model = Vec::with_capacity(global.len());
-    let mut piece = Vec::with_capacity(AGGREGATION_PIECE);
-    for start in (0..global.len()).step_by(AGGREGATION_PIECE) {
-        let end = (start + AGGREGATION_PIECE).min(global.len());
-        let mut average = FedAvg::new(end - start);
-        for ((_, update), reader) in contributions.iter().zip(&mut readers) {
-            reader.read_piece(end - start, &mut piece)?;
-            average.add(update.n_examples as f64, &piece)?;
-        }
-        let delta = average.finish()?;
-        model.extend(global[start..end].iter().zip(&delta).map(|(g, d)| g + d));
-    }
-    Ok(model)
-}
-
-/// A model's validation figures as named pairs for the ledger; absent figures are left out.
-pub(crate) fn metric_pairs(metrics: &Metrics) -> Vec<(String, f64)> {
-    let named =
-        [("loss", Some(metrics.loss)), ("accuracy", metrics.accuracy), ("auroc", metrics.auroc), ("mse", metrics.mse)];
-    named
-        .into_iter()
-        .filter_map(|(name, value)| Some((name.to_owned(), value?)))
-        .filter(|(_, v)| v.is_finite())
-        .collect()
-}
-
 fn check_pdc_id(pdc_id: &str) -> Result<()> {
     let valid = !pdc_id.is_empty()
         && pdc_id.len() <= MAX_PDC_ID_LEN
@@ -2675,33 +2387,4 @@ fn slug(name: &str) -> String {
     let slug: String =
         name.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' }).take(40).collect();
     slug.trim_matches('-').to_owned()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn piecewise_fedavg_equals_a_whole_vector_fedavg_over_several_pieces() {
-        let dir = tempfile::tempdir().unwrap();
-        let archive = UpdateArchive::open(dir.path()).unwrap();
-        let n = 2 * AGGREGATION_PIECE + 12_345;
-        let global: Vec<f32> = (0..n).map(|i| (i as f32 * 1e-3).sin()).collect();
-        let contributions: Vec<(String, AcceptedUpdate)> = (0..3u64)
-            .map(|k| {
-                let delta: Vec<f32> = (0..n as u64).map(|i| ((i * 7 + k * 13) % 101) as f32 * 1e-4 - 5e-3).collect();
-                let update = AcceptedUpdate { n_examples: 10 + 7 * k, update_hash: archive.store(&delta).unwrap() };
-                (format!("pdc-{k}"), update)
-            })
-            .collect();
-        let mut whole = FedAvg::new(n);
-        for (_, update) in &contributions {
-            whole.add(update.n_examples as f64, &archive.read(&update.update_hash).unwrap()).unwrap();
-        }
-        let expected = apply_delta(&global, &whole.finish().unwrap()).unwrap();
-        let piecewise = fedavg_piecewise(&archive, &global, &contributions).unwrap();
-        assert_eq!(piecewise, expected, "the same sums in the same order, bit for bit");
-        let error = fedavg_piecewise(&archive, &global, &[]).unwrap_err().to_string();
-        assert!(error.contains("no updates"), "{error}");
-    }
 }

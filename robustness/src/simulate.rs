@@ -1,15 +1,16 @@
 //! One simulated study, in process and without gRPC: every round each hospital trains with `pdc-client`'s own
-//! training code (honestly or under its attack), the coordinator's upload checks and `aggregate_round` produce the
-//! round's delta and anomaly scores, and the study's `ServerState` installs the next global model (and keeps the
-//! aggregate centered clipping starts the next round from), as `pdc_coordinator::service::aggregate` does. Under
-//! FLTrust the server first trains its own update on the study's root data.
+//! training code (honestly or under its attack), and the coordinator's own round pipeline
+//! (`pdc_coordinator::pipeline`) screens the updates ([`screen`]) and aggregates them ([`aggregate_rows`]: the
+//! rule, the anomaly scores, and the study's `ServerState` installing the next global model). Under FLTrust the
+//! server first trains its own update on the study's root data.
 
 use anyhow::{Context, Result};
 use pdc_client::attack::{Attack, BenignEstimate};
 use pdc_client::training::{LocalUpdate, train_round, train_round_attacked};
 use pdc_coordinator::aggregation::ServerState;
-use pdc_coordinator::aggregation::rule::{AggregationConfig, RoundInputs, aggregate_round};
+use pdc_coordinator::aggregation::rule::AggregationConfig;
 use pdc_coordinator::manifest::UpdateChecks;
+use pdc_coordinator::pipeline::{aggregate_rows, screen};
 use pdc_models::{Task, evaluate, predict};
 
 use crate::datasets::{Study, Trigger};
@@ -54,7 +55,7 @@ pub fn run_study(
         attacks[hospital] = attack.attack(&study.config, n, n_attackers, study.seed, hospital);
     }
     let ids: Vec<String> = (0..n).map(hospital_id).collect();
-    let max_update_norm = UpdateChecks::default().max_update_norm;
+    let checks = UpdateChecks::default();
     let mut global = study.initial.clone();
     let mut state = ServerState::new(config, global.len())?;
     let mut flags = FlagTally::default();
@@ -86,8 +87,7 @@ pub fn run_study(
         let mut is_attacker: Vec<bool> = Vec::with_capacity(n);
         for (hospital, update) in updates.iter().enumerate() {
             let Some(update) = update else { continue };
-            let finite = update.delta.iter().all(|value| value.is_finite());
-            if !finite || l2_norm(&update.delta) > max_update_norm || update.n_examples == 0 {
+            if screen(&update.delta, update.n_examples, &checks).is_err() {
                 flags.record_rejected(attacks[hospital].is_some());
                 continue;
             }
@@ -112,18 +112,14 @@ pub fn run_study(
         } else {
             None
         };
-        // As the coordinator does: the anomaly scores compare updates at a common number of local steps.
-        let inputs = RoundInputs {
-            local_batch_size: Some(study.terms.training.batch_size),
-            ..state.round_inputs(server_update.as_deref())
-        };
-        match aggregate_round(config, &rows, &inputs) {
-            Ok(aggregate) => {
+        let batch_size = study.terms.training.batch_size;
+        match aggregate_rows(config, &rows, &mut state, &global, server_update.as_deref(), batch_size) {
+            Ok(outcome) => {
                 // `rows` are already in id order, which is the order of the scores.
-                for ((_, score), &attacker) in aggregate.scores.iter().zip(&is_attacker) {
+                for ((_, score), &attacker) in outcome.scores.iter().zip(&is_attacker) {
                     flags.record_score(attacker, score);
                 }
-                global = state.apply(&global, &aggregate.delta)?;
+                global = outcome.model;
             }
             Err(error) => {
                 stopped = Some((round, error.to_string()));
@@ -170,10 +166,6 @@ pub fn share_classified_as(logits: &[f32], target: f32) -> f64 {
     }
     let hits = logits.iter().filter(|&&logit| if logit >= 0.0 { 1.0 } else { 0.0 } == target).count();
     hits as f64 / logits.len() as f64
-}
-
-fn l2_norm(values: &[f32]) -> f64 {
-    values.iter().map(|&value| f64::from(value) * f64::from(value)).sum::<f64>().sqrt()
 }
 
 #[cfg(test)]
