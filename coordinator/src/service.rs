@@ -1045,12 +1045,17 @@ impl Coordinator {
                 }
                 return;
             }
-            let now = coordinator.now_ms();
-            let mut state = coordinator.lock();
-            let state = &mut *state;
-            let Some(study) = state.studies.get_mut(&study_id) else { return };
-            let actions = study.machine.handle(now, Event::Aggregated { round }).unwrap_or_default();
-            coordinator.execute(&mut state.pdcs, study, now, actions);
+            {
+                let now = coordinator.now_ms();
+                let mut state = coordinator.lock();
+                let state = &mut *state;
+                let Some(study) = state.studies.get_mut(&study_id) else { return };
+                let actions = study.machine.handle(now, Event::Aggregated { round }).unwrap_or_default();
+                coordinator.execute(&mut state.pdcs, study, now, actions);
+            }
+            // The next round opens now, not at the driver's next tick: its tasks reach the connected hospitals as
+            // soon as the previous round is sealed (a push, whatever `tick_interval` is).
+            coordinator.tick();
         };
         tokio::spawn(tracing::Instrument::instrument(task, span));
     }

@@ -10,6 +10,7 @@ mod ledger;
 mod observability;
 mod privacy;
 mod processes;
+mod push;
 mod replay;
 mod resume;
 mod retry;
