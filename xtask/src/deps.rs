@@ -34,7 +34,7 @@ pub const RULES: &[(&str, Rule)] = &[
 
 /// Runs `cargo metadata`, checks [`RULES`] against the resolved graph and prints every violation.
 ///
-/// Returns whether the workspace keeps to the rules.
+/// Then checks the source-level invariants ([`crate::invariants`]). Returns whether the workspace keeps to both.
 pub fn check(shell: &Shell) -> Result<bool> {
     eprintln!("xtask: checking dependency directions (DESIGN.md §2)");
     // Without `--no-deps`: only the full metadata carries the resolved graph. It is filtered to the host, the
@@ -59,7 +59,9 @@ pub fn check(shell: &Shell) -> Result<bool> {
     } else {
         eprintln!("xtask: {} dependency-direction violation(s); see DESIGN.md §2", violations.len());
     }
-    Ok(violations.is_empty())
+    // The finer, source-level invariants of ARCHITECTURE.md (a file, not a crate, is their unit).
+    let sources_ok = crate::invariants::check(shell.root())?;
+    Ok(violations.is_empty() && sources_ok)
 }
 
 /// The target triple rustc builds for by default, from `rustc -vV`.

@@ -1,6 +1,7 @@
 //! `cargo xtask`: pdc's build tasks (demo, test, ci, bench, deps), so a fresh machine needs only a Rust toolchain.
 
 mod deps;
+mod invariants;
 mod prerequisites;
 mod shell;
 
@@ -31,7 +32,9 @@ Commands:
   bench large-model [ARGS...] one FedAvg round of a 100M-parameter model, ten hospitals, the real coordinator
                               under /usr/bin/time -v (installed when missing): peak RSS and MB/s both ways;
                               --parameters N, --hospitals N, --compression none|zstd, --test (a small round)
-  deps                        check only that no crate depends on what DESIGN.md §2 forbids
+  deps                        check only that no crate depends on what DESIGN.md §2 forbids, and the
+                              source-level invariants of ARCHITECTURE.md (RocksDB behind the stores, pb:: at
+                              the edges, no I/O or clock in the coordinator's pure cores)
   help                        print this text
 
 Cargo builds into $CARGO_TARGET_DIR, or into $HOME/.cache/pdc-target when it is unset, so the build cache
