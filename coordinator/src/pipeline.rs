@@ -8,10 +8,10 @@
 //! central DP release, the model, the entries) is returned for the caller to store and record.
 //!
 //! - [`screen`]: the checks an update passes before it may be aggregated.
-//! - [`aggregate`] / [`aggregate_rows`] / [`central_aggregate`]: the round's new model under the manifest's rule,
+//! - `aggregate` / [`aggregate_rows`] / `central_aggregate`: the round's new model under the manifest's rule,
 //!   server optimiser and anomaly check, or DP-FedAvg.
-//! - [`value_contributions`]: Shapley utilities and the reward split ([`crate::rewards`]).
-//! - [`aggregation_entries`] / [`reward_entries`]: the ledger entries that record the round, in order.
+//! - `value_contributions`: Shapley utilities and the reward split ([`crate::rewards`]).
+//! - `aggregation_entries` / `reward_entries`: the ledger entries that record the round, in order.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -396,7 +396,7 @@ pub struct RuleOutcome {
 /// Aggregates a round's updates, held in memory as `(pdc_id, weight, delta)` rows in PDC order, under `config`'s
 /// rule and anomaly check, and steps the study's server state from `global`. The coordinator, `pdc audit replay`
 /// and the robustness harness all aggregate through here; only plain FedAvg, which the coordinator streams from
-/// the archive instead ([`aggregate`]), takes another path, with the same sums in the same order.
+/// the archive instead (`aggregate`), takes another path, with the same sums in the same order.
 ///
 /// `server_update` is FLTrust's update on the root data; `local_batch_size` puts the anomaly scores on a common
 /// scale of local steps.
