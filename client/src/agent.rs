@@ -4,6 +4,13 @@
 //! An upload that breaks off is kept: when the task comes again after the reconnect, the agent asks the
 //! coordinator how much it acknowledged (`UploadStatus`), checks the acknowledged prefix's hash against its own
 //! bytes, and sends only the rest, without training again.
+//!
+//! The agent does not trust the coordinator. It remembers the manifest hash it signed for each study
+//! ([`ConsentStore`]) and acts on a task only when its study and manifest are those ([`consents`]); it enforces its
+//! own consent conditions and budget, charging the spend as training starts; it checks the sizes the coordinator
+//! claims against the consented model before allocating; what it reports when it does not deliver is a
+//! [`FailureCategory`], with the detail kept in its own log; and nothing the coordinator sends, however large or
+//! malformed, ends the process: only its own configuration, key or spend file can.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -19,9 +26,10 @@ use rand::Rng;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::config::Compression;
+use crate::consents::{self, ConsentRecord, ConsentStore, Refusal};
 use crate::spend::SpendStore;
 use crate::training::{self, LocalUpdate, StudyTerms};
-use crate::{Error, HospitalConfig, Result};
+use crate::{Error, FailureCategory, HospitalConfig, Result};
 
 type Client = FederationServiceClient<Channel>;
 
@@ -40,6 +48,8 @@ pub struct Agent {
     declined: BTreeSet<String>,
     /// The table's privacy spend, when the PDC declared a budget.
     spend: Option<SpendStore>,
+    /// What the PDC consented to: the manifest hash it signed per study, and the conditions.
+    consents: ConsentStore,
     /// The update whose upload broke off, until it is delivered or its round is over.
     pending: Option<PendingUpload>,
 }
@@ -90,6 +100,7 @@ pub async fn rotate_key(config: &HospitalConfig) -> Result<pdc_ledger::PublicKey
         tables: HashMap::new(),
         declined: BTreeSet::new(),
         spend: None,
+        consents: ConsentStore::open(&ConsentStore::path_for(&config.key_file))?,
         pending: None,
     };
     let mut client = agent.connect().await?;
@@ -118,7 +129,8 @@ impl Agent {
             }
             None => None,
         };
-        Ok(Self { config, identity, tables: HashMap::new(), declined: BTreeSet::new(), spend, pending: None })
+        let consents = ConsentStore::open(&ConsentStore::path_for(&config.key_file))?;
+        Ok(Self { config, identity, tables: HashMap::new(), declined: BTreeSet::new(), spend, consents, pending: None })
     }
 
     /// The PDC's id.
@@ -126,18 +138,22 @@ impl Agent {
         &self.config.pdc_id
     }
 
-    /// Runs until a refusal that retrying cannot fix (e.g. the id is registered with another key); reconnects
-    /// with exponential back-off and jitter whenever the coordinator is unreachable or the task stream ends.
+    /// Runs until the agent's own configuration, key or spend file fails it ([`Error::is_fatal`]); reconnects with
+    /// exponential back-off and jitter whenever the coordinator is unreachable, the task stream ends, or the
+    /// coordinator refuses a call or sends what the agent cannot read (an oversized or malformed response).
     pub async fn run(mut self) -> Result<()> {
         let retry = self.config.retry.clone();
         let mut delay = retry.initial_ms;
         loop {
             match self.session(&mut delay).await {
                 Ok(()) => tracing::info!(pdc = %self.config.pdc_id, "task stream ended; reconnecting"),
+                Err(error) if error.is_fatal() => return Err(error),
                 Err(error) if error.is_transient() => {
                     tracing::warn!(pdc = %self.config.pdc_id, %error, retry_in_ms = delay, "coordinator unavailable");
                 }
-                Err(error) => return Err(error),
+                Err(error) => {
+                    tracing::error!(pdc = %self.config.pdc_id, %error, retry_in_ms = delay, "session failed; retrying");
+                }
             }
             let jitter = rand::rng().random_range(0..=delay / 4);
             tokio::time::sleep(Duration::from_millis(delay + jitter)).await;
@@ -171,8 +187,12 @@ impl Agent {
         let request = self.signed("WaitTasks");
         let mut tasks = client.wait_tasks(request).await.map_err(|s| Error::refused("WaitTasks", s))?.into_inner();
         tracing::info!(pdc = %self.config.pdc_id, "waiting for tasks");
-        self.consent_pass(&mut client).await?;
-        let mut poll = tokio::time::interval(Duration::from_millis(self.config.retry.poll_ms));
+        let retry = self.config.retry.clone();
+        let mut poll = tokio::time::interval(Duration::from_millis(retry.poll_ms));
+        // A consent pass the coordinator answers with something unreadable (a study list above the message limit,
+        // say) is logged and tried again later, backing off, while the task stream goes on serving the studies
+        // already consented to.
+        let (mut pass_delay, mut next_pass) = (retry.poll_ms, tokio::time::Instant::now());
         loop {
             tokio::select! {
                 message = tasks.message() => match message {
@@ -180,7 +200,21 @@ impl Agent {
                     Ok(None) => return Ok(()),
                     Err(status) => return Err(Error::refused("WaitTasks", status)),
                 },
-                _ = poll.tick() => self.consent_pass(&mut client).await?,
+                _ = poll.tick() => {
+                    if tokio::time::Instant::now() < next_pass {
+                        continue;
+                    }
+                    match self.consent_pass(&mut client).await {
+                        Ok(()) => pass_delay = retry.poll_ms,
+                        Err(error) if error.is_transient() || error.is_fatal() => return Err(error),
+                        Err(error) => {
+                            tracing::error!(pdc = %self.config.pdc_id, %error, retry_in_ms = pass_delay,
+                                "consent pass failed");
+                            next_pass = tokio::time::Instant::now() + Duration::from_millis(pass_delay);
+                            pass_delay = (pass_delay * 2).min(retry.max_ms.max(retry.poll_ms));
+                        }
+                    }
+                }
             }
         }
     }
@@ -220,7 +254,10 @@ impl Agent {
         pb::SignedRequest { pdc_id: self.config.pdc_id.clone(), timestamp_ms, signature: signature.to_vec() }
     }
 
-    /// Consents to every listed study the policy allows and the local table can serve.
+    /// Consents to every listed study the policy allows and the local table can serve, and remembers the manifest
+    /// hash it signed. A study the coordinator lists as consented that this PDC has no record of (a consent given
+    /// before the PDC kept its consent file) is decided again from the listed text, and recorded only if the
+    /// policy would consent to it now.
     async fn consent_pass(&mut self, client: &mut Client) -> Result<()> {
         let listing = client
             .list_studies(self.signed("ListStudies"))
@@ -228,7 +265,7 @@ impl Agent {
             .map_err(|s| Error::refused("ListStudies", s))?
             .into_inner();
         for study in listing.studies {
-            if study.consented || self.declined.contains(&study.study_id) {
+            if self.declined.contains(&study.study_id) {
                 continue;
             }
             // The PDC signs the hash of the text it read, never a hash it was told.
@@ -237,50 +274,27 @@ impl Agent {
                 self.decline(&study.study_id, "the listed manifest hash does not match its text");
                 continue;
             }
-            let terms = match StudyTerms::parse(&study.manifest_toml) {
-                Ok(terms) => terms,
-                Err(error) => {
-                    self.decline(&study.study_id, &format!("unreadable manifest: {error}"));
+            if let Some(record) = self.consents.get(&study.study_id) {
+                if record.manifest_hash != manifest_hash {
+                    // The consent stands for the text signed; tasks carrying this one will be refused.
+                    self.decline(&study.study_id, "the listed manifest is not the one this PDC consented to");
                     continue;
                 }
-            };
-            match (&terms.privacy, &self.spend) {
-                (Some(_), None) => {
-                    self.decline(&study.study_id, "the study trains with local DP and this PDC declared no budget");
+                if study.consented {
                     continue;
                 }
-                (None, Some(_)) => {
-                    self.decline(
-                        &study.study_id,
-                        "this PDC's table has a privacy budget; it joins only local-DP studies",
-                    );
-                    continue;
-                }
-                _ => {}
             }
-            let model_kind = match &terms.model {
-                pdc_models::ModelKind::LogisticRegression => "logistic_regression",
-                pdc_models::ModelKind::Mlp { .. } => "mlp",
-            };
-            let offer = crate::config::StudyOffer {
-                name: &terms.name,
-                model_kind,
-                target_epsilon: terms.privacy.as_ref().and_then(|privacy| privacy.target_epsilon),
-                local_dp: terms.privacy.is_some(),
-                manifest_hash,
-                researcher: (!study.researcher_id.is_empty())
-                    .then_some((study.researcher_id.as_str(), study.manifest_signature.as_slice())),
-            };
-            let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
-            let conditions = match self.config.consent.decide(&offer, now_ms) {
+            let conditions = match self.evaluate(&study, manifest_hash) {
                 Ok(conditions) => conditions,
                 Err(reason) => {
                     self.decline(&study.study_id, &reason);
                     continue;
                 }
             };
-            if let Err(error) = self.table(&study.study_id, &terms) {
-                self.decline(&study.study_id, &format!("local data does not fit: {error}"));
+            let record = ConsentRecord { manifest_hash, conditions: conditions.unwrap_or_default() };
+            if study.consented {
+                self.consents.record(&study.study_id, record)?;
+                tracing::info!(pdc = %self.config.pdc_id, study = %study.study_id, "consent recovered from the listing");
                 continue;
             }
             let message = match &conditions {
@@ -297,10 +311,39 @@ impl Agent {
                     expires_at_ms: c.expires_at_ms,
                 }),
             };
+            // On disk before the signature leaves: a task for this study is checked against it from now on.
+            self.consents.record(&study.study_id, record)?;
             client.consent(request).await.map_err(|s| Error::refused("Consent", s))?;
             tracing::info!(pdc = %self.config.pdc_id, study = %study.study_id, "consented");
         }
         Ok(())
+    }
+
+    /// Whether this PDC consents to `study` (whose text hashes to `manifest_hash`), and with which conditions; an
+    /// error says why not, for the local log.
+    fn evaluate(
+        &mut self,
+        study: &pb::StudyListing,
+        manifest_hash: pdc_ledger::Hash,
+    ) -> std::result::Result<Option<signing::ConsentConditions>, String> {
+        let terms = StudyTerms::parse(&study.manifest_toml).map_err(|e| format!("unreadable manifest: {e}"))?;
+        let model_kind = match &terms.model {
+            pdc_models::ModelKind::LogisticRegression => "logistic_regression",
+            pdc_models::ModelKind::Mlp { .. } => "mlp",
+        };
+        let offer = crate::config::StudyOffer {
+            name: &terms.name,
+            model_kind,
+            target_epsilon: terms.privacy.as_ref().and_then(|privacy| privacy.target_epsilon),
+            local_dp: terms.privacy.is_some(),
+            budget_declared: self.spend.is_some(),
+            manifest_hash,
+            researcher: (!study.researcher_id.is_empty())
+                .then_some((study.researcher_id.as_str(), study.manifest_signature.as_slice())),
+        };
+        let conditions = self.config.consent.decide(&offer, now_ms())?;
+        self.table(&study.study_id, &terms).map_err(|error| format!("local data does not fit: {error}"))?;
+        Ok(conditions)
     }
 
     fn decline(&mut self, study_id: &str, reason: &str) {
@@ -308,9 +351,18 @@ impl Agent {
         self.declined.insert(study_id.to_owned());
     }
 
+    /// The local table in `terms`' schema, loaded once per study: only the columns the study names are parsed,
+    /// and a binary task's labels must be 0 or 1. Any failure is a [`FailureCategory::LocalData`] refusal whose
+    /// detail (it may name a line, a column or a cell) stays in the local log.
     fn table(&mut self, study_id: &str, terms: &StudyTerms) -> Result<&Dataset> {
         if !self.tables.contains_key(study_id) {
-            let table = pdc_models::load_csv(&self.config.data, &terms.schema())?;
+            let local = |error: pdc_models::Error| {
+                Refusal::new(FailureCategory::LocalData, error.to_string()).into_error(study_id, 0)
+            };
+            let table = pdc_models::load_csv(&self.config.data, &terms.schema()).map_err(local)?;
+            if terms.data.task == pdc_models::Task::BinaryClassification {
+                table.check_binary_labels().map_err(local)?;
+            }
             self.tables.insert(study_id.to_owned(), table);
         }
         Ok(&self.tables[study_id])
@@ -342,22 +394,40 @@ impl Agent {
             Err(error) if error.is_transient() => Err(error),
             Err(error) => {
                 tracing::warn!(pdc = %self.config.pdc_id, study = %study_id, round, %error, "task failed");
-                let kind = match error {
-                    Error::BudgetExhausted { .. } => pb::FailureKind::BudgetExhausted,
-                    _ => pb::FailureKind::Unspecified,
-                };
-                let report = pb::FailureReport {
-                    study_id,
-                    round,
-                    reason: error.to_string(),
-                    auth: Some(self.signed("ReportFailure")),
-                    kind: kind as i32,
-                };
-                if let Err(status) = client.report_failure(report).await {
-                    tracing::warn!(pdc = %self.config.pdc_id, %status, "failure report refused");
-                }
+                self.report_failure(client, study_id, round, &error).await;
                 Ok(())
             }
+        }
+    }
+
+    /// Tells the coordinator that this PDC will not deliver for `scope`'s `round` (0: a statistics query) because
+    /// of `error`, as its fixed category: the error's text, which may quote the local table, stays in the log.
+    async fn report_failure(&self, client: &mut Client, scope: String, round: u32, error: &Error) {
+        let category = error.category();
+        let (kind, reason) = match (error, &self.spend) {
+            // A policy decline's detail is made of the hospital's own settings and the query alone (no feasibility
+            // queries, a per-query cap), so the researcher may learn why.
+            (Error::Declined { detail, .. }, _) => (pb::FailureKind::Unspecified, format!("{category}: {detail}")),
+            // The declared budget is on the ledger already; the round's figures, which depend on the table's
+            // size, are not repeated.
+            (Error::BudgetExhausted { .. }, Some(spend)) => (
+                pb::FailureKind::BudgetExhausted,
+                format!(
+                    "{category}: the release would take the table beyond its budget of {}",
+                    spend.limit().epsilon()
+                ),
+            ),
+            _ => (pb::FailureKind::Unspecified, category.as_str().to_owned()),
+        };
+        let report = pb::FailureReport {
+            study_id: scope,
+            round,
+            reason,
+            auth: Some(self.signed("ReportFailure")),
+            kind: kind as i32,
+        };
+        if let Err(status) = client.report_failure(report).await {
+            tracing::warn!(pdc = %self.config.pdc_id, %status, "failure report refused");
         }
     }
 
@@ -386,20 +456,7 @@ impl Agent {
             Err(error) => error,
         };
         tracing::info!(pdc = %self.config.pdc_id, %scope, reason = %failure, "statistics query declined");
-        let kind = match failure {
-            Error::BudgetExhausted { .. } => pb::FailureKind::BudgetExhausted,
-            _ => pb::FailureKind::Unspecified,
-        };
-        let report = pb::FailureReport {
-            study_id: scope,
-            round: 0,
-            reason: failure.to_string(),
-            auth: Some(self.signed("ReportFailure")),
-            kind: kind as i32,
-        };
-        if let Err(status) = client.report_failure(report).await {
-            tracing::warn!(pdc = %self.config.pdc_id, %status, "decline refused");
-        }
+        self.report_failure(client, scope, 0, &failure).await;
         Ok(())
     }
 
@@ -427,8 +484,16 @@ impl Agent {
         // What to release, decided and checked before anything is spent.
         let data = match kind {
             StatisticKind::FeatureSummary => {
-                let terms =
-                    StudyTerms::parse(&task.manifest_toml).map_err(|e| bad(format!("unreadable manifest: {e}")))?;
+                // A study's statistics are released only for a study this PDC consented to, under the manifest
+                // it signed, and within the consent's ε.
+                let record = self.consents.get(&scope).copied();
+                let terms = consents::check_manifest(record.as_ref(), &task.manifest_toml)
+                    .map_err(|refusal| refusal.into_error(&scope, 0))?;
+                let record = record.expect("check_manifest refuses a study without consent");
+                let with_release =
+                    spend.study_epsilon(&scope, (1.0, noise_multiplier, 1), spend.limit().delta(), false)?;
+                consents::check_epsilon(&record.conditions, with_release, None, None)
+                    .map_err(|refusal| refusal.into_error(&scope, 0))?;
                 let settings = terms
                     .federated_standardization
                     .as_ref()
@@ -465,8 +530,14 @@ impl Agent {
                         "the query would cost ε = {cost:.4}, above this hospital's cap of {cap} per query"
                     )));
                 }
-                let labels = self.labels(&query.label).map_err(|e| declined(e.to_string()))?;
-                QueryData::Labels(labels)
+                // Only the label column is read, and it must be binary, before anything is spent.
+                let refuse = |detail: String| Refusal::new(FailureCategory::LocalData, detail).into_error(&scope, 0);
+                let labels = pdc_models::Dataset::load_column(&self.config.data, &query.label)
+                    .map_err(|e| refuse(e.to_string()))?;
+                if let Some(row) = labels.iter().position(|&y| y != 0.0 && y != 1.0) {
+                    return Err(refuse(format!("the label column's row {row} is neither 0 nor 1")));
+                }
+                QueryData::Labels(labels.iter().map(|&y| f64::from(y)).collect())
             }
         };
         let spend = self.spend.as_mut().expect("checked above");
@@ -511,92 +582,136 @@ impl Agent {
         })
     }
 
-    /// The local table's `label` column, read with every other column as a feature.
-    fn labels(&self, label: &str) -> Result<Vec<f64>> {
-        let source = |detail: String| Error::Config { path: self.config.data.clone(), detail };
-        let text = std::fs::read_to_string(&self.config.data).map_err(|e| source(e.to_string()))?;
-        let header = text.lines().next().unwrap_or("");
-        let columns: Vec<String> = header.split(',').map(|c| c.trim().trim_matches('"').to_owned()).collect();
-        if !columns.iter().any(|c| c == label) {
-            return Err(source(format!("the table has no column `{label}`")));
-        }
-        let features = columns.into_iter().filter(|c| c != label).collect();
-        let schema = pdc_models::Schema { features, label: label.to_owned() };
-        let table = pdc_models::parse_csv(&text, &self.config.data.display().to_string(), &schema)?;
-        Ok(table.labels.iter().map(|&y| f64::from(y)).collect())
-    }
-
+    /// Trains for `task`, after checking it against what this PDC consented to: the study and its manifest, the
+    /// round, the sizes the coordinator claims, the local table, and (under local DP) the budget and the study's
+    /// ε. The spend is charged as training starts, so a DP-SGD run that aborts is paid for.
     async fn train_task(&mut self, client: &mut Client, task: &pb::Task) -> Result<Trained> {
-        let bad = |detail: String| Error::BadTask { study_id: task.study_id.clone(), round: task.round, detail };
-        let terms = StudyTerms::parse(&task.manifest_toml).map_err(|e| bad(format!("unreadable manifest: {e}")))?;
+        let (study_id, round) = (task.study_id.as_str(), task.round);
+        let refuse = |refusal: Refusal| refusal.into_error(study_id, round);
+        let record = self.consents.get(study_id).copied();
+        let terms = consents::check_manifest(record.as_ref(), &task.manifest_toml).map_err(refuse)?;
+        let record = record.expect("check_manifest refuses a study without consent");
+        consents::check_round(&record, &terms, round, now_ms()).map_err(refuse)?;
+        if terms.privacy.is_none() && self.spend.is_some() && !self.config.consent.allow_non_private {
+            // The policy changed since the consent: DP fails closed.
+            return Err(refuse(Refusal::new(
+                FailureCategory::OutsideConsent,
+                "the study trains without local DP and this PDC's policy no longer allows it",
+            )));
+        }
+        // Sizes the coordinator claims are the consented model's, before anything is allocated for them.
+        let n_parameters = terms.model_spec().layout().n_parameters() as u64;
+        if task.n_parameters != n_parameters {
+            return Err(refuse(Refusal::new(
+                FailureCategory::InvalidTask,
+                format!("the task claims {} parameters; the consented model has {n_parameters}", task.n_parameters),
+            )));
+        }
         let standardizer = training::standardizer(
-            &task.study_id,
-            task.round,
+            study_id,
+            round,
             terms.data.features.len(),
             task.feature_mean.clone(),
             task.feature_std.clone(),
         )?;
-        let table = self.table(&task.study_id, &terms)?.clone();
+        let table = self.table(study_id, &terms)?.clone();
         let Some(dp) = training::dp_config(&terms, table.n_rows())? else {
-            let global = self.download(client, task).await?;
+            let global = self.download(client, task, n_parameters).await?;
             let (seed, attack) = (task.training_seed, self.config.attack.clone());
-            let update = tokio::task::spawn_blocking(move || match attack {
+            let central = terms.central_privacy.is_some();
+            let mut update = tokio::task::spawn_blocking(move || match attack {
                 Some(attack) => {
                     training::train_round_attacked(&terms, &global, &table, &standardizer, seed, &attack, None)
                 }
                 None => training::train_round(&terms, &global, &table, &standardizer, seed),
             })
             .await
-            .map_err(|e| bad(format!("training panicked: {e}")))??;
+            .map_err(|e| Error::BadTask {
+                study_id: study_id.to_owned(),
+                round,
+                detail: format!("training panicked: {e}"),
+            })??;
+            if central {
+                // The ledger is read by every auditor, and the exact loss on this table is outside the study's
+                // central ε: the coordinator refuses an update that carries one.
+                update.train_loss = 0.0;
+            }
             return Ok(Trained { update, privacy: None });
         };
         if self.config.attack.is_some() {
             return Err(Error::Attack("attack simulation runs only in studies without local DP".into()));
         }
-        let spend = self
-            .spend
-            .as_ref()
-            .ok_or_else(|| bad("the study trains with local DP and this PDC declared no budget".into()))?;
-        let (sampling_rate, steps) = (dp.sampling_rate(table.n_rows()), dp.steps(table.n_rows()));
-        // Refuse before downloading anything: the round would take the table past its budget.
-        if let Err(unaffordable) = spend.plan(sampling_rate, dp.noise_multiplier, steps)? {
+        let Some(spend) = self.spend.as_ref() else {
+            return Err(refuse(Refusal::new(
+                FailureCategory::OutsideConsent,
+                "the study trains with local DP and this PDC declared no budget",
+            )));
+        };
+        let privacy = terms.privacy.as_ref().expect("a DP configuration comes from [privacy]");
+        let release = (dp.sampling_rate(table.n_rows()), dp.noise_multiplier, dp.steps(table.n_rows()));
+        // Refuse before downloading anything: the round would take the table past its budget, or the study past
+        // the consent's ε or its own target.
+        if let Err(unaffordable) = spend.plan(release.0, release.1, release.2)? {
             return Err(Error::BudgetExhausted {
-                study_id: task.study_id.clone(),
-                round: task.round,
+                study_id: study_id.to_owned(),
+                round,
                 detail: unaffordable.to_string(),
             });
         }
-        let global = self.download(client, task).await?;
-        let private = tokio::task::spawn_blocking(move || {
+        let with_release = spend.study_epsilon(study_id, release, spend.limit().delta(), false)?;
+        let training = spend.study_epsilon(study_id, release, privacy.delta, true)?;
+        consents::check_epsilon(&record.conditions, with_release, privacy.target_epsilon, Some(training))
+            .map_err(refuse)?;
+        let global = self.download(client, task, n_parameters).await?;
+        // Charged as training starts, on disk before it: a run that aborts (divergence, a non-finite gradient)
+        // has touched the rows, and is paid for.
+        let spend = self.spend.as_mut().expect("checked above");
+        let epsilon = spend.commit(study_id, round, release.0, release.1, release.2)?;
+        let (delta, dataset) = (spend.limit().delta(), spend.dataset().to_owned());
+        let trained = tokio::task::spawn_blocking(move || {
             training::train_round_private(&terms, &global, &table, &standardizer, &dp)
         })
         .await
-        .map_err(|e| bad(format!("training panicked: {e}")))??;
-        // The spend is on disk before the update can leave the PDC.
-        let spend = self.spend.as_mut().expect("checked above");
-        let epsilon = spend.commit(
-            &task.study_id,
-            task.round,
-            private.sampling_rate,
-            private.config.noise_multiplier,
-            private.steps,
-        )?;
-        tracing::info!(pdc = %self.config.pdc_id, study = %task.study_id, round = task.round, epsilon,
+        .map_err(|e| Error::BadTask {
+            study_id: study_id.to_owned(),
+            round,
+            detail: format!("training panicked: {e}"),
+        })?;
+        let private = match trained {
+            Ok(private) => private,
+            Err(error) => {
+                tracing::warn!(pdc = %self.config.pdc_id, study = %study_id, round, epsilon, %error,
+                    "DP-SGD aborted; its spend stands");
+                return Err(error);
+            }
+        };
+        if (private.sampling_rate, private.config.noise_multiplier, private.steps) != release {
+            return Err(Error::Spend {
+                path: self.config.privacy.as_ref().and_then(|p| p.spend_file.clone()).unwrap_or_default(),
+                detail: format!(
+                    "training ran (q, σ, steps) = ({}, {}, {}), not the charged {release:?}",
+                    private.sampling_rate, private.config.noise_multiplier, private.steps
+                ),
+            });
+        }
+        tracing::info!(pdc = %self.config.pdc_id, study = %study_id, round, epsilon, study_epsilon = with_release,
             noise_multiplier = private.config.noise_multiplier, steps = private.steps,
             local_loss = private.local_loss, "trained with DP-SGD");
         let claim = PrivacyClaim {
-            dataset: spend.dataset().to_owned(),
+            dataset,
             noise_multiplier: private.config.noise_multiplier,
             sampling_rate: private.sampling_rate,
             steps: private.steps,
             clip_norm: private.config.clip_norm,
             epsilon,
-            delta: spend.limit().delta(),
+            delta,
         };
         Ok(Trained { update: private.update, privacy: Some(claim) })
     }
 
-    async fn download(&self, client: &mut Client, task: &pb::Task) -> Result<Vec<f32>> {
+    /// Downloads the task's model: `n_parameters` values (the consented model's, which the task was checked to
+    /// claim) whose hash is the task's, refused chunk by chunk as soon as a chunk does not fit.
+    async fn download(&self, client: &mut Client, task: &pb::Task, n_parameters: u64) -> Result<Vec<f32>> {
         let bad = |detail: String| Error::BadTask { study_id: task.study_id.clone(), round: task.round, detail };
         let request = pb::ModelRequest {
             study_id: task.study_id.clone(),
@@ -613,7 +728,7 @@ impl Agent {
             Some(pb::ModelPart { part: Some(pb::model_part::Part::Header(header)) }) => header,
             _ => return Err(bad("the model stream does not start with a header".into())),
         };
-        if header.n_parameters != task.n_parameters || header.model_hash != task.model_hash {
+        if header.n_parameters != n_parameters || header.model_hash != task.model_hash {
             return Err(bad("the model offered is not the one the task names".into()));
         }
         let compression = pb::Compression::try_from(header.compression)
@@ -629,6 +744,14 @@ impl Agent {
             let Some(pb::model_part::Part::Chunk(chunk)) = part.part else {
                 return Err(bad("a model stream has one header, then only chunks".into()));
             };
+            // A raw chunk is at most 1 MiB; a zstd frame is bounded by the message limit and decompresses into at
+            // most a chunk, below.
+            if compression == pb::Compression::None && chunk.data.len() > MAX_CHUNK_BYTES {
+                return Err(bad(format!(
+                    "a model chunk of {} bytes is above the {MAX_CHUNK_BYTES} allowed",
+                    chunk.data.len()
+                )));
+            }
             let data = match compression {
                 pb::Compression::None => chunk.data.as_slice(),
                 pb::Compression::Zstd => {
@@ -800,6 +923,11 @@ impl Agent {
         });
         futures::stream::iter(std::iter::once(header).chain(chunks))
     }
+}
+
+/// The wall clock in Unix milliseconds (0 before 1970), for consent expiry.
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 /// The header of a fresh upload of `contribution`, with the PDC's `signature` over its signing bytes, its chunks

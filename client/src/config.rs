@@ -112,6 +112,12 @@ pub struct ConsentPolicy {
     /// The consent lapses this many hours after it is given (its expiry).
     #[serde(default)]
     pub expires_after_hours: Option<u64>,
+    /// Whether a PDC that declares a privacy budget (`[privacy]`) joins studies that train without local DP. Off by
+    /// default: such a PDC joins only local-DP studies, so that a study without `[privacy]` (or a coordinator that
+    /// strips it) never gets an update that is not private. Set it only for a table whose rows need no DP for
+    /// some studies; those studies then train without spending the budget.
+    #[serde(default)]
+    pub allow_non_private: bool,
     /// Only studies whose manifest is signed by one of these researchers: id = Ed25519 public key (64 hex
     /// digits), as the consortium file lists them. Empty means any researcher (or none).
     #[serde(default)]
@@ -129,6 +135,8 @@ pub struct StudyOffer<'a> {
     pub target_epsilon: Option<f64>,
     /// Whether the study trains with local DP.
     pub local_dp: bool,
+    /// Whether this PDC declared a privacy budget for its table (a `[privacy]` table in its config).
+    pub budget_declared: bool,
     /// The SHA3-256 of the manifest text the PDC read.
     pub manifest_hash: pdc_ledger::Hash,
     /// The researcher the listing names, and its signature over the manifest.
@@ -148,6 +156,17 @@ impl ConsentPolicy {
         }
         if !self.model_kinds.is_empty() && !self.model_kinds.iter().any(|kind| kind == offer.model_kind) {
             return Err(format!("model kind {} is not among the policy's {:?}", offer.model_kind, self.model_kinds));
+        }
+        // DP fails closed: a table with a budget joins a study without local DP only when the policy says so, and
+        // a local-DP study needs a budget to charge.
+        match (offer.local_dp, offer.budget_declared) {
+            (true, false) => return Err("the study trains with local DP and this PDC declared no budget".into()),
+            (false, true) if !self.allow_non_private => {
+                return Err("this PDC's table has a privacy budget; it joins only local-DP studies \
+                            (consent.allow_non_private is not set)"
+                    .into());
+            }
+            _ => {}
         }
         if let Some(cap) = self.max_epsilon {
             match (offer.local_dp, offer.target_epsilon) {
@@ -408,6 +427,7 @@ mod tests {
             model_kind: "mlp",
             target_epsilon: Some(2.0),
             local_dp: true,
+            budget_declared: true,
             manifest_hash: hash,
             researcher: Some(("alice", &signature[..])),
         };
@@ -430,7 +450,8 @@ mod tests {
         assert!(declined(StudyOffer { model_kind: "logistic_regression", ..offer.clone() }).contains("model kind"));
         assert!(declined(StudyOffer { target_epsilon: Some(4.0), ..offer.clone() }).contains("above the policy's cap"));
         assert!(declined(StudyOffer { target_epsilon: None, ..offer.clone() }).contains("states no target ε"));
-        assert!(declined(StudyOffer { local_dp: false, ..offer.clone() }).contains("without local DP"));
+        let plain = StudyOffer { local_dp: false, budget_declared: false, ..offer.clone() };
+        assert!(declined(plain).contains("without local DP"));
         assert!(declined(StudyOffer { researcher: None, ..offer.clone() }).contains("signed by none"));
         let mallory = [0u8; 64];
         let forged = StudyOffer { researcher: Some(("alice", &mallory[..])), ..offer.clone() };
@@ -441,6 +462,32 @@ mod tests {
         assert!(declined(tampered).contains("does not verify"));
         let named = ConsentPolicy { studies: vec!["other".into()], ..ConsentPolicy::default() };
         assert!(named.decide(&offer, 0).unwrap_err().contains("not in this hospital's consent policy"));
+    }
+
+    #[test]
+    fn dp_fails_closed_unless_the_policy_allows_non_private_studies() {
+        let offer = StudyOffer {
+            name: "sepsis",
+            model_kind: "logistic_regression",
+            target_epsilon: None,
+            local_dp: false,
+            budget_declared: true,
+            manifest_hash: [1; 32],
+            researcher: None,
+        };
+        let strict = ConsentPolicy::default();
+        let reason = strict.decide(&offer, 0).unwrap_err();
+        assert!(reason.contains("joins only local-DP studies"), "{reason}");
+        let relaxed = ConsentPolicy { allow_non_private: true, ..ConsentPolicy::default() };
+        assert_eq!(relaxed.decide(&offer, 0), Ok(None));
+        // A cap on ε still asks for local DP: allowing non-private studies does not lift it.
+        let capped = ConsentPolicy { max_epsilon: Some(3.0), ..relaxed.clone() };
+        assert!(capped.decide(&offer, 0).unwrap_err().contains("without local DP"));
+        // Without a budget, a non-private study is joined and a private one is not.
+        let no_budget = StudyOffer { budget_declared: false, ..offer.clone() };
+        assert_eq!(strict.decide(&no_budget, 0), Ok(None));
+        let private = StudyOffer { local_dp: true, ..no_budget };
+        assert!(strict.decide(&private, 0).unwrap_err().contains("declared no budget"));
     }
 
     #[test]

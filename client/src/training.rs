@@ -31,6 +31,10 @@ pub struct StudyTerms {
     /// federatedly.
     #[serde(default)]
     pub federated_standardization: Option<pdc_models::FederatedStandardization>,
+    /// The coordinator's `[central_privacy]` table, when the study aggregates with central DP. The PDC needs
+    /// only to know that it does: its training loss is then not released (it reports 0).
+    #[serde(default)]
+    pub central_privacy: Option<toml::Table>,
 }
 
 /// The schema.
@@ -276,6 +280,7 @@ mod tests {
             training: TrainingTerms { rounds: 3, local_epochs: 2, batch_size, learning_rate: 0.5, proximal_mu },
             privacy: None,
             federated_standardization: None,
+            central_privacy: None,
         }
     }
 

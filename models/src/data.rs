@@ -193,6 +193,34 @@ pub fn parse_csv(text: &str, source_name: &str, schema: &Schema) -> Result<Datas
 /// Errors name `source_name`, the 1-based line (the header is line 1) and the column.
 pub fn read_csv(reader: impl Read, source_name: &str, schema: &Schema) -> Result<Dataset> {
     schema.validate()?;
+    let mut columns = schema.features.clone();
+    columns.push(schema.label.clone());
+    let values = read_columns(reader, source_name, &columns)?;
+    let n_features = schema.features.len();
+    let mut features = Vec::with_capacity(values.len() / columns.len() * n_features);
+    let mut labels = Vec::with_capacity(values.len() / columns.len());
+    for row in values.chunks_exact(columns.len()) {
+        features.extend_from_slice(&row[..n_features]);
+        labels.push(row[n_features]);
+    }
+    Dataset::from_parts(schema.features.clone(), features, labels)
+}
+
+impl Dataset {
+    /// Loads one column of a CSV file with a header line (a label column, say): its values in row order.
+    ///
+    /// Only that column is parsed, so no other cell of the table can make it fail or appear in its error. The
+    /// format and the errors are those of [`read_csv`].
+    pub fn load_column(path: &Path, column: &str) -> Result<Vec<f32>> {
+        let source_name = path.display().to_string();
+        let file = File::open(path).map_err(|source| Error::Io { source_name: source_name.clone(), source })?;
+        read_columns(file, &source_name, &[column.to_owned()])
+    }
+}
+
+/// The named columns' values, row-major: every field of those columns must be a finite number; no other field is
+/// parsed (only each row's field count is checked against the header).
+fn read_columns(reader: impl Read, source_name: &str, names: &[String]) -> Result<Vec<f32>> {
     let mut reader =
         csv::ReaderBuilder::new().has_headers(false).flexible(true).trim(csv::Trim::All).from_reader(reader);
     let mut records = reader.records();
@@ -212,10 +240,10 @@ pub fn read_csv(reader: impl Read, source_name: &str, schema: &Schema) -> Result
         }
     };
     let header_line = line_of(&header);
-    let columns = ColumnMap::new(&header, header_line, source_name, schema)?;
+    let columns = ColumnMap::new(&header, header_line, source_name, names)?;
 
-    let mut features = Vec::new();
-    let mut labels = Vec::new();
+    let mut values = Vec::new();
+    let mut n_rows = 0usize;
     for record in records {
         let record = record.map_err(csv_error)?;
         let line = line_of(&record);
@@ -227,26 +255,24 @@ pub fn read_csv(reader: impl Read, source_name: &str, schema: &Schema) -> Result
                 actual: record.len(),
             });
         }
-        let field = |index: usize, column: &str| parse_field(&record[index], source_name, line, column);
-        for (&index, name) in columns.features.iter().zip(&schema.features) {
-            features.push(field(index, name)?);
+        for (&index, name) in columns.indices.iter().zip(names) {
+            values.push(parse_field(&record[index], source_name, line, name)?);
         }
-        labels.push(field(columns.label, &schema.label)?);
+        n_rows += 1;
     }
-    if labels.is_empty() {
+    if n_rows == 0 {
         return Err(Error::NoRows { source_name: source_name.to_owned() });
     }
-    Dataset::from_parts(schema.features.clone(), features, labels)
+    Ok(values)
 }
 
-/// Where the schema's columns sit in the header.
+/// Where the named columns sit in the header.
 struct ColumnMap {
-    features: Vec<usize>,
-    label: usize,
+    indices: Vec<usize>,
 }
 
 impl ColumnMap {
-    fn new(header: &csv::StringRecord, line: u64, source_name: &str, schema: &Schema) -> Result<ColumnMap> {
+    fn new(header: &csv::StringRecord, line: u64, source_name: &str, names: &[String]) -> Result<ColumnMap> {
         let mut positions: HashMap<&str, Vec<usize>> = HashMap::new();
         for (index, name) in header.iter().enumerate() {
             // A UTF-8 byte-order mark, as spreadsheet exports write it, is not part of the name.
@@ -260,10 +286,7 @@ impl ColumnMap {
             }
             None => Err(Error::MissingColumn { source_name: source_name.to_owned(), line, column: column.to_owned() }),
         };
-        Ok(ColumnMap {
-            features: schema.features.iter().map(|name| find(name)).collect::<Result<_>>()?,
-            label: find(&schema.label)?,
-        })
+        Ok(ColumnMap { indices: names.iter().map(|name| find(name)).collect::<Result<_>>()? })
     }
 }
 
@@ -387,6 +410,22 @@ mod tests {
         assert!(parse_csv("a,b,y\n1,2,0\n", "t", &bad).unwrap_err().to_string().contains("`a` is listed twice"));
         bad.features = vec!["y".to_owned()];
         assert!(matches!(parse_csv("y\n1\n", "t", &bad), Err(Error::InvalidSchema { .. })));
+    }
+
+    #[test]
+    fn only_the_named_columns_are_parsed() {
+        // A note column with free text, and a cell that is no number in a column the schema does not name.
+        let text = "a,b,y,note,extra\n1,2,0,Jane Doe,x\n3,4,1,\"ward 3, bed 2\",\n";
+        let data = parse_csv(text, "t", &schema()).unwrap();
+        assert_eq!((data.features, data.labels), (vec![1.0, 2.0, 3.0, 4.0], vec![0.0, 1.0]));
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        write!(file, "{text}").unwrap();
+        assert_eq!(Dataset::load_column(file.path(), "y").unwrap(), vec![0.0, 1.0]);
+        assert_eq!(Dataset::load_column(file.path(), "b").unwrap(), vec![2.0, 4.0]);
+        let error = Dataset::load_column(file.path(), "note").unwrap_err();
+        assert!(matches!(&error, Error::NotNumeric { line: 2, .. }), "{error}");
+        let error = Dataset::load_column(file.path(), "absent").unwrap_err();
+        assert!(matches!(&error, Error::MissingColumn { .. }), "{error}");
     }
 
     #[test]

@@ -245,6 +245,7 @@ impl DatasetConfig {
             },
             privacy: None,
             federated_standardization: None,
+            central_privacy: None,
         };
         let initial = terms.model_spec().init_parameters(derive(seed, Purpose::InitialModel, 0));
         let attacker_order = crate::seeds::permutation(self.n_hospitals, derive(seed, Purpose::Attackers, 0));

@@ -1,6 +1,7 @@
 //! End-to-end tests of pdc: real gRPC over 127.0.0.1, in-process servers and separate processes of the built
 //! binary.
 
+mod adversary_agent;
 mod agent;
 mod bad_input;
 mod central;
