@@ -106,7 +106,11 @@ async fn run(options: Options) -> Result<()> {
     let dir = tempfile::tempdir()?;
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let config = dir.path().join("coordinator.toml");
-    std::fs::write(&config, format!("listen = \"127.0.0.1:{port}\"\ndata_dir = \"data\"\ntick_ms = 50\n"))?;
+    // Above the default `limits.max_parameters` (50M): the bench raises it for its own model.
+    std::fs::write(
+        &config,
+        format!("listen = \"127.0.0.1:{port}\"\ndata_dir = \"data\"\ntick_ms = 50\n[limits]\nmax_parameters = {n}\n"),
+    )?;
     let mut coordinator = Coordinator::start(&config, dir.path())?;
     let url = format!("http://127.0.0.1:{port}");
     let outcome = round(&options, &url, &hidden, n).await;

@@ -36,6 +36,10 @@ enum Command {
         /// The coordinator's config file (see examples/coordinator.toml).
         #[arg(long)]
         config: PathBuf,
+        /// Allow listening beyond loopback without a consortium file: anyone who can reach the port may then
+        /// register as a PDC, create studies and read the ledger (the config's `open = true`).
+        #[arg(long)]
+        open: bool,
     },
     /// Runs a hospital's PDC agent; `pdc hospital budget` shows its privacy spend.
     #[command(args_conflicts_with_subcommands = true)]
@@ -109,7 +113,7 @@ async fn main() -> anyhow::Result<()> {
     };
     init_logging(cli.log.as_deref().unwrap_or(default_filter), cli.log_format);
     match cli.command {
-        Command::Coordinator { config } => run_coordinator(config).await,
+        Command::Coordinator { config, open } => run_coordinator(config, open).await,
         Command::Hospital { command: Some(command), .. } => hospital::run(command).await,
         Command::Hospital { config: Some(config), command: None } => run_hospital(config).await,
         Command::Hospital { config: None, command: None } => {
@@ -124,8 +128,11 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
-async fn run_coordinator(config_path: PathBuf) -> anyhow::Result<()> {
-    let config = pdc_coordinator::config::ConfigFile::load(&config_path)?;
+async fn run_coordinator(config_path: PathBuf, open: bool) -> anyhow::Result<()> {
+    let config = pdc_coordinator::config::ConfigFile::load_with_open(&config_path, open)?;
+    if let Some(warning) = config.exposure_warning() {
+        tracing::warn!("{warning}");
+    }
     let tls = config.tls_settings()?;
     let coordinator = pdc_coordinator::Coordinator::new(config.coordinator_config()?)
         .with_context(|| format!("cannot open the data folder {}", config.data_dir.display()))?;

@@ -9,6 +9,7 @@ use serde::Deserialize;
 use pdc_ledger::PublicKey;
 
 use crate::ledger::{LedgerSettings, WitnessEndpoint};
+use crate::limits::Limits;
 use crate::tls::{ClientTls, TlsSettings};
 use crate::{CoordinatorConfig, Error, Result};
 
@@ -40,6 +41,14 @@ pub struct ConfigFile {
     /// Absent: any PDC may register and any client may use the StudyService and AuditService.
     #[serde(default)]
     pub consortium: Option<PathBuf>,
+    /// Without a consortium, allow `listen` on an address other than loopback: anyone who can reach the port may
+    /// then register as a PDC, create studies and read the ledger. Default false, so an open coordinator is never
+    /// exposed by accident (`pdc coordinator --open` sets it too).
+    #[serde(default)]
+    pub open: bool,
+    /// The caps on manifests and connections (see [`Limits`]); every key optional.
+    #[serde(default)]
+    pub limits: Limits,
 }
 
 /// `[tls]`: the coordinator's certificate and key, and the client certificates it trusts (mutual TLS).
@@ -112,12 +121,18 @@ fn default_max_round_attempts() -> u32 {
 impl ConfigFile {
     /// Reads and checks a config file.
     pub fn load(path: &Path) -> Result<Self> {
+        Self::load_with_open(path, false)
+    }
+
+    /// Reads and checks a config file, with [`ConfigFile::open`] set when `open` is (`pdc coordinator --open`).
+    pub fn load_with_open(path: &Path, open: bool) -> Result<Self> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| Error::InvalidArgument { field: "config", detail: format!("{}: {e}", path.display()) })?;
         let mut config: Self = toml::from_str(&text).map_err(|e| Error::InvalidArgument {
             field: "config",
             detail: format!("{}: {}", path.display(), e.message()),
         })?;
+        config.open |= open;
         if config.data_dir.is_relative() {
             let base = path.parent().unwrap_or(Path::new("."));
             config.data_dir = base.join(&config.data_dir);
@@ -150,10 +165,16 @@ impl ConfigFile {
             }
             config.tls_settings()?;
         }
-        config.ledger_settings()?.validate()?;
+        let ledger = config.ledger_settings()?;
+        ledger.validate()?;
+        // A config file must name a majority of its witnesses; settings built in code (tests that show what a
+        // minority risks) are not held to it.
+        ledger.check_majority_quorum()?;
         if config.max_round_attempts == 0 {
             return Err(Error::InvalidArgument { field: "max_round_attempts", detail: "must be at least 1".into() });
         }
+        config.limits.validate()?;
+        config.check_exposure()?;
         Ok(config)
     }
 
@@ -213,6 +234,36 @@ impl ConfigFile {
         TlsSettings::load_trusting(&tls.cert, &tls.key, &tls.client_certs, &members, tls.require_client_cert).map(Some)
     }
 
+    /// What an [`ConfigFile::open`] coordinator allows, to log when it starts: `None` unless it listens beyond
+    /// loopback without a consortium.
+    pub fn exposure_warning(&self) -> Option<String> {
+        (self.consortium.is_none() && !self.listen.ip().is_loopback()).then(|| {
+            format!(
+                "open coordinator on {} without a consortium file: anyone who can reach this port may register as \
+                 a PDC, create and start studies, and read the ledger",
+                self.listen
+            )
+        })
+    }
+
+    /// Refuses a coordinator without a consortium file on an address other than loopback unless it is
+    /// explicitly [`ConfigFile::open`]: without a consortium anyone who reaches the port may register and create
+    /// studies. [`ConfigFile::load`] calls it.
+    pub fn check_exposure(&self) -> Result<()> {
+        if self.open || self.exposure_warning().is_none() {
+            return Ok(());
+        }
+        Err(Error::InvalidArgument {
+            field: "listen",
+            detail: format!(
+                "{} is not a loopback address and there is no consortium file: anyone who can reach it could \
+                 register as a PDC and create studies. Name a consortium file (consortium = \"…\"), listen on \
+                 127.0.0.1, or allow it explicitly with open = true in the config or `pdc coordinator --open`",
+                self.listen
+            ),
+        })
+    }
+
     /// The runtime settings.
     pub fn coordinator_config(&self) -> Result<CoordinatorConfig> {
         Ok(CoordinatorConfig {
@@ -221,6 +272,80 @@ impl ConfigFile {
             max_round_attempts: self.max_round_attempts,
             ledger: self.ledger_settings()?,
             consortium: self.consortium.clone(),
+            limits: self.limits.clone(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<ConfigFile> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("coordinator.toml");
+        std::fs::write(&path, text).unwrap();
+        ConfigFile::load(&path)
+    }
+
+    #[test]
+    fn limits_default_and_reach_the_runtime_settings() {
+        let config = load("listen = \"127.0.0.1:0\"\ndata_dir = \"data\"\n").unwrap();
+        assert_eq!(config.limits, Limits::default());
+        let config = load(
+            "listen = \"127.0.0.1:0\"\ndata_dir = \"data\"\n[limits]\nmax_parameters = 200000000\n\
+             first_message_timeout_ms = 500\n",
+        )
+        .unwrap();
+        let runtime = config.coordinator_config().unwrap();
+        assert_eq!(runtime.limits.max_parameters, 200_000_000);
+        assert_eq!(runtime.limits.first_message_timeout(), Duration::from_millis(500));
+        assert_eq!(runtime.limits.max_layers, Limits::default().max_layers);
+
+        let error = load("listen = \"127.0.0.1:0\"\ndata_dir = \"data\"\n[limits]\nmax_layers = 0\n").unwrap_err();
+        assert_eq!(error.to_string(), "invalid limits.max_layers: must be at least 1");
+        let error = load("listen = \"127.0.0.1:0\"\ndata_dir = \"data\"\n[limits]\nmax_layer = 3\n").unwrap_err();
+        assert!(error.to_string().contains("unknown field `max_layer`"), "{error}");
+    }
+
+    /// Without a consortium anyone who reaches the port may register and create studies: beyond loopback that
+    /// takes an explicit `open`.
+    #[test]
+    fn a_coordinator_without_a_consortium_stays_on_loopback_unless_open() {
+        let error = load("listen = \"0.0.0.0:50051\"\ndata_dir = \"data\"\n").unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "invalid listen: 0.0.0.0:50051 is not a loopback address and there is no consortium file: anyone who \
+             can reach it could register as a PDC and create studies. Name a consortium file (consortium = \"…\"), \
+             listen on 127.0.0.1, or allow it explicitly with open = true in the config or `pdc coordinator --open`"
+        );
+        assert!(load("listen = \"[::]:50051\"\ndata_dir = \"data\"\n").is_err());
+        for loopback in ["127.0.0.1:0", "[::1]:0"] {
+            let config = load(&format!("listen = \"{loopback}\"\ndata_dir = \"data\"\n")).unwrap();
+            assert_eq!(config.exposure_warning(), None);
+        }
+        let open = load("listen = \"0.0.0.0:50051\"\ndata_dir = \"data\"\nopen = true\n").unwrap();
+        assert!(open.exposure_warning().unwrap().contains("anyone who can reach this port may register as a PDC"));
+
+        // `pdc coordinator --open` does what the config's `open = true` does.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("coordinator.toml");
+        std::fs::write(&path, "listen = \"0.0.0.0:50051\"\ndata_dir = \"data\"\n").unwrap();
+        assert!(ConfigFile::load_with_open(&path, true).unwrap().open);
+    }
+
+    /// The example's `[limits]` table lists every limit at its default, so it documents what a coordinator does
+    /// without one.
+    #[test]
+    fn the_example_lists_every_limit_at_its_default() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/coordinator.toml");
+        let config = ConfigFile::load(&path).unwrap();
+        assert_eq!(config.limits, Limits::default());
+        let text = std::fs::read_to_string(&path).unwrap();
+        let table: toml::Table = toml::from_str(&text).unwrap();
+        let listed = table["limits"].as_table().unwrap().len();
+        let fields = toml::Table::try_from(Limits::default()).unwrap().len();
+        assert_eq!(listed, fields, "examples/coordinator.toml's [limits] names every limit");
+        assert!(!config.open);
     }
 }

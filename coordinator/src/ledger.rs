@@ -102,6 +102,24 @@ impl LedgerSettings {
             .map_err(|e| Error::InvalidArgument { field: "ledger.origin", detail: e.to_string() })?;
         Ok(())
     }
+
+    /// Checks that the quorum is a majority of the witnesses, so that two disjoint sets of witnesses can never
+    /// both make a quorum, and a log cannot have two forks co-signed by honest-looking quorums. A quorum of 0 with
+    /// no witnesses stays allowed: a log trusted on its own signature (the demo's and the example's default).
+    pub fn check_majority_quorum(&self) -> Result<()> {
+        let witnesses = self.witnesses.len();
+        if witnesses > 0 && self.quorum * 2 <= witnesses {
+            return Err(Error::InvalidArgument {
+                field: "ledger.quorum",
+                detail: format!(
+                    "quorum {} is not a majority of the {witnesses} witnesses configured: it must be at least {}",
+                    self.quorum,
+                    witnesses / 2 + 1
+                ),
+            });
+        }
+        Ok(())
+    }
 }
 
 /// What an auditor needs to check this ledger: the log's name and key and its witnesses.
@@ -457,4 +475,38 @@ fn parse_note(size: u64, note: &[u8]) -> Result<SignedCheckpoint> {
 
 fn ledger_error(error: pdc_ledger::store::StoreError) -> Error {
     Error::Ledger(error.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(witnesses: usize, quorum: usize) -> LedgerSettings {
+        let witnesses = (0..witnesses)
+            .map(|i| WitnessEndpoint {
+                name: format!("w{i}"),
+                url: "http://127.0.0.1:9".into(),
+                public_key: Identity::from_seed([i as u8; 32]).public_key(),
+                tls: None,
+            })
+            .collect();
+        LedgerSettings { witnesses, quorum, ..LedgerSettings::default() }
+    }
+
+    #[test]
+    fn a_quorum_must_be_a_majority_of_the_witnesses_or_zero_of_none() {
+        for (witnesses, quorum) in [(0, 0), (1, 1), (2, 2), (3, 2), (4, 3), (5, 3)] {
+            assert!(settings(witnesses, quorum).check_majority_quorum().is_ok(), "{quorum} of {witnesses}");
+        }
+        for (witnesses, quorum, least) in [(1, 0, 1), (2, 1, 2), (3, 1, 2), (4, 2, 3), (5, 2, 3)] {
+            let error = settings(witnesses, quorum).check_majority_quorum().expect_err("a minority");
+            assert_eq!(
+                error.to_string(),
+                format!(
+                    "invalid ledger.quorum: quorum {quorum} is not a majority of the {witnesses} witnesses configured: \
+                     it must be at least {least}"
+                )
+            );
+        }
+    }
 }

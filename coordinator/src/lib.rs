@@ -13,6 +13,7 @@ pub mod consent;
 pub mod consortium;
 mod error;
 pub mod ledger;
+pub mod limits;
 pub mod manifest;
 pub mod metrics;
 pub mod pipeline;

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::aggregation::AggregationConfig;
 use crate::aggregation::rule::{OptimizerKind, RuleKind};
+use crate::limits::{Limits, grouped};
 use crate::rewards::ValuationSettings;
 use crate::{Error, Result};
 
@@ -187,8 +188,8 @@ fn default_max_update_norm() -> f64 {
     1.0e4
 }
 
-/// Rounds above this are refused: a study that long is a typo, not a plan.
-const MAX_ROUNDS: u32 = 100_000;
+/// Parameters the streaming FedAvg reads of each update at a time (the aggregator's 4 MiB piece).
+const AGGREGATION_PIECE: u64 = 1 << 20;
 
 impl Manifest {
     /// Parses manifest TOML, without checking it against data (see [`Manifest::resolve`]).
@@ -203,14 +204,15 @@ impl Manifest {
         if self.name.trim().is_empty() || self.name.len() > 128 {
             return invalid("name must be 1 to 128 characters".into());
         }
+        // How many layers, how wide and how many rounds are the coordinator's limits (`check_limits`).
         if let ModelKind::Mlp { hidden } = &self.model
-            && (hidden.is_empty() || hidden.iter().any(|&width| width == 0 || width > 4096))
+            && (hidden.is_empty() || hidden.contains(&0))
         {
-            return invalid("model.hidden must list 1 or more layer widths between 1 and 4096".into());
+            return invalid("model.hidden must list 1 or more layer widths of at least 1".into());
         }
         let training = &self.training;
-        if training.rounds == 0 || training.rounds > MAX_ROUNDS {
-            return invalid(format!("training.rounds must be between 1 and {MAX_ROUNDS}"));
+        if training.rounds == 0 {
+            return invalid("training.rounds must be at least 1".into());
         }
         if training.local_epochs == 0 || training.local_epochs > 10_000 {
             return invalid("training.local_epochs must be between 1 and 10000".into());
@@ -323,6 +325,136 @@ impl Manifest {
         Ok(self)
     }
 
+    /// Parses manifest text no longer than `limits.max_manifest_bytes` (checked before the text is parsed).
+    pub fn parse_within(text: &str, limits: &Limits) -> Result<Self> {
+        match size_exceeded(text, limits) {
+            Some(exceeded) => Err(exceeded.into()),
+            None => Self::parse(text),
+        }
+    }
+
+    /// Checks a resolved manifest, whose validation set has `validation_rows` rows, against a coordinator's
+    /// `limits`: everything that sets the memory or CPU the study takes of the coordinator, computed without
+    /// allocating anything of the model and with checked arithmetic, so no width overflows.
+    pub fn check_limits(&self, limits: &Limits, validation_rows: usize) -> Result<(), LimitExceeded> {
+        let exceeds = |limit, what: String, maximum: u64| Err(LimitExceeded::new(limit, what, maximum));
+        // What the model takes of memory first: it is what a manifest like `hidden = [4096; 2000]` is about.
+        let Some(parameters) = self.n_parameters() else {
+            return exceeds(
+                "max_parameters",
+                format!("the model has more than {} parameters", grouped(u64::MAX)),
+                limits.max_parameters,
+            );
+        };
+        if parameters > limits.max_parameters {
+            return exceeds(
+                "max_parameters",
+                format!("the model has {} parameters", grouped(parameters)),
+                limits.max_parameters,
+            );
+        }
+        let held = self.round_parameters(parameters);
+        if held.is_none_or(|held| held > limits.max_round_parameters) {
+            let held = held.map_or_else(|| format!("more than {}", grouped(u64::MAX)), grouped);
+            let how = if self.holds_round_in_memory() {
+                format!(
+                    "its rule, server optimiser, central DP or rewards hold every update of a round in memory \
+                     (participants.max = {} updates of {} parameters, the models and the server state)",
+                    grouped(self.participants.max as u64),
+                    grouped(parameters)
+                )
+            } else {
+                format!(
+                    "FedAvg streams the updates but holds two models and a 4 MiB piece of each of \
+                     participants.max = {} updates",
+                    grouped(self.participants.max as u64)
+                )
+            };
+            let what = format!("a round of this study holds {held} parameters at once: {how}");
+            return exceeds("max_round_parameters", what, limits.max_round_parameters);
+        }
+        if let ModelKind::Mlp { hidden } = &self.model {
+            if hidden.len() > limits.max_layers {
+                let what = format!("model.hidden has {} layers", grouped(hidden.len() as u64));
+                return exceeds("max_layers", what, limits.max_layers as u64);
+            }
+            if let Some((index, &width)) =
+                hidden.iter().enumerate().find(|(_, width)| **width > limits.max_hidden_width)
+            {
+                let what = format!("model.hidden layer {index} is {} wide", grouped(width as u64));
+                return exceeds("max_hidden_width", what, limits.max_hidden_width as u64);
+            }
+        }
+        let features = self.data.features.len();
+        if features > limits.max_features {
+            let what = format!("the study has {} feature columns", grouped(features as u64));
+            return exceeds("max_features", what, limits.max_features as u64);
+        }
+        if validation_rows > limits.max_validation_rows {
+            let what = format!("the validation set has {} rows", grouped(validation_rows as u64));
+            return exceeds("max_validation_rows", what, limits.max_validation_rows as u64);
+        }
+        if self.training.rounds > limits.max_rounds {
+            let what = format!("training.rounds is {}", grouped(u64::from(self.training.rounds)));
+            return exceeds("max_rounds", what, u64::from(limits.max_rounds));
+        }
+        if self.participants.max > limits.max_participants {
+            let what = format!("participants.max is {}", grouped(self.participants.max as u64));
+            return exceeds("max_participants", what, limits.max_participants as u64);
+        }
+        let permutations = self.valuation.gtg.max_permutations;
+        if permutations > limits.max_gtg_permutations {
+            let what = format!("valuation.gtg.max_permutations is {}", grouped(permutations as u64));
+            return exceeds("max_gtg_permutations", what, limits.max_gtg_permutations as u64);
+        }
+        if self.valuation.exact_limit > limits.max_exact_shapley_participants {
+            let what = format!("valuation.exact_limit is {}", self.valuation.exact_limit);
+            return exceeds("max_exact_shapley_participants", what, limits.max_exact_shapley_participants as u64);
+        }
+        if self.aggregation.rule == RuleKind::FlTrust && self.training.local_epochs > limits.max_server_epochs {
+            let what = format!(
+                "aggregation.rule = \"fltrust\" trains the coordinator's own update for training.local_epochs = {}",
+                grouped(u64::from(self.training.local_epochs))
+            );
+            return exceeds("max_server_epochs", what, u64::from(limits.max_server_epochs));
+        }
+        Ok(())
+    }
+
+    /// The number of parameters of the study's model, counted without allocating it; `None` when it does not
+    /// fit a `u64` (an absurd width).
+    pub fn n_parameters(&self) -> Option<u64> {
+        let mut widths = vec![self.data.features.len() as u64];
+        if let ModelKind::Mlp { hidden } = &self.model {
+            widths.extend(hidden.iter().map(|&width| width as u64));
+        }
+        widths.push(1);
+        widths.windows(2).try_fold(0u64, |total, pair| {
+            // A linear layer: `d_input × d_output` weights and `d_output` biases.
+            pair[0].checked_mul(pair[1])?.checked_add(pair[1])?.checked_add(total)
+        })
+    }
+
+    /// Whether aggregating a round of this study holds every update in memory: any rule but plain FedAvg, a
+    /// server optimiser, central DP (which clips each update) and rewards (which value coalitions of them).
+    /// Plain FedAvg streams the updates from the archive piece by piece.
+    pub fn holds_round_in_memory(&self) -> bool {
+        !self.aggregation.is_default() || self.central_privacy.is_some() || self.rewards.budget_per_round > 0.0
+    }
+
+    /// The parameters a round of this study makes the coordinator hold at once, at most, for a model of
+    /// `n_parameters`: with the round in memory, every update of `participants.max` plus the global model, the
+    /// new model and two vectors of server state; streaming, the two models plus a 4 MiB piece of each update.
+    /// `None` when the count does not fit a `u64`.
+    pub fn round_parameters(&self, n_parameters: u64) -> Option<u64> {
+        let participants = self.participants.max as u64;
+        if self.holds_round_in_memory() {
+            participants.checked_add(4)?.checked_mul(n_parameters)
+        } else {
+            participants.checked_mul(n_parameters.min(AGGREGATION_PIECE))?.checked_add(n_parameters.checked_mul(2)?)
+        }
+    }
+
     /// Choices a valid manifest may make but that measured badly on the robustness matrix (`BENCHMARKS.md`), one
     /// sentence each with what to do instead. `pdc study create` prints them; the study is created regardless.
     pub fn warnings(&self) -> Vec<String> {
@@ -390,6 +522,67 @@ impl Manifest {
             proximal_mu: self.training.proximal_mu,
         }
     }
+}
+
+/// A manifest over one of a coordinator's [`Limits`]: which, by how much. As an [`Error`] it is
+/// `InvalidManifest` (`InvalidArgument` on the wire), e.g. "invalid manifest: the model has 134,183,895,044
+/// parameters; this coordinator's limit (limits.max_parameters) is 50,000,000".
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LimitExceeded {
+    /// The key of the `[limits]` table.
+    pub limit: &'static str,
+    /// What the manifest asks for.
+    pub what: String,
+    /// The limit's value.
+    pub maximum: u64,
+}
+
+impl std::fmt::Display for LimitExceeded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}; this coordinator's limit (limits.{}) is {}", self.what, self.limit, grouped(self.maximum))
+    }
+}
+
+impl std::error::Error for LimitExceeded {}
+
+impl LimitExceeded {
+    fn new(limit: &'static str, what: String, maximum: u64) -> Self {
+        Self { limit, what, maximum }
+    }
+}
+
+impl From<LimitExceeded> for Error {
+    fn from(exceeded: LimitExceeded) -> Self {
+        Error::InvalidManifest(exceeded.to_string())
+    }
+}
+
+/// Checks a study's manifest text and validation set against `limits`, the way `CreateStudy` and a restart do,
+/// before anything of the study is built: the text's size, then (once parsed and resolved against the validation
+/// set's header) [`Manifest::check_limits`]. Returns the limit exceeded, if any.
+///
+/// # Errors
+///
+/// A manifest or validation set that is invalid for any other reason (it would be refused anyway).
+pub fn limit_exceeded(manifest_toml: &str, validation_csv: &[u8], limits: &Limits) -> Result<Option<LimitExceeded>> {
+    if let Some(exceeded) = size_exceeded(manifest_toml, limits) {
+        return Ok(Some(exceeded));
+    }
+    let manifest = Manifest::parse(manifest_toml)?;
+    let csv_text = std::str::from_utf8(validation_csv)
+        .map_err(|e| Error::InvalidArgument { field: "validation_csv", detail: format!("not UTF-8: {e}") })?;
+    let manifest = manifest.resolve(&csv_header(csv_text))?;
+    // Counted without parsing a value: a row is a non-blank line after the header.
+    let rows = csv_text.lines().skip(1).filter(|line| !line.trim().is_empty()).count();
+    Ok(manifest.check_limits(limits, rows).err())
+}
+
+/// The refusal of a manifest text longer than `limits.max_manifest_bytes`, if it is.
+fn size_exceeded(text: &str, limits: &Limits) -> Option<LimitExceeded> {
+    (text.len() > limits.max_manifest_bytes).then(|| {
+        let what = format!("the manifest is {} bytes", grouped(text.len() as u64));
+        LimitExceeded::new("max_manifest_bytes", what, limits.max_manifest_bytes as u64)
+    })
 }
 
 /// The message of an error without the variant's prefix, so a nested manifest error reads once.
@@ -502,6 +695,160 @@ round_deadline_secs = 10
         let text = include_str!("../../examples/robust-study.toml");
         let header: Vec<String> = ["mean_radius", "worst_texture", "malignant"].map(str::to_owned).to_vec();
         assert!(Manifest::parse(text).unwrap().resolve(&header).unwrap().warnings().is_empty());
+    }
+
+    fn limited(extra: &str, model: &str) -> Result<Option<LimitExceeded>> {
+        let text = format!("{MANIFEST}{extra}").replace("hidden = [8]", model);
+        limit_exceeded(&text, b"a,b,y\n1,2,0\n3,4,1\n", &Limits::default())
+    }
+
+    /// The issue's manifest: 2,000 layers of 4,096 over 30 features would be 134,183,895,044 bytes of `f32`.
+    #[test]
+    fn a_model_over_the_parameter_cap_is_refused_before_it_is_allocated() {
+        let hidden = vec!["4096"; 2000].join(", ");
+        let text = MANIFEST.replace("hidden = [8]", &format!("hidden = [{hidden}]"));
+        let header: Vec<String> = (0..30).map(|i| format!("f{i}")).chain(["y".to_owned()]).collect();
+        let manifest = Manifest::parse(&text).unwrap().resolve(&header).unwrap();
+        assert_eq!(manifest.n_parameters(), Some(33_545_973_761));
+        assert_eq!(manifest.n_parameters().unwrap() * 4, 134_183_895_044);
+        let error = Error::from(manifest.check_limits(&Limits::default(), 10).unwrap_err());
+        assert_eq!(
+            error.to_string(),
+            "invalid manifest: the model has 33,545,973,761 parameters; this coordinator's limit \
+             (limits.max_parameters) is 50,000,000"
+        );
+        assert_eq!(crate::to_status(&error).code(), tonic::Code::InvalidArgument);
+        // With the parameters allowed, the layers are still too many.
+        let generous = Limits { max_parameters: u64::MAX, max_round_parameters: u64::MAX, ..Limits::default() };
+        assert_eq!(
+            manifest.check_limits(&generous, 10).unwrap_err().to_string(),
+            "model.hidden has 2,000 layers; this coordinator's limit (limits.max_layers) is 64"
+        );
+    }
+
+    /// Checked arithmetic: widths whose product does not fit 64 bits are refused, not wrapped or panicked on.
+    #[test]
+    fn an_absurd_width_overflows_nothing() {
+        let absurd = "hidden = [9223372036854775807, 9223372036854775807]";
+        let exceeded = limited("", absurd).unwrap().unwrap();
+        assert_eq!(exceeded.limit, "max_parameters");
+        assert_eq!(
+            exceeded.to_string(),
+            "the model has more than 18,446,744,073,709,551,615 parameters; this coordinator's limit \
+             (limits.max_parameters) is 50,000,000"
+        );
+        let wide = limited("", "hidden = [5000]").unwrap().unwrap();
+        assert_eq!(
+            wide.to_string(),
+            "model.hidden layer 0 is 5,000 wide; this coordinator's limit (limits.max_hidden_width) is 4,096"
+        );
+    }
+
+    #[test]
+    fn every_cap_is_named_with_the_value_asked_for() {
+        for (extra, model, limit, what) in [
+            ("", "hidden = [8]", None, ""),
+            (
+                "",
+                &*format!("hidden = [{}]", vec!["8"; 65].join(", ")),
+                Some("max_layers"),
+                "model.hidden has 65 layers",
+            ),
+            (
+                "[valuation.gtg]\nmax_permutations = 5001\n",
+                "hidden = [8]",
+                Some("max_gtg_permutations"),
+                "valuation.gtg.max_permutations is 5,001",
+            ),
+            (
+                "[valuation]\nexact_limit = 13\n",
+                "hidden = [8]",
+                Some("max_exact_shapley_participants"),
+                "valuation.exact_limit is 13",
+            ),
+        ] {
+            let exceeded = limited(extra, model).unwrap();
+            assert_eq!(exceeded.as_ref().map(|e| e.limit), limit, "{extra}{model}");
+            if let Some(exceeded) = exceeded {
+                assert!(exceeded.to_string().starts_with(what), "{exceeded}");
+            }
+        }
+        let replaced = |from: &str, to: &str| {
+            let text = MANIFEST.replace(from, to);
+            limit_exceeded(&text, b"a,b,y\n1,2,0\n", &Limits::default()).unwrap().unwrap().to_string()
+        };
+        assert_eq!(
+            replaced("rounds = 2", "rounds = 100001"),
+            "training.rounds is 100,001; this coordinator's limit (limits.max_rounds) is 100,000"
+        );
+        assert_eq!(
+            replaced("max = 3", "max = 1001"),
+            "participants.max is 1,001; this coordinator's limit (limits.max_participants) is 1,000"
+        );
+        let text = format!("{MANIFEST}[aggregation]\nrule = \"fltrust\"\n")
+            .replace("min = 1", "min = 3")
+            .replace("local_epochs = 1", "local_epochs = 101");
+        let exceeded = limit_exceeded(&text, b"a,b,y\n1,2,0\n", &Limits::default()).unwrap().unwrap();
+        assert_eq!(exceeded.limit, "max_server_epochs");
+        assert!(exceeded.to_string().contains("training.local_epochs = 101"), "{exceeded}");
+
+        // The manifest's own size, before it is parsed (this one would not even parse).
+        let huge = "#".repeat(70_000);
+        let exceeded = limit_exceeded(&huge, b"a,y\n", &Limits::default()).unwrap().unwrap();
+        assert_eq!(
+            exceeded.to_string(),
+            "the manifest is 70,000 bytes; this coordinator's limit (limits.max_manifest_bytes) is 65,536"
+        );
+        // Features and validation rows come from the validation set.
+        let small = Limits { max_features: 1, max_validation_rows: 1, ..Limits::default() };
+        let exceeded = limit_exceeded(MANIFEST, b"a,b,y\n1,2,0\n", &small).unwrap().unwrap();
+        assert_eq!(
+            exceeded.to_string(),
+            "the study has 2 feature columns; this coordinator's limit (limits.max_features) is 1"
+        );
+        let small = Limits { max_validation_rows: 1, ..Limits::default() };
+        let exceeded = limit_exceeded(MANIFEST, b"a,b,y\n1,2,0\n3,4,1\n\n", &small).unwrap().unwrap();
+        assert_eq!(exceeded.limit, "max_validation_rows");
+        assert!(exceeded.to_string().starts_with("the validation set has 2 rows"), "{exceeded}");
+        // A manifest that is invalid for another reason is an error, not a limit.
+        let error = limit_exceeded(&MANIFEST.replace("rounds = 2", "rounds = 0"), b"a,b,y\n", &Limits::default());
+        assert!(error.unwrap_err().to_string().contains("training.rounds must be at least 1"));
+    }
+
+    /// FedAvg streams, so only a piece of each update counts; any other table holds every update.
+    #[test]
+    fn the_round_footprint_follows_the_rule() {
+        let manifest = Manifest::parse(MANIFEST).unwrap().resolve(&header()).unwrap();
+        assert!(!manifest.holds_round_in_memory());
+        // 3 participants: two models plus a piece (here the whole model) of each update.
+        assert_eq!(manifest.round_parameters(1000), Some(5 * 1000));
+        assert_eq!(manifest.round_parameters(10 << 20), Some(2 * (10 << 20) + 3 * (1 << 20)));
+        assert_eq!(manifest.round_parameters(u64::MAX), None);
+        let text = format!("{MANIFEST}[aggregation]\nrule = \"median\"\n");
+        let median = Manifest::parse(&text).unwrap().resolve(&header()).unwrap();
+        assert!(median.holds_round_in_memory());
+        assert_eq!(median.round_parameters(10 << 20), Some(7 * (10 << 20)));
+
+        // A 33.6M-parameter model streams with 100 participants but not with a median over them.
+        let wide = |extra: &str| {
+            let text = format!("{MANIFEST}{extra}")
+                .replace("hidden = [8]", "hidden = [4096, 4096]")
+                .replace("max = 3", "max = 100");
+            let features: Vec<String> = (0..4096).map(|i| format!("f{i}")).chain(["y".to_owned()]).collect();
+            Manifest::parse(&text).unwrap().resolve(&features).unwrap()
+        };
+        let limits = Limits::default();
+        wide("").check_limits(&limits, 1).unwrap();
+        let exceeded = wide("[aggregation]\nrule = \"median\"\n").check_limits(&limits, 1).unwrap_err();
+        assert_eq!(exceeded.limit, "max_round_parameters");
+        assert!(
+            exceeded.to_string().starts_with(
+                "a round of this study holds 3,490,938,984 parameters at once: its rule, server optimiser, central \
+                 DP or rewards hold every update of a round in memory (participants.max = 100 updates of \
+                 33,566,721 parameters"
+            ),
+            "{exceeded}"
+        );
     }
 
     #[test]

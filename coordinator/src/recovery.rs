@@ -23,6 +23,11 @@
 //! it again, and a second upload of it is refused as a duplicate). A round whose aggregation was cut short is
 //! aggregated again from its recorded contributions. What is lost is only what was never acknowledged: an upload
 //! in flight, a failure report (the PDC is waited for until the new deadline), and open feasibility queries.
+//!
+//! Before a study is rebuilt its archived manifest is checked against the coordinator's `[limits]`
+//! (`over_limits`): one over them (created under higher limits) is left out of this start with its reason
+//! logged, and changes nothing, so a stored study can never stop the coordinator from starting or exhaust its
+//! memory.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -35,6 +40,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::aggregation::{ServerState, SuspensionTracker};
 use crate::consortium::Membership;
+use crate::limits::Limits;
+use crate::manifest::LimitExceeded;
 use crate::pipeline::LEFT_OUT_PREFIX;
 use crate::round::AcceptedUpdate;
 use crate::service::{HospitalStats, RoundRecord, SUSPENDED_PREFIX};
@@ -53,6 +60,19 @@ const RECRUITING: &[u8] = b"recruiting";
 
 /// Why a UpdateRejected entry for a PDC out of budget begins so.
 pub(crate) const BUDGET_EXHAUSTED_PREFIX: &str = "privacy budget exhausted: ";
+
+/// The limit a stored study exceeds, if it does: its archived manifest and validation set (under
+/// `<data_dir>/studies/<study_id>`) checked against `limits` as `CreateStudy` checks them, before anything of the
+/// study is rebuilt. A study created under higher limits is then left out of this start, with the reason logged,
+/// rather than failing it or exhausting the coordinator's memory; nothing of it is changed, so a restart with its
+/// limits raised again resumes it. An archive that cannot be read or parsed is not a limit: recovery reports it as
+/// before.
+pub(crate) fn over_limits(data_dir: &Path, study_id: &str, limits: &Limits) -> Option<LimitExceeded> {
+    let folder = data_dir.join("studies").join(study_id);
+    let (manifest, validation) = crate::service::read_archived_study(&folder).ok()?;
+    let manifest = String::from_utf8(manifest).ok()?;
+    crate::manifest::limit_exceeded(&manifest, &validation, limits).ok().flatten()
+}
 
 /// The durable study state that is not on the ledger, in RocksDB.
 pub struct StateStore {

@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use pdc_ledger::signing::{
@@ -21,6 +22,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::access::{Caller, StudyAction};
 use crate::audit_server::{AuditApi, WitnessApi};
+use crate::limits::Limits;
 use crate::metrics::{Telemetry, code_label};
 use crate::service::{
     Coordinator, FailureKind, MAX_FEASIBILITY_TIMEOUT, ModelSnapshot, RequestAuth, RoundRecord, StudyEvent, StudyState,
@@ -52,17 +54,28 @@ pub async fn serve_with_tls(
     tls: Option<&crate::tls::TlsSettings>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> std::result::Result<(), tonic::transport::Error> {
-    serve_routes(routes(coordinator), listener, tls, shutdown).await
+    let limits = coordinator.limits().clone();
+    serve_routes(routes(coordinator), listener, tls, &limits, shutdown).await
 }
 
-/// Serves `routes` on `listener` until `shutdown` completes, over TLS when `tls` is given.
+/// Serves `routes` on `listener` until `shutdown` completes, over TLS when `tls` is given, within the transport
+/// `limits`: HTTP/2 keep-alive pings (a vanished peer is noticed and its streams end), at most
+/// `max_concurrent_streams` streams per connection, and at most `max_requests_per_connection` requests in
+/// handlers per connection, the rest refused with `ResourceExhausted` rather than queued. Each service's own
+/// deadlines are [`Deadlines`].
 async fn serve_routes(
     routes: tonic::service::Routes,
     listener: TcpListener,
     tls: Option<&crate::tls::TlsSettings>,
+    limits: &Limits,
     shutdown: impl Future<Output = ()> + Send,
 ) -> std::result::Result<(), tonic::transport::Error> {
-    let mut builder = tonic::transport::Server::builder();
+    let mut builder = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(limits.keepalive_interval_secs)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(limits.keepalive_timeout_secs)))
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .concurrency_limit_per_connection(limits.max_requests_per_connection)
+        .load_shed(true);
     if let Some(tls) = tls {
         builder = builder.tls_config(tls.server_config())?;
     }
@@ -72,6 +85,7 @@ async fn serve_routes(
 /// The coordinator's three gRPC services (StudyService, FederationService, AuditService) with their message-size
 /// limits and the AuditService's membership check, for a server built elsewhere (e.g. one with extra layers).
 pub fn routes(coordinator: Arc<Coordinator>) -> tonic::service::Routes {
+    let limits = coordinator.limits().clone();
     let study = StudyServiceServer::new(StudyApi { coordinator: Arc::clone(&coordinator) })
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
@@ -80,17 +94,88 @@ pub fn routes(coordinator: Arc<Coordinator>) -> tonic::service::Routes {
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     // The AuditService is read-only; with a consortium only its members may read it.
     let reader = Arc::clone(&coordinator);
+    let unary = limits.request_timeout();
     let audit = tonic::service::interceptor::InterceptedService::new(
-        audit,
+        Deadlines::new(audit, unary),
         move |request: Request<()>| -> Result<Request<()>, Status> {
             reader.caller(Peer::of(&request).certified_key()?)?;
             Ok(request)
         },
     );
-    let federation = FederationServiceServer::new(FederationApi { coordinator })
+    let first_message_timeout = limits.first_message_timeout();
+    let federation = FederationServiceServer::new(FederationApi { coordinator, first_message_timeout })
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    tonic::service::Routes::new(study).add_service(federation).add_service(audit)
+    tonic::service::Routes::new(Deadlines::new(study, unary))
+        .add_service(Deadlines::new(federation, unary))
+        .add_service(audit)
+}
+
+/// A service whose calls end with `DeadlineExceeded` when their handler has not answered within their deadline
+/// (see [`deadline_of`]). The deadline covers the handler up to its response's headers: a unary call whole, a
+/// server stream (`WaitTasks`, a model download, `WatchStudy`, ledger entries) only until its first message, so
+/// long streams are never cut.
+#[derive(Clone)]
+struct Deadlines<S> {
+    inner: S,
+    unary: Duration,
+}
+
+impl<S> Deadlines<S> {
+    fn new(inner: S, unary: Duration) -> Self {
+        Self { inner, unary }
+    }
+}
+
+impl<S: tonic::server::NamedService> tonic::server::NamedService for Deadlines<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+impl<S> tonic::codegen::Service<HttpRequest> for Deadlines<S>
+where
+    S: tonic::codegen::Service<HttpRequest, Response = HttpResponse, Error = std::convert::Infallible>,
+    S::Future: Send + 'static,
+{
+    type Response = HttpResponse;
+    type Error = std::convert::Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<HttpResponse, std::convert::Infallible>> + Send>>;
+
+    fn poll_ready(
+        &mut self,
+        context: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), std::convert::Infallible>> {
+        self.inner.poll_ready(context)
+    }
+
+    fn call(&mut self, request: HttpRequest) -> Self::Future {
+        let method = request.uri().path().rsplit('/').next().unwrap_or_default().to_owned();
+        let deadline = deadline_of(&method, self.unary);
+        let response = self.inner.call(request);
+        Box::pin(async move {
+            let Some(deadline) = deadline else { return response.await };
+            match tokio::time::timeout(deadline, response).await {
+                Ok(response) => response,
+                Err(_) => Ok(Status::deadline_exceeded(format!(
+                    "{method} took longer than its deadline of {deadline:?} (limits.request_timeout_secs)"
+                ))
+                .into_http()),
+            }
+        })
+    }
+}
+
+type HttpRequest = tonic::codegen::http::Request<tonic::body::Body>;
+type HttpResponse = tonic::codegen::http::Response<tonic::body::Body>;
+
+/// The deadline of a call to `method` when unary calls have `unary`: a feasibility query waits for the PDCs'
+/// answers for up to its own timeout on top; an upload has none as a whole (a large model takes long on a slow
+/// link), only the deadline on its header ([`Limits::first_message_timeout_ms`]) and its chunks' checks.
+fn deadline_of(method: &str, unary: Duration) -> Option<Duration> {
+    match method {
+        "SubmitUpdate" => None,
+        "Feasibility" => Some(unary + MAX_FEASIBILITY_TIMEOUT),
+        _ => Some(unary),
+    }
 }
 
 /// Serves a witness's WitnessService on `listener` until `shutdown` completes.
@@ -110,7 +195,9 @@ pub async fn serve_witness_with_tls(
     tls: Option<&crate::tls::TlsSettings>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> std::result::Result<(), tonic::transport::Error> {
-    serve_routes(tonic::service::Routes::new(WitnessServiceServer::new(witness)), listener, tls, shutdown).await
+    let limits = Limits::default();
+    let witness = Deadlines::new(WitnessServiceServer::new(witness), limits.request_timeout());
+    serve_routes(tonic::service::Routes::new(witness), listener, tls, &limits, shutdown).await
 }
 
 /// Binds `address` (port 0 picks a free one) and returns the listener with its actual address.
@@ -141,6 +228,8 @@ impl StudyApi {
 
 struct FederationApi {
     coordinator: Arc<Coordinator>,
+    /// How long an upload's header may take to arrive ([`Limits::first_message_timeout_ms`]).
+    first_message_timeout: Duration,
 }
 
 #[tonic::async_trait]
@@ -468,7 +557,15 @@ impl FederationApi {
         peer: Peer,
         mut parts: Streaming<pb::UpdatePart>,
     ) -> Result<Response<pb::UpdateReceipt>, Status> {
-        let (header, resume_offset, compression) = match parts.message().await? {
+        // Nothing exists of an upload before its header: a stream that never sends one is ended with nothing
+        // to clean up, rather than held open for as long as its sender likes.
+        let first = tokio::time::timeout(self.first_message_timeout, parts.message()).await.map_err(|_| {
+            Status::deadline_exceeded(format!(
+                "no upload header within {} ms (limits.first_message_timeout_ms)",
+                self.first_message_timeout.as_millis()
+            ))
+        })?;
+        let (header, resume_offset, compression) = match first? {
             Some(pb::UpdatePart { part: Some(pb::update_part::Part::Header(header)) }) => {
                 let (resume_offset, compression) = (header.resume_offset, compression_from_pb(header.compression)?);
                 (header_from_pb(header)?, resume_offset, compression)
@@ -778,4 +875,57 @@ fn event_to_pb(event: &StudyEvent) -> pb::StudyEvent {
         }),
     };
     pb::StudyEvent { event: Some(event) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Unary calls get the request timeout; a feasibility query its own wait on top; an upload none as a whole.
+    #[test]
+    fn only_calls_that_answer_at_once_get_the_request_timeout() {
+        let unary = Duration::from_secs(120);
+        assert_eq!(deadline_of("CreateStudy", unary), Some(unary));
+        assert_eq!(deadline_of("WaitTasks", unary), Some(unary));
+        assert_eq!(deadline_of("Feasibility", unary), Some(unary + MAX_FEASIBILITY_TIMEOUT));
+        assert_eq!(deadline_of("SubmitUpdate", unary), None);
+    }
+
+    /// A handler that never answers.
+    #[derive(Clone)]
+    struct Never;
+
+    impl tonic::codegen::Service<HttpRequest> for Never {
+        type Response = HttpResponse;
+        type Error = std::convert::Infallible;
+        type Future = std::future::Pending<Result<HttpResponse, std::convert::Infallible>>;
+
+        fn poll_ready(
+            &mut self,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Result<(), std::convert::Infallible>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, _: HttpRequest) -> Self::Future {
+            std::future::pending()
+        }
+    }
+
+    fn call(path: &str) -> HttpRequest {
+        tonic::codegen::http::Request::builder().uri(path).body(tonic::body::Body::empty()).unwrap()
+    }
+
+    /// A handler past its deadline is answered `DeadlineExceeded` in its place; an upload is never cut as a whole.
+    #[tokio::test]
+    async fn a_handler_past_its_deadline_is_answered_deadline_exceeded() {
+        use tonic::codegen::Service as _;
+        let mut service = Deadlines::new(Never, Duration::from_millis(50));
+        let response = service.call(call("/pdc.v1.StudyService/CreateStudy")).await.unwrap();
+        let status = Status::from_header_map(response.headers()).expect("a gRPC status");
+        assert_eq!(status.code(), tonic::Code::DeadlineExceeded);
+        assert_eq!(status.message(), "CreateStudy took longer than its deadline of 50ms (limits.request_timeout_secs)");
+        let upload = service.call(call("/pdc.v1.FederationService/SubmitUpdate"));
+        assert!(tokio::time::timeout(Duration::from_millis(200), upload).await.is_err(), "an upload is not cut");
+    }
 }

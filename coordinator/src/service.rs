@@ -53,6 +53,8 @@ pub struct CoordinatorConfig {
     pub ledger: LedgerSettings,
     /// The consortium file (see [`crate::consortium`]); `None` leaves registration and the StudyService open.
     pub consortium: Option<PathBuf>,
+    /// The caps on manifests and connections (`[limits]`; see [`crate::limits`]).
+    pub limits: crate::limits::Limits,
 }
 
 impl CoordinatorConfig {
@@ -64,6 +66,7 @@ impl CoordinatorConfig {
             max_round_attempts: 3,
             ledger: LedgerSettings::default(),
             consortium: None,
+            limits: crate::limits::Limits::default(),
         }
     }
 }
@@ -579,6 +582,10 @@ impl Coordinator {
         state.spent = scan.spent;
         let mut resumed = Vec::new();
         for (study_id, progress) in scan.studies {
+            if let Some(reason) = crate::recovery::over_limits(&self.config.data_dir, &study_id, &self.config.limits) {
+                tracing::error!(study = %study_id, %reason, "study left out: it exceeds this coordinator's limits");
+                continue;
+            }
             let study = self
                 .recover_study(&study_id, &progress, &mut resumed)
                 .map_err(|error| Error::State(format!("cannot recover study {study_id}: {error}")))?;
@@ -787,6 +794,11 @@ impl Coordinator {
     /// The update archive.
     pub fn archive(&self) -> &UpdateArchive {
         &self.archive
+    }
+
+    /// The caps on manifests and connections this coordinator was started with.
+    pub fn limits(&self) -> &crate::limits::Limits {
+        &self.config.limits
     }
 
     /// The ledger.
@@ -1213,6 +1225,9 @@ impl Coordinator {
                 "validation set of {} bytes exceeds the limit of {MAX_VALIDATION_BYTES}",
                 validation_csv.len()
             )));
+        }
+        if let Some(exceeded) = manifest::limit_exceeded(manifest_toml, validation_csv, &self.config.limits)? {
+            return Err(exceeded.into());
         }
         let prepared = prepare_study(manifest_toml, validation_csv)?;
         let study_id = format!("{}-{}", slug(&prepared.manifest.name), &hex::encode(prepared.manifest_hash)[..8]);
@@ -2219,10 +2234,14 @@ fn check_study_epsilon(state: &State, study: &Study, contribution: &Contribution
 /// Checks a contribution's privacy claim against the study and the PDC's declared budget and recorded spend: a
 /// claim exactly when the study trains with local DP, on the declared dataset, with at least the study's noise
 /// and at most its clip norm, a cumulative spend that never decreases and stays within the budget, and no
-/// training loss (which would not be private).
+/// training loss (which would not be private), under local or central DP.
 fn check_privacy(state: &State, study: &Study, contribution: &Contribution) -> Result<()> {
     let pdc_id = &contribution.pdc_id;
     let invalid = |detail: String| Err(Error::InvalidUpdate { pdc_id: pdc_id.clone(), detail });
+    if study.manifest.central_privacy.is_some() && contribution.train_loss != 0.0 {
+        // The ledger is read by every auditor; a PDC's exact loss on its rows is outside the study's central ε.
+        return invalid("under central DP the training loss is not released: it must be 0".into());
+    }
     let (settings, claim) = match (&study.manifest.privacy, &contribution.privacy) {
         (None, None) => return Ok(()),
         (None, Some(_)) => {

@@ -82,7 +82,27 @@ async fn central_dp_rounds_are_released_accounted_recorded_and_replayed() {
             // Norms of about 0.3, 0.6 and 0.9: the adaptive clip norm moves toward their median.
             let scale = 0.3 * (index + 1) as f32 / (model.len() as f32).sqrt();
             let update: Vec<f32> = (0..model.len()).map(|i| if i % 2 == 0 { scale } else { -scale }).collect();
-            pdc.submit(&task.study_id, task.round, &update).await.unwrap();
+            let upload = |train_loss| support::Upload {
+                study_id: &task.study_id,
+                round: task.round,
+                values: &update,
+                chunk_bytes: pdc_proto::MAX_CHUNK_BYTES,
+                train_loss,
+                privacy: None,
+            };
+            if task.round == 1 && index == 0 {
+                // A PDC's exact loss on its rows is outside the study's central ε: it never reaches the ledger.
+                let before = support::log_size(&url).await;
+                let refused = support::upload_with(&mut pdc.client, &pdc.id, &pdc.identity, upload(0.25)).await;
+                support::assert_status(
+                    refused,
+                    Code::InvalidArgument,
+                    "under central DP the training loss is not released",
+                );
+                // Refused at the header, before a byte of the body: nothing reaches the ledger.
+                assert_eq!(support::log_size(&url).await, before, "the refused header changes nothing");
+            }
+            support::upload_with(&mut pdc.client, &pdc.id, &pdc.identity, upload(0.0)).await.unwrap();
         }
     }
     support::wait_for_status(&mut researcher, &study_id, Duration::from_secs(60), |s| {
@@ -138,4 +158,55 @@ fn audit_passes(keys: &pdc_ledger::audit::AuditKeys, entries: &[Vec<u8>], notes:
     let report = pdc_ledger::audit::verify_parts(entries, notes, keys);
     assert!(report.passed(), "{report}");
     true
+}
+
+/// A real hospital agent takes part in a central DP study: it releases no training loss (the coordinator refuses
+/// an update that carries one, so an agent that sent its loss would never contribute), and the study finishes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hospital_agents_release_no_training_loss_under_central_dp() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = CoordinatorConfig::new(dir.path().join("coordinator"));
+    config.tick_interval = Duration::from_millis(20);
+    let (url, _stop, _coordinator) = support::serve_coordinator(config, ([127, 0, 0, 1], 0).into()).await;
+    let mut researcher = support::researcher(&url).await;
+    let manifest = MANIFEST.replace("rounds = 4", "rounds = 2").replace("min = 3\nmax = 3", "min = 2\nmax = 2");
+    let request = pb::CreateStudyRequest {
+        manifest_toml: manifest,
+        validation_csv: support::breast_cancer_csv().into_bytes(),
+        ..Default::default()
+    };
+    let study_id = researcher.create_study(request).await.unwrap().into_inner().study_id;
+
+    let data = support::root().join("data/breast_cancer_wisconsin.csv");
+    let mut agents = Vec::new();
+    for name in ["ward-a", "ward-b"] {
+        let path = dir.path().join(format!("{name}.toml"));
+        let key = dir.path().join(format!("{name}.key"));
+        std::fs::write(
+            &path,
+            format!("pdc_id = {name:?}\ncoordinator = \"{url}\"\nkey_file = {key:?}\ndata = {data:?}\n"),
+        )
+        .unwrap();
+        let agent = pdc_client::Agent::new(pdc_client::HospitalConfig::load(&path).unwrap()).unwrap();
+        agents.push(tokio::spawn(agent.run()));
+    }
+    support::wait_for_status(&mut researcher, &study_id, Duration::from_secs(30), |s| s.consented.len() == 2).await;
+    researcher.start_study(pb::StudyRef { study_id: study_id.clone() }).await.unwrap();
+    let status = support::wait_for_status(&mut researcher, &study_id, Duration::from_secs(60), |s| {
+        s.state == pb::StudyState::Finished as i32
+    })
+    .await;
+    assert_eq!(status.rounds.len(), 2);
+    let (_, entries, _) = fetch(&url).await;
+    let mut contributions = 0;
+    for bytes in &entries {
+        if let Entry::ContributionAccepted { contribution, .. } = Entry::decode(bytes).unwrap() {
+            assert_eq!(contribution.train_loss, 0.0, "{}'s loss reached the ledger", contribution.pdc_id);
+            contributions += 1;
+        }
+    }
+    assert_eq!(contributions, 4, "both wards in both rounds");
+    for agent in agents {
+        agent.abort();
+    }
 }

@@ -6,6 +6,7 @@ mod agent;
 mod bad_input;
 mod central;
 mod crash;
+mod hostile;
 mod keys;
 mod ledger;
 mod observability;
