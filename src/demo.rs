@@ -75,6 +75,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         witness_servers.push(server);
     }
     settings.quorum = settings.witnesses.len();
+    // The board learns the witnesses' keys out of band too, and audits with its own quorum: all of them.
+    let trusted_witnesses: Vec<(String, pdc_ledger::PublicKey)> =
+        settings.witnesses.iter().map(|w| (w.name.clone(), w.public_key)).collect();
 
     // The coordinator, on a free port.
     let mut config = pdc_coordinator::CoordinatorConfig::new(coordinator_dir);
@@ -188,9 +191,14 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
 
     // The governance board's view: seal what is left, then audit the whole ledger over the AuditService.
     ledger_coordinator.seal_ledger().await.context("cannot seal the ledger")?;
-    // The board pins the log key it was given out of band (here: the key file the demo made).
-    let log_key = hex::encode(coordinator_key.public_key().to_bytes());
-    let audit = crate::audit::verify_remote(&url, Some(log_key)).await.context("the audit failed to run")?;
+    // The board pins the log key it was given out of band (here: the key file the demo made) and the witnesses'.
+    let trust = crate::audit::Trust::pinned(
+        &coordinator_key.public_key(),
+        &trusted_witnesses,
+        trusted_witnesses.len(),
+        dir.join("auditor-state.json"),
+    );
+    let audit = crate::audit::verify_remote(&url, &trust).await.context("the audit failed to run")?;
     println!(
         "\naudit of the ledger ({} entries, {} checkpoints): {}",
         audit.report.size,

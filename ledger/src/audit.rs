@@ -21,6 +21,17 @@
 //! [`AuditKeys::quorum`] of the trusted witnesses must have co-signed each one, and any signature line that
 //! names a trusted witness must verify.
 //!
+//! *Sealing*: [`AuditKeys`] is the auditor's trust policy, never the audited party's: a checkpoint is *sealed*
+//! when it names the trusted origin, carries the log's signature, states the re-derived root and is co-signed by
+//! [`AuditKeys::quorum`] distinct trusted witnesses. Entries beyond the last sealed checkpoint are the *unsealed
+//! tail*; a ledger with no sealed checkpoint, or with an unsealed tail, never reads as PASS ([`Verdict`]), even
+//! when no check failed, because nothing vouches for those entries but the party that shows them.
+//!
+//! *Memory*: [`verify_parts_since`] and [`verify_store_since`] also take the tree head the auditor verified on
+//! an earlier run ([`TreeHead`]); the last sealed checkpoint must extend it (a consistency proof from the
+//! remembered size, computed from the entries, verifies against both roots), so a rewritten history, a fork or a
+//! rollback shown later fails under [`Rule::RememberedCheckpoint`].
+//!
 //! *Rules*, in log order:
 //!
 //! - [`Rule::Membership`]: a member registers one key; a `KeyRotated` names the current key as the old one and is
@@ -88,7 +99,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::{Checkpoint, SignedCheckpoint};
+use crate::checkpoint::{Checkpoint, CheckpointError, SignedCheckpoint};
 use crate::entry::{Entry, Role};
 use crate::merkle::{self, MerkleTree};
 use crate::signing::StatisticKind;
@@ -146,6 +157,9 @@ pub enum Rule {
     WitnessSignature,
     /// Fewer trusted witnesses co-signed a checkpoint than the quorum.
     WitnessQuorum,
+    /// The log does not extend the tree head the auditor verified on an earlier run: its history was rewritten,
+    /// a fork is shown, or it was rolled back behind what was verified.
+    RememberedCheckpoint,
     /// A member re-registered with another key, rotated from a key that is not its current one, or registered a
     /// malformed key.
     Membership,
@@ -167,7 +181,7 @@ pub enum Rule {
 
 impl Rule {
     /// Every rule, in the order of the enum.
-    pub const ALL: [Rule; 21] = [
+    pub const ALL: [Rule; 22] = [
         Rule::EntryUnreadable,
         Rule::EntryMalformed,
         Rule::LeafMismatch,
@@ -182,6 +196,7 @@ impl Rule {
         Rule::CheckpointOrder,
         Rule::WitnessSignature,
         Rule::WitnessQuorum,
+        Rule::RememberedCheckpoint,
         Rule::Membership,
         Rule::Signature,
         Rule::Study,
@@ -208,6 +223,7 @@ impl Rule {
             Rule::CheckpointOrder => "checkpoint_order",
             Rule::WitnessSignature => "witness_signature",
             Rule::WitnessQuorum => "witness_quorum",
+            Rule::RememberedCheckpoint => "remembered_checkpoint",
             Rule::Membership => "membership",
             Rule::Signature => "signature",
             Rule::Study => "study",
@@ -239,6 +255,31 @@ pub struct Failure {
     pub message: String,
 }
 
+/// A tree head: a log size and the Merkle root of its first `size` entries. What the audit reports as the last
+/// sealed checkpoint, and what an auditor remembers between runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TreeHead {
+    /// The number of entries covered.
+    pub size: u64,
+    /// Their Merkle root (hex in JSON).
+    #[serde(with = "hex_hash")]
+    pub root: Hash,
+}
+
+/// What an audit concludes, from its failures and how far the auditor's witnesses sealed the log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    /// No check failed and a sealed checkpoint covers every entry.
+    Pass,
+    /// No check failed, but no checkpoint is sealed under the auditor's policy: nothing vouches for the entries.
+    NoSealedCheckpoint,
+    /// No check failed, but entries follow the last sealed checkpoint: they are the unsealed tail.
+    UnsealedTail,
+    /// At least one check failed.
+    Fail,
+}
+
 /// The outcome of an audit.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct AuditReport {
@@ -248,14 +289,35 @@ pub struct AuditReport {
     pub root: String,
     /// The number of checkpoints checked.
     pub checkpoints: usize,
+    /// The largest checkpoint sealed under the auditor's policy (log signature, re-derived root, witness quorum);
+    /// `None` when none is.
+    #[serde(default)]
+    pub sealed: Option<TreeHead>,
     /// Every failure found; empty when the ledger passes.
     pub failures: Vec<Failure>,
 }
 
 impl AuditReport {
-    /// Whether no check failed.
+    /// Whether no check failed. It says nothing of sealing: a ledger without a sealed checkpoint fails no check.
+    /// What an auditor concludes is [`AuditReport::verdict`].
     pub fn passed(&self) -> bool {
         self.failures.is_empty()
+    }
+
+    /// The verdict: [`Verdict::Pass`] only when no check failed and a sealed checkpoint covers every entry.
+    pub fn verdict(&self) -> Verdict {
+        match self.sealed {
+            _ if !self.failures.is_empty() => Verdict::Fail,
+            None => Verdict::NoSealedCheckpoint,
+            Some(sealed) if sealed.size < self.size => Verdict::UnsealedTail,
+            Some(_) => Verdict::Pass,
+        }
+    }
+
+    /// The indices of the entries no sealed checkpoint covers (all of them when none is sealed); empty when the
+    /// last sealed checkpoint covers the whole log.
+    pub fn unsealed_tail(&self) -> std::ops::Range<u64> {
+        self.sealed.map_or(0, |sealed| sealed.size.min(self.size))..self.size
     }
 
     /// The failures of one rule.
@@ -265,16 +327,34 @@ impl AuditReport {
 }
 
 impl fmt::Display for AuditReport {
-    /// A verdict line (`PASS` or `FAIL`), the size and root, the number of checkpoints checked, then one line per
-    /// failure: its rule code, the entries and checkpoints it names, and its message.
+    /// A verdict line (`PASS`, `FAIL (n failures)`, `NO SEALED CHECKPOINT` or `UNSEALED TAIL (n entries)`), the
+    /// size and root, the number of checkpoints checked, a line on the unsealed entries when there are any (or no
+    /// sealed checkpoint), then one line per failure: its rule code, the entries and checkpoints it names, and its
+    /// message.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.passed() {
-            writeln!(f, "PASS")?;
-        } else {
-            writeln!(f, "FAIL ({} failures)", self.failures.len())?;
+        let tail = self.unsealed_tail();
+        match self.verdict() {
+            Verdict::Pass => writeln!(f, "PASS")?,
+            Verdict::Fail => writeln!(f, "FAIL ({} failures)", self.failures.len())?,
+            Verdict::NoSealedCheckpoint => writeln!(f, "NO SEALED CHECKPOINT")?,
+            Verdict::UnsealedTail => writeln!(f, "UNSEALED TAIL ({} entries)", tail.end - tail.start)?,
         }
         writeln!(f, "size: {} entries, root {}", self.size, self.root)?;
         writeln!(f, "checkpoints checked: {}", self.checkpoints)?;
+        match self.sealed {
+            None => writeln!(
+                f,
+                "unsealed: no checkpoint is sealed under the auditor's policy (log signature, root, witness quorum){}",
+                if tail.is_empty() { String::new() } else { format!("; entries {}", range(&tail)) }
+            )?,
+            Some(sealed) if !tail.is_empty() => writeln!(
+                f,
+                "unsealed tail: entries {} beyond the last sealed checkpoint (size {})",
+                range(&tail),
+                sealed.size
+            )?,
+            Some(_) => {}
+        }
         for failure in &self.failures {
             write!(f, "  {}", failure.rule)?;
             if !failure.entries.is_empty() {
@@ -289,9 +369,42 @@ impl fmt::Display for AuditReport {
     }
 }
 
+/// `first..=last (n entries)`, for a non-empty range.
+fn range(tail: &std::ops::Range<u64>) -> String {
+    format!("{}..={} ({} entries)", tail.start, tail.end - 1, tail.end - tail.start)
+}
+
+/// Serialises a [`Hash`] as lowercase hex.
+mod hex_hash {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use crate::Hash;
+
+    pub fn serialize<S: Serializer>(hash: &Hash, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&hex::encode(hash))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Hash, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        let bytes = hex::decode(&text).map_err(serde::de::Error::custom)?;
+        Hash::try_from(bytes.as_slice()).map_err(|_| serde::de::Error::custom("a hash is 32 bytes"))
+    }
+}
+
 /// Audits a ledger given as parts: the entries' bytes in log order and the checkpoint notes in the order they
 /// were made (an offline copy; see [`crate::export`]).
 pub fn verify_parts(entries: &[Vec<u8>], checkpoints: &[String], keys: &AuditKeys) -> AuditReport {
+    verify_parts_since(entries, checkpoints, keys, None)
+}
+
+/// [`verify_parts`], and the last sealed checkpoint must extend `remembered`, the tree head the auditor verified
+/// on an earlier run ([`Rule::RememberedCheckpoint`]); the consistency proof is computed from the entries.
+pub fn verify_parts_since(
+    entries: &[Vec<u8>],
+    checkpoints: &[String],
+    keys: &AuditKeys,
+    remembered: Option<&TreeHead>,
+) -> AuditReport {
     let mut failures = Vec::new();
     let mut rules = Rules::default();
     let mut tree = MerkleTree::new();
@@ -306,9 +419,12 @@ pub fn verify_parts(entries: &[Vec<u8>], checkpoints: &[String], keys: &AuditKey
     });
     let consistency =
         |old_size, new_size| merkle::consistency_proof_from(&tree, old_size, new_size).map_err(|e| e.to_string());
-    let checked = check_checkpoints(notes, &tree, keys, &consistency, &mut failures);
+    let (checked, sealed) = check_checkpoints(notes, &tree, keys, &consistency, &mut failures);
+    if let Some(remembered) = remembered {
+        check_remembered(remembered, sealed, &tree, &consistency, &mut failures);
+    }
     failures.extend(rules.finish());
-    report(&tree, checked, failures)
+    report(&tree, checked, sealed, failures)
 }
 
 /// Audits a ledger in a store: everything [`verify_parts`] checks, and every stored perfect node against the
@@ -318,6 +434,12 @@ pub fn verify_parts(entries: &[Vec<u8>], checkpoints: &[String], keys: &AuditKey
 /// Store errors do not stop the audit; they become failures ([`Rule::EntryUnreadable`],
 /// [`Rule::NodeMismatch`], [`Rule::StoreUnreadable`], [`Rule::CheckpointMalformed`]).
 pub fn verify_store(store: &dyn Store, keys: &AuditKeys) -> AuditReport {
+    verify_store_since(store, keys, None)
+}
+
+/// [`verify_store`], and the last sealed checkpoint must extend `remembered`, as in [`verify_parts_since`]; the
+/// consistency proof comes from the re-derived tree, never from the store's own nodes.
+pub fn verify_store_since(store: &dyn Store, keys: &AuditKeys, remembered: Option<&TreeHead>) -> AuditReport {
     let size = store.size();
     let mut failures = Vec::new();
     let mut rules = Rules::default();
@@ -342,7 +464,7 @@ pub fn verify_store(store: &dyn Store, keys: &AuditKeys) -> AuditReport {
     }
     compare_nodes(store, &tree, &mut failures);
 
-    let checked = match store.checkpoints() {
+    let (checked, sealed) = match store.checkpoints() {
         Ok(stored) => {
             let notes = stored.into_iter().enumerate().map(|(position, (size, bytes))| NoteInput {
                 position,
@@ -360,11 +482,48 @@ pub fn verify_store(store: &dyn Store, keys: &AuditKeys) -> AuditReport {
                 vec![],
                 format!("the store's checkpoints cannot be read: {error}"),
             ));
-            0
+            (0, None)
         }
     };
+    if let Some(remembered) = remembered {
+        let consistency =
+            |old_size, new_size| merkle::consistency_proof_from(&tree, old_size, new_size).map_err(|e| e.to_string());
+        check_remembered(remembered, sealed, &tree, &consistency, &mut failures);
+    }
     failures.extend(rules.finish());
-    report(&tree, checked, failures)
+    report(&tree, checked, sealed, failures)
+}
+
+/// Parses `note` and checks that it is sealed under `keys` as far as the note alone can show: it names the
+/// trusted origin, carries the log's signature and is co-signed by [`AuditKeys::quorum`] distinct trusted
+/// witnesses, every trusted witness's line verifying. Its root is left to the caller, who holds the entries or a
+/// proof. What `pdc audit prove` and `consistency` check a checkpoint with before proving anything against it.
+pub fn sealed_checkpoint(note: &str, keys: &AuditKeys) -> Result<SignedCheckpoint, Failure> {
+    let signed = SignedCheckpoint::parse(note).map_err(|error| {
+        failure(Rule::CheckpointMalformed, vec![], vec![], format!("the checkpoint does not parse: {error}"))
+    })?;
+    let size = signed.checkpoint.size;
+    let fail = |rule, message| failure(rule, vec![], vec![size], message);
+    if signed.checkpoint.origin != keys.origin {
+        let message = format!(
+            "checkpoint {size} names origin {:?}, not the audited log {:?}",
+            signed.checkpoint.origin, keys.origin
+        );
+        return Err(fail(Rule::CheckpointOrigin, message));
+    }
+    signed.verify(&keys.log_key_name, &keys.log_key).map_err(|error| {
+        fail(Rule::CheckpointSignature, format!("checkpoint {size} lacks a valid log signature: {error}"))
+    })?;
+    let (cosigned, bad) = cosigners(&signed, keys);
+    if let Some((witness, error)) = bad.into_iter().next() {
+        let message =
+            format!("checkpoint {size} carries a signature line by witness {witness:?} that does not verify: {error}");
+        return Err(fail(Rule::WitnessSignature, message));
+    }
+    if cosigned < keys.quorum {
+        return Err(fail(Rule::WitnessQuorum, quorum_message(size, cosigned, keys)));
+    }
+    Ok(signed)
 }
 
 /// Checks a store's latest checkpoint against the store in `O(log n)` reads: it parses, names the trusted origin,
@@ -428,8 +587,82 @@ pub fn verify_latest_checkpoint(store: &dyn Store, keys: &AuditKeys) -> Vec<Fail
     failures
 }
 
-fn report(tree: &MerkleTree, checkpoints: usize, failures: Vec<Failure>) -> AuditReport {
-    AuditReport { size: tree.len(), root: hex::encode(tree.root()), checkpoints, failures }
+fn report(tree: &MerkleTree, checkpoints: usize, sealed: Option<TreeHead>, failures: Vec<Failure>) -> AuditReport {
+    AuditReport { size: tree.len(), root: hex::encode(tree.root()), checkpoints, sealed, failures }
+}
+
+/// How many distinct trusted witnesses validly co-signed `signed`, and the trusted witnesses whose signature line
+/// is there but does not verify. A key listed twice, under one name or two, counts once: a quorum counts parties.
+fn cosigners(signed: &SignedCheckpoint, keys: &AuditKeys) -> (usize, Vec<(String, CheckpointError)>) {
+    let mut counted: Vec<&PublicKey> = Vec::new();
+    let mut bad = Vec::new();
+    for (witness, key) in &keys.witnesses {
+        if !signed.signatures.iter().any(|line| &line.name == witness) {
+            continue;
+        }
+        match signed.verify(witness, key) {
+            Ok(()) if !counted.contains(&key) => counted.push(key),
+            Ok(()) => {}
+            Err(error) => bad.push((witness.clone(), error)),
+        }
+    }
+    (counted.len(), bad)
+}
+
+fn quorum_message(size: u64, cosigned: usize, keys: &AuditKeys) -> String {
+    format!(
+        "checkpoint {size} is co-signed by {cosigned} trusted witnesses, below the auditor's quorum of {} (of {} \
+         trusted witnesses)",
+        keys.quorum,
+        keys.witnesses.len()
+    )
+}
+
+/// Checks that `sealed`, the last sealed checkpoint, extends `remembered`, the tree head verified on an earlier
+/// run: its size is not smaller, and a consistency proof from the remembered size verifies against both roots.
+fn check_remembered(
+    remembered: &TreeHead,
+    sealed: Option<TreeHead>,
+    tree: &MerkleTree,
+    consistency: &dyn Fn(u64, u64) -> Result<Vec<Hash>, String>,
+    failures: &mut Vec<Failure>,
+) {
+    let (size, root) = (remembered.size, hex::encode(remembered.root));
+    let verified = format!("checkpoint {size} (root {root}) that this auditor verified before");
+    let mut fail = |checkpoints: Vec<u64>, message: String| {
+        failures.push(failure(Rule::RememberedCheckpoint, vec![], checkpoints, message));
+    };
+    // Entries that no longer hash to the remembered root are the plainest evidence, sealed or not.
+    let rewritten = tree.root_at(size).is_ok_and(|root| root != remembered.root);
+    match sealed {
+        Some(sealed) if sealed.size >= size => {
+            let proof = consistency(size, sealed.size);
+            let checked = proof.and_then(|proof| {
+                merkle::verify_consistency(size, sealed.size, &remembered.root, &sealed.root, &proof)
+                    .map_err(|e| e.to_string())
+            });
+            if let Err(error) = checked {
+                fail(
+                    vec![size, sealed.size],
+                    format!(
+                        "history rewritten: the last sealed checkpoint {} does not extend {verified}: {error}",
+                        sealed.size
+                    ),
+                );
+            }
+        }
+        _ if rewritten => {
+            fail(vec![size], format!("history rewritten: the entries no longer have the root of {verified}"))
+        }
+        Some(sealed) => fail(
+            vec![size, sealed.size],
+            format!(
+                "rolled back: the last sealed checkpoint is {}, behind {verified}; the log shown is older, or a fork",
+                sealed.size
+            ),
+        ),
+        None => fail(vec![size], format!("rolled back: no checkpoint is sealed, yet this auditor verified {verified}")),
+    }
 }
 
 fn failure(rule: Rule, mut entries: Vec<u64>, mut checkpoints: Vec<u64>, message: String) -> Failure {
@@ -527,16 +760,18 @@ struct NoteInput {
     note: Result<String, String>,
 }
 
-/// Checks the checkpoints in order against the re-derived tree; returns how many were checked.
+/// Checks the checkpoints in order against the re-derived tree; returns how many were checked and the largest
+/// sealed one (see [`AuditReport::sealed`]).
 fn check_checkpoints(
     notes: impl Iterator<Item = NoteInput>,
     tree: &MerkleTree,
     keys: &AuditKeys,
     consistency: &dyn Fn(u64, u64) -> Result<Vec<Hash>, String>,
     failures: &mut Vec<Failure>,
-) -> usize {
+) -> (usize, Option<TreeHead>) {
     // The previous checkpoint, if one was checked: `Some(None)` when it did not parse, so the chain is unknown.
     let mut previous: Option<Option<Checkpoint>> = None;
+    let mut sealed: Option<TreeHead> = None;
     let mut checked = 0;
     for input in notes {
         checked += 1;
@@ -579,7 +814,8 @@ fn check_checkpoints(
                 format!("the checkpoint stored under size {stored} states size {size}"),
             );
         }
-        if checkpoint.origin != keys.origin {
+        let origin_ok = checkpoint.origin == keys.origin;
+        if !origin_ok {
             fail(
                 Rule::CheckpointOrigin,
                 vec![],
@@ -587,31 +823,21 @@ fn check_checkpoints(
                 format!("{name} names origin {:?}, not the audited log {:?}", checkpoint.origin, keys.origin),
             );
         }
-        if let Err(error) = signed.verify(&keys.log_key_name, &keys.log_key) {
+        let signed_ok = signed.verify(&keys.log_key_name, &keys.log_key);
+        if let Err(error) = &signed_ok {
             fail(Rule::CheckpointSignature, vec![], None, format!("{name} lacks a valid log signature: {error}"));
         }
-        let mut cosigned = 0;
-        for (witness, key) in &keys.witnesses {
-            if !signed.signatures.iter().any(|line| &line.name == witness) {
-                continue;
-            }
-            match signed.verify(witness, key) {
-                Ok(()) => cosigned += 1,
-                Err(error) => fail(
-                    Rule::WitnessSignature,
-                    vec![],
-                    None,
-                    format!("{name} carries a signature line by witness {witness:?} that does not verify: {error}"),
-                ),
-            }
-        }
-        if cosigned < keys.quorum {
+        let (cosigned, bad) = cosigners(&signed, keys);
+        for (witness, error) in bad {
             fail(
-                Rule::WitnessQuorum,
+                Rule::WitnessSignature,
                 vec![],
                 None,
-                format!("{name} is co-signed by {cosigned} trusted witnesses, below the quorum of {}", keys.quorum),
+                format!("{name} carries a signature line by witness {witness:?} that does not verify: {error}"),
             );
+        }
+        if cosigned < keys.quorum {
+            fail(Rule::WitnessQuorum, vec![], None, quorum_message(size, cosigned, keys));
         }
         let root_ok = match tree.root_at(size) {
             Ok(root) if root == checkpoint.root => true,
@@ -692,9 +918,19 @@ fn check_checkpoints(
             }
             _ => {}
         }
+        let stored_ok = input.stored_size.is_none_or(|stored| stored == size);
+        if origin_ok
+            && signed_ok.is_ok()
+            && cosigned >= keys.quorum
+            && root_ok
+            && stored_ok
+            && sealed.is_none_or(|sealed| sealed.size < size)
+        {
+            sealed = Some(TreeHead { size, root: checkpoint.root });
+        }
         previous = Some(Some(checkpoint.clone()));
     }
-    checked
+    (checked, sealed)
 }
 
 /// A registered member and its current key.
@@ -1597,13 +1833,45 @@ mod tests {
     }
 
     #[test]
-    fn an_empty_ledger_passes_and_reads_plainly() {
+    fn an_empty_ledger_without_a_checkpoint_fails_no_check_but_does_not_pass() {
         let report = verify_store(&MemoryStore::new(), &keys());
+        assert!(report.passed());
+        assert_eq!(report.verdict(), Verdict::NoSealedCheckpoint);
         assert_eq!(
             report.to_string(),
-            format!("PASS\nsize: 0 entries, root {}\ncheckpoints checked: 0\n", hex::encode(merkle::EMPTY_ROOT))
+            format!(
+                "NO SEALED CHECKPOINT\nsize: 0 entries, root {}\ncheckpoints checked: 0\nunsealed: no checkpoint is \
+                 sealed under the auditor's policy (log signature, root, witness quorum)\n",
+                hex::encode(merkle::EMPTY_ROOT)
+            )
         );
         assert_eq!(report, verify_parts(&[], &[], &keys()));
+    }
+
+    #[test]
+    fn entries_beyond_the_last_sealed_checkpoint_are_the_unsealed_tail() {
+        let entries: Vec<Vec<u8>> = (0u8..5)
+            .map(|i| Entry::StudyCreated { study_id: format!("s{i}"), manifest_hash: [i; 32] }.encode())
+            .collect();
+        let leaves: Vec<Hash> = entries.iter().map(|e| merkle::leaf_hash(e)).collect();
+        let notes = [String::from_utf8(note(3, merkle::root(&leaves[..3]))).expect("utf-8")];
+        let report = verify_parts(&entries, &notes, &keys());
+        assert!(report.passed(), "{report}");
+        assert_eq!(report.verdict(), Verdict::UnsealedTail);
+        assert_eq!(report.unsealed_tail(), 3..5);
+        assert_eq!(report.sealed, Some(TreeHead { size: 3, root: merkle::root(&leaves[..3]) }));
+        let text = report.to_string();
+        assert!(text.starts_with("UNSEALED TAIL (2 entries)\n"), "{text}");
+        assert!(
+            text.contains("\nunsealed tail: entries 3..=4 (2 entries) beyond the last sealed checkpoint (size 3)\n")
+        );
+
+        // With a witness quorum the log's signature alone seals nothing.
+        let witnessed =
+            AuditKeys { witnesses: vec![("w".into(), Identity::from_seed([3; 32]).public_key())], quorum: 1, ..keys() };
+        let report = verify_parts(&entries, &notes, &witnessed);
+        assert_eq!((report.verdict(), report.sealed, report.unsealed_tail()), (Verdict::Fail, None, 0..5));
+        assert!(report.to_string().contains("unsealed: no checkpoint is sealed under the auditor's policy (log signature, root, witness quorum); entries 0..=4 (5 entries)\n"), "{report}");
     }
 
     #[test]

@@ -65,6 +65,24 @@ fn acknowledged(log: &Path) -> Vec<(u32, String)> {
         .collect()
 }
 
+/// Waits (at most 30 s) until the latest checkpoint covers every entry of the log.
+async fn wait_until_sealed(url: &str) {
+    let mut client = pb::audit_service_client::AuditServiceClient::connect(url.to_owned()).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let size = client.get_log_info(pb::LogInfoRequest {}).await.unwrap().into_inner().size;
+        // A checkpoint note's second line is the tree size it signs (C2SP tlog-checkpoint).
+        let sealed = client.get_checkpoint(pb::CheckpointRequest { size: 0 }).await.ok().and_then(|checkpoint| {
+            checkpoint.into_inner().note.lines().nth(1).and_then(|line| line.parse::<u64>().ok())
+        });
+        if sealed == Some(size) {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the log of {size} entries is sealed only to {sealed:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 async fn ledger_entries(url: &str) -> Vec<Entry> {
     let mut client = pb::audit_service_client::AuditServiceClient::connect(url.to_owned()).await.unwrap();
     let size = client.get_log_info(pb::LogInfoRequest {}).await.unwrap().into_inner().size;
@@ -164,8 +182,14 @@ async fn a_coordinator_killed_at_random_points_resumes_its_study() {
     }
     assert!(acknowledged_count >= ROUNDS as usize, "only {acknowledged_count} acknowledged updates in the logs");
 
-    // The ledger verifies, and the study replays from the archives to the same models.
-    let audit = pdc_output(&["audit", "verify", "--coordinator", &url]).await;
+    // The ledger verifies, and the study replays from the archives to the same models. The study's last entry is
+    // sealed by a task of its own after the study reads finished: the board audits once the checkpoint covers the
+    // whole log (an unsealed tail is, rightly, no pass).
+    wait_until_sealed(&url).await;
+    // The board trusts the log key on first use, remembering it beside the test's other state.
+    let state = dir.path().join("auditor-state.json");
+    let audit =
+        pdc_output(&["audit", "verify", "--coordinator", &url, "--tofu", "--state", state.to_str().unwrap()]).await;
     assert!(audit.starts_with("PASS"), "{audit}");
     coordinator.start_kill().unwrap();
     coordinator.wait().await.unwrap();

@@ -315,14 +315,27 @@ async fn a_study_is_recorded_sealed_witnessed_and_audited() {
         assert!(stdout.contains("no rewards recorded"), "{stdout}");
     }
 
-    // The same through `pdc audit`, with the log key pinned.
+    // The same through `pdc audit`, with the log key, the witnesses and the quorum pinned.
     let log_key = hex::encode(key.public_key().to_bytes());
-    let (ok, stdout, stderr) = pdc_run(&["audit", "verify", "--coordinator", &url, "--log-key", &log_key]);
+    let state = dir.path().join("auditor-state.json");
+    let witnesses: Vec<String> = [&witness_a, &witness_b]
+        .iter()
+        .map(|w| format!("{}={}", w.name, hex::encode(w.public_key.to_bytes())))
+        .collect();
+    let trust =
+        ["--witness", &witnesses[0], "--witness", &witnesses[1], "--quorum", "2", "--state", state.to_str().unwrap()];
+    let with_trust = |args: &[&str]| -> Vec<String> { args.iter().chain(&trust).map(|a| a.to_string()).collect() };
+    let run = |args: Vec<String>| pdc_run(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let (ok, stdout, stderr) = run(with_trust(&["audit", "verify", "--coordinator", &url, "--log-key", &log_key]));
     assert!(ok && stdout.starts_with("PASS"), "{stdout}{stderr}");
-    let (ok, stdout, stderr) = pdc_run(&["audit", "prove", "--coordinator", &url, "--entry", &index.to_string()]);
+    let entry = index.to_string();
+    let (ok, stdout, stderr) =
+        run(with_trust(&["audit", "prove", "--coordinator", &url, "--log-key", &log_key, "--entry", &entry]));
     assert!(ok && stdout.contains(&format!("entry {index} (ContributionAccepted) is included")), "{stdout}{stderr}");
     let (from, to) = (first.checkpoint.size.to_string(), size.to_string());
-    let (ok, stdout, stderr) = pdc_run(&["audit", "consistency", "--coordinator", &url, "--from", &from, "--to", &to]);
+    let consistency =
+        ["audit", "consistency", "--coordinator", &url, "--log-key", &log_key, "--from", &from, "--to", &to];
+    let (ok, stdout, stderr) = run(with_trust(&consistency));
     assert!(ok && stdout.contains("consistently extends"), "{stdout}{stderr}");
     let (ok, stdout, stderr) = pdc_run(&["audit", "show", "--coordinator", &url, "--json"]);
     assert!(ok, "{stderr}");
@@ -330,7 +343,7 @@ async fn a_study_is_recorded_sealed_witnessed_and_audited() {
     assert_eq!(shown.len(), entries.len());
     assert_eq!(shown[index as usize]["kind"], "ContributionAccepted");
     let other_key = hex::encode(Identity::generate().public_key().to_bytes());
-    let (ok, _, stderr) = pdc_run(&["audit", "verify", "--coordinator", &url, "--log-key", &other_key]);
+    let (ok, _, stderr) = run(with_trust(&["audit", "verify", "--coordinator", &url, "--log-key", &other_key]));
     assert!(!ok && stderr.contains("not the pinned"), "{stderr}");
 
     // An offline copy verifies with no coordinator; a damaged one is refused, never with a panic.
@@ -338,13 +351,13 @@ async fn a_study_is_recorded_sealed_witnessed_and_audited() {
     let export_arg = export.to_str().unwrap();
     let (ok, stdout, stderr) = pdc_run(&["audit", "export", "--coordinator", &url, "--out", export_arg]);
     assert!(ok, "{stdout}{stderr}");
-    let (ok, stdout, stderr) = pdc_run(&["audit", "verify", "--file", export_arg, "--log-key", &log_key]);
+    let (ok, stdout, stderr) = run(with_trust(&["audit", "verify", "--file", export_arg, "--log-key", &log_key]));
     assert!(ok && stdout.starts_with("PASS"), "{stdout}{stderr}");
     let bytes = std::fs::read(&export).unwrap();
     let damaged = dir.path().join("damaged.export");
     let damaged_arg = damaged.to_str().unwrap();
     std::fs::write(&damaged, &bytes[..bytes.len() / 2]).unwrap();
-    let (ok, _, stderr) = pdc_run(&["audit", "verify", "--file", damaged_arg]);
+    let (ok, _, stderr) = run(with_trust(&["audit", "verify", "--file", damaged_arg, "--log-key", &log_key]));
     assert!(!ok && stderr.contains("is not a valid ledger export"), "{stderr}");
     let mut rng = 0x9e37_79b9_7f4a_7c15_u64;
     for _ in 0..12 {
@@ -353,7 +366,7 @@ async fn a_study_is_recorded_sealed_witnessed_and_audited() {
         let mut flipped = bytes.clone();
         flipped[position] ^= 1 << (rng % 8);
         std::fs::write(&damaged, &flipped).unwrap();
-        let (ok, stdout, stderr) = pdc_run(&["audit", "verify", "--file", damaged_arg, "--log-key", &log_key]);
+        let (ok, stdout, stderr) = run(with_trust(&["audit", "verify", "--file", damaged_arg, "--log-key", &log_key]));
         assert!(!ok, "a flipped bit at byte {position} went unnoticed: {stdout}{stderr}");
     }
 }

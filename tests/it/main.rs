@@ -2,6 +2,7 @@
 //! binary.
 
 mod adversary_agent;
+mod adversary_audit;
 mod agent;
 mod bad_input;
 mod central;

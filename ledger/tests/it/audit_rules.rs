@@ -459,8 +459,16 @@ fn a_malformed_entry_is_reported_and_the_report_reads_and_serialises() {
     assert_eq!(lines.next(), Some(format!("FAIL ({} failures)", report.failures.len()).as_str()));
     assert!(lines.next().expect("size line").starts_with(&format!("size: {} entries, root ", entries.len())));
     assert_eq!(lines.next(), Some(format!("checkpoints checked: {}", notes.len()).as_str()));
+    // Every checkpoint covers entry 5, so none is sealed, and the report says so before the failures.
+    let unsealed = format!(
+        "unsealed: no checkpoint is sealed under the auditor's policy (log signature, root, witness quorum); entries \
+         0..={} ({} entries)",
+        entries.len() - 1,
+        entries.len()
+    );
+    assert_eq!(lines.next(), Some(unsealed.as_str()));
     assert!(text.contains("\n  entry_malformed entries 5: entry 5 does not decode"), "{text}");
-    assert_eq!(text.lines().count(), 3 + report.failures.len());
+    assert_eq!(text.lines().count(), 4 + report.failures.len());
 
     let json = serde_json::to_string(&report).expect("serialises");
     assert!(json.contains("\"rule\":\"entry_malformed\""), "{json}");

@@ -1,6 +1,7 @@
-//! pdc-ledger's integration tests, one binary: the audit's rules, tamper detection on RocksDB, crash safety under
-//! SIGKILL, group commit on RocksDB, and the export file.
+//! pdc-ledger's integration tests, one binary: the audit's trust policy and memory, the audit's rules, tamper
+//! detection on RocksDB, crash safety under SIGKILL, group commit on RocksDB, and the export file.
 
+mod audit_policy;
 mod audit_rules;
 mod crash;
 mod export_file;
