@@ -73,6 +73,32 @@ enum Command {
         #[command(subcommand)]
         command: DataCommand,
     },
+    /// Serves a read-only governance dashboard of a ledger in the browser: the ledger head and its audit verdict,
+    /// studies and rounds, entries with inclusion proofs, privacy, consents, rewards and members, each page also
+    /// as JSON (`?format=json`). Example: `pdc dashboard --ledger ./ledger-copy --log-key <hex>`.
+    Dashboard {
+        /// A copy of a coordinator's ledger folder (`<data_dir>/ledger`), opened read-only.
+        #[arg(long, conflicts_with = "file", required_unless_present = "file")]
+        ledger: Option<PathBuf>,
+        /// An exported ledger file (`pdc audit export`).
+        #[arg(long)]
+        file: Option<PathBuf>,
+        /// Where to serve the pages.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+        /// The log's public key (hex), obtained independently; without it the head page gives no verdict.
+        #[arg(long)]
+        log_key: Option<String>,
+        /// A witness whose co-signatures count, as NAME=HEX; repeat for each.
+        #[arg(long = "witness", value_name = "NAME=HEX")]
+        witnesses: Vec<String>,
+        /// Co-signatures each checkpoint needs (default: every pinned witness).
+        #[arg(long)]
+        quorum: Option<usize>,
+        /// Re-reads a live ledger folder when a page is older than this many seconds; pages refresh as often.
+        #[arg(long, requires = "ledger")]
+        refresh: Option<u64>,
+    },
     /// Runs a coordinator and five hospitals in one process over real gRPC on 127.0.0.1 and trains an MLP on the
     /// bundled breast-cancer data.
     Demo(demo::DemoArgs),
@@ -125,6 +151,19 @@ async fn main() -> anyhow::Result<()> {
         Command::Data { command: DataCommand::Split(args) } => data::split(args),
         Command::Keygen(args) => keygen::run(args),
         Command::Demo(args) => demo::run(args).await,
+        Command::Dashboard { ledger, file, listen, log_key, witnesses, quorum, refresh } => {
+            use pdc_dashboard::source::{Source, TrustPolicy};
+            let source = match (ledger, file) {
+                (Some(dir), _) => Source::Folder(dir),
+                (None, Some(path)) => Source::File(path),
+                (None, None) => anyhow::bail!("pdc dashboard needs --ledger DIR or --file EXPORT"),
+            };
+            let policy = TrustPolicy::from_flags(log_key.as_deref(), &witnesses, quorum)?;
+            let shutdown = async {
+                let _ = tokio::signal::ctrl_c().await;
+            };
+            Ok(pdc_dashboard::run(source, policy, listen, refresh, shutdown).await?)
+        }
     }
 }
 
