@@ -15,6 +15,9 @@ pub mod checkpoint;
 mod cursor;
 pub mod entry;
 pub mod export;
+// The fuzz targets' properties, shared with the corpus tests; behind no feature so those tests always run.
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod hash;
 pub mod identity;
 pub mod log;

@@ -595,7 +595,9 @@ fn inclusion_proof_len(index: u64, size: u64) -> usize {
     // Below the level where the paths to `index` and to the last leaf join, every level has a sibling; above it
     // the path runs along the right edge and only levels where it is a right child have one (a left sibling).
     let inner = u64::BITS - (index ^ (size - 1)).leading_zeros();
-    let border = (index >> inner).count_ones();
+    // `inner` is 64 when the paths part at the root of a tree past 2⁶³ leaves: nothing lies above it, and a shift
+    // by 64 would overflow (a hostile size reached this; `fuzz/regressions/merkle` replays it).
+    let border = index.checked_shr(inner).unwrap_or(0).count_ones();
     (inner + border) as usize
 }
 
@@ -694,6 +696,17 @@ mod tests {
 
     /// The largest tree the exhaustive tests cover.
     const MAX_SIZE: u64 = 64;
+
+    #[test]
+    fn sizes_past_two_to_the_63_are_refused_not_a_panic() {
+        // The fuzzer's find: index 0 and the last leaf of a tree of 2⁶³ + 1 part at the root, 64 levels up.
+        let size = (1u64 << 63) + 1;
+        assert_eq!(inclusion_proof_len(0, size), 64);
+        assert_eq!(inclusion_proof_len(size - 1, size), 1);
+        let error = verify_inclusion(0, size, &[0; 32], &[], &[0; 32]).unwrap_err();
+        assert_eq!(error, ProofError::WrongProofLength { expected: 64, actual: 0 });
+        assert!(verify_inclusion(u64::MAX - 1, u64::MAX, &[0; 32], &[[1; 32]; 3], &[0; 32]).is_err());
+    }
 
     fn leaves(n: u64) -> Vec<Hash> {
         (0..n).map(|i| leaf_hash(format!("entry {i}").as_bytes())).collect()

@@ -39,9 +39,14 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
-use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::collections::BTreeMap;
+#[cfg(feature = "rocksdb")]
+use std::collections::HashMap;
+#[cfg(feature = "rocksdb")]
+use std::path::Path;
+use std::path::PathBuf;
 
+#[cfg(feature = "rocksdb")]
 use rocksdb::{ColumnFamily, DB, IteratorMode, Options, WriteBatch, WriteOptions};
 
 use crate::Hash;
@@ -52,12 +57,29 @@ use crate::merkle::{self, MerkleTree, NodeSource, ProofError};
 pub const SIZE_KEY: &str = "size";
 
 /// The column families of a [`RocksDbStore`], in the order they are opened.
+#[cfg(feature = "rocksdb")]
 pub const COLUMN_FAMILIES: [&str; 4] = [CF_ENTRIES, CF_NODES, CF_CHECKPOINTS, CF_META];
 
+#[cfg(feature = "rocksdb")]
 const CF_ENTRIES: &str = "entries";
+#[cfg(feature = "rocksdb")]
 const CF_NODES: &str = "nodes";
+#[cfg(feature = "rocksdb")]
 const CF_CHECKPOINTS: &str = "checkpoints";
+#[cfg(feature = "rocksdb")]
 const CF_META: &str = "meta";
+
+/// The error a [`RocksDbStore`] reports from RocksDB, in [`StoreError::Db`].
+///
+/// Without the `rocksdb` feature there is no RocksDB and this is [`std::convert::Infallible`], so that
+/// `StoreError::Db` can never be made but code that matches on it builds either way.
+#[cfg(feature = "rocksdb")]
+pub type DbError = rocksdb::Error;
+
+/// The error a RocksDB store reports, in [`StoreError::Db`]; without the `rocksdb` feature there is none, so
+/// this is uninhabited and `StoreError::Db` can never be made, while code that matches on it still builds.
+#[cfg(not(feature = "rocksdb"))]
+pub type DbError = std::convert::Infallible;
 
 /// Why a store operation failed.
 ///
@@ -126,7 +148,7 @@ pub enum StoreError {
         /// The database directory.
         path: PathBuf,
         /// The RocksDB error.
-        source: rocksdb::Error,
+        source: DbError,
     },
 }
 
@@ -338,6 +360,7 @@ impl Store for MemoryStore {
 /// index, not by the larger nodes above it that it also spoils). This is the price of trusting the cached size and the stored nodes afterwards; a log
 /// that grows past what a restart may cost should check incrementally instead (not done).
 #[derive(Debug)]
+#[cfg(feature = "rocksdb")]
 pub struct RocksDbStore {
     db: DB,
     path: PathBuf,
@@ -352,6 +375,7 @@ pub struct RocksDbStore {
     pub(crate) fail_next_write: bool,
 }
 
+#[cfg(feature = "rocksdb")]
 impl RocksDbStore {
     /// Opens the store in directory `path`, creating the database and any missing column family, and checks the
     /// stored log (see the type's docs); [`StoreError::Corrupt`] if it is inconsistent.
@@ -531,6 +555,7 @@ impl RocksDbStore {
     }
 }
 
+#[cfg(feature = "rocksdb")]
 impl Store for RocksDbStore {
     fn size(&self) -> u64 {
         self.size
@@ -627,6 +652,7 @@ impl Store for RocksDbStore {
 /// `read` fetches nodes already stored; nodes completed earlier in the same batch are taken from the result. Each
 /// new node's left sibling, when there is one, is the last perfect node of its level before it, so this reads at
 /// most `log2(old_size)` stored nodes in all.
+#[cfg(feature = "rocksdb")]
 fn new_nodes(
     old_size: u64,
     entries: &[Vec<u8>],
@@ -672,10 +698,12 @@ fn check_meta_key(key: &str) -> Result<()> {
 }
 
 /// The number of perfect nodes in a log of `size` leaves: `size` leaves, `size / 2` pairs, and so on.
+#[cfg(feature = "rocksdb")]
 fn perfect_node_count(size: u64) -> u64 {
     (0..u64::BITS).map(|level| size >> level).sum()
 }
 
+#[cfg(feature = "rocksdb")]
 fn node_key(level: u32, index: u64) -> [u8; 9] {
     let mut key = [0; 9];
     // Levels are below 64 (`check_node`), so one byte holds them.
@@ -684,15 +712,18 @@ fn node_key(level: u32, index: u64) -> [u8; 9] {
     key
 }
 
+#[cfg(feature = "rocksdb")]
 fn decode_node_key(key: &[u8]) -> Option<(u32, u64)> {
     let (&level, index) = key.split_first()?;
     Some((u32::from(level), decode_u64(index)?))
 }
 
+#[cfg(feature = "rocksdb")]
 fn decode_u64(bytes: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(bytes.try_into().ok()?))
 }
 
+#[cfg(feature = "rocksdb")]
 fn corrupt(index: Option<u64>, detail: String) -> StoreError {
     StoreError::Corrupt { index, detail }
 }
@@ -750,15 +781,18 @@ mod tests {
         assert_eq!(store.size(), 40);
     }
 
+    #[cfg(feature = "rocksdb")]
     fn reopen_err(dir: &Path) -> StoreError {
         RocksDbStore::open(dir).expect_err("open should fail")
     }
 
     /// Opens the database underneath a closed store, to damage it the way a disk or an intruder might.
+    #[cfg(feature = "rocksdb")]
     fn raw_db(dir: &Path) -> DB {
         DB::open_cf(&Options::default(), dir, COLUMN_FAMILIES).unwrap()
     }
 
+    #[cfg(feature = "rocksdb")]
     fn filled_rocksdb(entries: u64) -> (tempfile::TempDir, RocksDbStore) {
         let dir = tempfile::tempdir().unwrap();
         let mut store = RocksDbStore::open(dir.path()).unwrap();
@@ -773,12 +807,14 @@ mod tests {
         fill_and_check(&mut MemoryStore::new());
     }
 
+    #[cfg(feature = "rocksdb")]
     #[test]
     fn rocksdb_store_matches_merkle_for_every_size() {
         let dir = tempfile::tempdir().unwrap();
         fill_and_check(&mut RocksDbStore::open(dir.path()).unwrap());
     }
 
+    #[cfg(feature = "rocksdb")]
     #[test]
     fn both_stores_hold_exactly_the_perfect_nodes() {
         let (_dir, rocks) = filled_rocksdb(21);
@@ -803,6 +839,7 @@ mod tests {
         assert_eq!(raw, perfect_node_count(21));
     }
 
+    #[cfg(feature = "rocksdb")]
     #[test]
     fn empty_store_has_the_empty_root() {
         let dir = tempfile::tempdir().unwrap();
@@ -813,6 +850,7 @@ mod tests {
         assert_eq!(rocks.consistency_proof(0, 0).unwrap(), Vec::<Hash>::new());
     }
 
+    #[cfg(feature = "rocksdb")]
     #[test]
     fn reopen_gives_the_same_log() {
         let (dir, mut store) = filled_rocksdb(37);
@@ -838,6 +876,7 @@ mod tests {
         check_against_merkle(&store);
     }
 
+    #[cfg(feature = "rocksdb")]
     #[test]
     fn out_of_range_requests_are_precise_errors() {
         let (_dir, rocks) = filled_rocksdb(5);
@@ -861,6 +900,7 @@ mod tests {
         }
     }
 
+    #[cfg(feature = "rocksdb")]
     #[test]
     fn checkpoints_are_never_rewritten() {
         let (_dir, mut rocks) = filled_rocksdb(5);
@@ -881,6 +921,7 @@ mod tests {
         }
     }
 
+    #[cfg(feature = "rocksdb")]
     #[test]
     fn failed_write_poisons_until_reopened() {
         let (dir, mut store) = filled_rocksdb(6);
@@ -904,6 +945,7 @@ mod tests {
         assert_eq!(store.append(&[b"kept".to_vec()]).unwrap(), 7);
     }
 
+    #[cfg(feature = "rocksdb")]
     #[test]
     fn corrupt_entry_is_reported_with_its_index() {
         let (dir, store) = filled_rocksdb(13);
@@ -914,6 +956,7 @@ mod tests {
         assert!(matches!(reopen_err(dir.path()), StoreError::Corrupt { index: Some(9), .. }));
     }
 
+    #[cfg(feature = "rocksdb")]
     #[test]
     fn corrupt_node_is_reported_with_its_first_leaf() {
         let (dir, store) = filled_rocksdb(13);
@@ -927,8 +970,10 @@ mod tests {
     }
 
     /// A way to damage a closed store's database.
+    #[cfg(feature = "rocksdb")]
     type Damage = fn(&DB);
 
+    #[cfg(feature = "rocksdb")]
     #[test]
     fn missing_or_extra_records_are_corrupt() {
         let cases: [(&str, Damage, Option<u64>); 5] = [

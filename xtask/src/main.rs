@@ -1,6 +1,7 @@
 //! `cargo xtask`: pdc's build tasks (demo, test, ci, bench, deps), so a fresh machine needs only a Rust toolchain.
 
 mod deps;
+mod fuzz;
 mod invariants;
 mod prerequisites;
 mod shell;
@@ -35,6 +36,9 @@ Commands:
   deps                        check only that no crate depends on what DESIGN.md §2 forbids, and the
                               source-level invariants of ARCHITECTURE.md (RocksDB behind the stores, pb:: at
                               the edges, no I/O or clock in the coordinator's pure cores)
+  fuzz [TARGET] [--time SECONDS] [-- LIBFUZZER_ARGS...]
+                              run each cargo-fuzz target of fuzz/ (or TARGET) for SECONDS (default 60) from
+                              its corpus, installing cargo-fuzz when missing; reports executions per target
   help                        print this text
 
 Cargo builds into $CARGO_TARGET_DIR, or into $HOME/.cache/pdc-target when it is unset, so the build cache
@@ -55,6 +59,8 @@ enum Task {
     /// The large-model bench (not a criterion bench), with its arguments.
     LargeModel(Vec<String>),
     Deps,
+    /// `cargo xtask fuzz`, with its options.
+    Fuzz(fuzz::Options),
     Help,
 }
 
@@ -92,6 +98,7 @@ fn parse(args: &[String]) -> Result<Task, String> {
         "test" => no_arguments(Task::Test),
         "ci" => no_arguments(Task::Ci),
         "deps" => no_arguments(Task::Deps),
+        "fuzz" => fuzz::parse(rest).map(Task::Fuzz),
         "help" | "-h" | "--help" => no_arguments(Task::Help),
         "bench" if rest.first().is_some_and(|name| name == ROBUSTNESS || name == LARGE_MODEL) => {
             // Its options may follow the name directly or after `--`, like criterion's.
@@ -129,6 +136,7 @@ fn run(task: Task) -> Result<ExitCode> {
         Task::Robustness(args) => robustness(&Shell::new()?, &args)?,
         Task::LargeModel(args) => large_model(&Shell::new()?, &args)?,
         Task::Deps => deps::check(&Shell::new()?)?,
+        Task::Fuzz(options) => fuzz::run(&Shell::new()?, &options)?,
     };
     Ok(if passed { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
