@@ -220,14 +220,16 @@ impl std::fmt::Debug for Ledger {
 impl Ledger {
     /// Opens (creating) the RocksDB ledger under `dir`, checks its stored root against its last checkpoint, and
     /// records in it whose log it is ([`LOG_INFO_KEY`]).
+    ///
+    /// The checks come first: a start refused (a checkpoint signed by another key, a root that differs) writes
+    /// nothing, so the ledger still says whose it is and an auditor holding the right key still verifies it.
     pub fn open(dir: &Path, identity: Identity, settings: LedgerSettings) -> Result<Self> {
         settings.validate()?;
         let mut store = RocksDbStore::open(dir).map_err(ledger_error)?;
+        check_last_checkpoint(&store, &settings.key_name, &identity.public_key())?;
         let info = Self::info_of(&identity, &settings).to_text();
         store.put_meta(LOG_INFO_KEY, info.as_bytes()).map_err(ledger_error)?;
-        let ledger = Self::from_store(Box::new(store), identity, settings);
-        ledger.check_last_checkpoint()?;
-        Ok(ledger)
+        Ok(Self::from_store(Box::new(store), identity, settings))
     }
 
     /// A ledger in memory, for tests.
@@ -244,19 +246,6 @@ impl Ledger {
             witness_sizes: Mutex::default(),
             sealing: tokio::sync::Mutex::default(),
         }
-    }
-
-    fn check_last_checkpoint(&self) -> Result<()> {
-        let Some((size, note)) = self.log.latest_checkpoint().map_err(ledger_error)? else { return Ok(()) };
-        let signed = parse_note(size, &note)?;
-        signed
-            .verify(&self.settings.key_name, &self.identity.public_key())
-            .map_err(|e| Error::Ledger(format!("checkpoint {size} is not signed by this coordinator's key: {e}")))?;
-        let root = self.log.root_at(size).map_err(ledger_error)?;
-        if root != signed.checkpoint.root {
-            return Err(Error::Ledger(format!("the stored log's root at size {size} differs from its checkpoint")));
-        }
-        Ok(())
     }
 
     fn info_of(identity: &Identity, settings: &LedgerSettings) -> LogInfo {
@@ -473,6 +462,20 @@ fn parse_note(size: u64, note: &[u8]) -> Result<SignedCheckpoint> {
     SignedCheckpoint::parse(text).map_err(|e| Error::Ledger(format!("checkpoint {size}: {e}")))
 }
 
+/// Checks that `store`'s last checkpoint is signed as `key_name` by `key` and matches the stored root; reads only.
+fn check_last_checkpoint(store: &dyn Store, key_name: &str, key: &PublicKey) -> Result<()> {
+    let Some((size, note)) = store.latest_checkpoint().map_err(ledger_error)? else { return Ok(()) };
+    let signed = parse_note(size, &note)?;
+    signed
+        .verify(key_name, key)
+        .map_err(|e| Error::Ledger(format!("checkpoint {size} is not signed by this coordinator's key: {e}")))?;
+    let root = store.root_at(size).map_err(ledger_error)?;
+    if root != signed.checkpoint.root {
+        return Err(Error::Ledger(format!("the stored log's root at size {size} differs from its checkpoint")));
+    }
+    Ok(())
+}
+
 fn ledger_error(error: pdc_ledger::store::StoreError) -> Error {
     Error::Ledger(error.to_string())
 }
@@ -491,6 +494,34 @@ mod tests {
             })
             .collect();
         LedgerSettings { witnesses, quorum, ..LedgerSettings::default() }
+    }
+
+    #[tokio::test]
+    async fn a_start_refused_for_another_key_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ledger");
+        let owner = Identity::from_seed([7; 32]);
+        let ledger = Ledger::open(&path, Identity::from_seed([7; 32]), LedgerSettings::default()).unwrap();
+        let closed = Entry::StudyClosed { study_id: "s".into(), state: "finished".into() };
+        ledger.record(&[closed]).unwrap();
+        ledger.seal(1_000).await.unwrap();
+        drop(ledger);
+        let meta = || {
+            let store = RocksDbStore::open_for_audit(&path).unwrap();
+            (store.meta(LOG_INFO_KEY).unwrap(), store.size(), store.checkpoints().unwrap().len())
+        };
+        let before = meta();
+        assert!(before.0.is_some() && before.1 == 1 && before.2 == 1, "{before:?}");
+
+        // Started with another key, the coordinator refuses, and the ledger still says it is the owner's.
+        let error = Ledger::open(&path, Identity::from_seed([8; 32]), LedgerSettings::default()).unwrap_err();
+        assert!(error.to_string().contains("checkpoint 1 is not signed by this coordinator's key"), "{error}");
+        assert_eq!(meta(), before);
+        let info = LogInfo::from_text(std::str::from_utf8(before.0.as_deref().unwrap()).unwrap()).unwrap();
+        assert_eq!(info.public_key, owner.public_key());
+
+        // The owner's key still opens it.
+        assert_eq!(Ledger::open(&path, owner, LedgerSettings::default()).unwrap().size(), 1);
     }
 
     #[test]
