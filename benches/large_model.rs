@@ -307,8 +307,10 @@ impl Hospital {
 
     fn signed(&self, method: &str) -> pb::SignedRequest {
         let timestamp_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
-        let signature = self.identity.sign(&signing::request_message(method, &self.id, timestamp_ms)).to_vec();
-        pb::SignedRequest { pdc_id: self.id.clone(), timestamp_ms, signature }
+        let nonce: [u8; 16] = rand::random();
+        let message = signing::request_message(method, &self.id, timestamp_ms, &nonce);
+        let signature = self.identity.sign(&message).to_vec();
+        pb::SignedRequest { pdc_id: self.id.clone(), timestamp_ms, signature, nonce: nonce.to_vec() }
     }
 
     /// Downloads the task's model, checks its hash, and returns the bytes that travelled.

@@ -250,8 +250,11 @@ impl Agent {
 
     fn signed(&self, method: &str) -> pb::SignedRequest {
         let timestamp_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
-        let signature = self.identity.sign(&signing::request_message(method, &self.config.pdc_id, timestamp_ms));
-        pb::SignedRequest { pdc_id: self.config.pdc_id.clone(), timestamp_ms, signature: signature.to_vec() }
+        // Fresh for every request, from the thread's CSPRNG: the coordinator refuses a nonce it has seen.
+        let nonce: [u8; 16] = rand::random();
+        let message = signing::request_message(method, &self.config.pdc_id, timestamp_ms, &nonce);
+        let signature = self.identity.sign(&message).to_vec();
+        pb::SignedRequest { pdc_id: self.config.pdc_id.clone(), timestamp_ms, signature, nonce: nonce.to_vec() }
     }
 
     /// Consents to every listed study the policy allows and the local table can serve, and remembers the manifest

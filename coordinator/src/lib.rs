@@ -16,6 +16,7 @@ pub mod ledger;
 pub mod limits;
 pub mod manifest;
 pub mod metrics;
+pub mod nonces;
 pub mod pipeline;
 pub mod recovery;
 pub mod replay;

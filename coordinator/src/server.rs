@@ -683,7 +683,12 @@ fn hash_from_pb(bytes: &[u8]) -> Result<pdc_ledger::Hash, Status> {
 
 fn auth_from_pb(auth: Option<pb::SignedRequest>) -> Result<RequestAuth, Status> {
     let auth = auth.ok_or_else(|| Status::unauthenticated("the request carries no signature"))?;
-    Ok(RequestAuth { pdc_id: auth.pdc_id, timestamp_ms: auth.timestamp_ms, signature: auth.signature })
+    Ok(RequestAuth {
+        pdc_id: auth.pdc_id,
+        timestamp_ms: auth.timestamp_ms,
+        signature: auth.signature,
+        nonce: auth.nonce,
+    })
 }
 
 fn header_from_pb(header: pb::UpdateHeader) -> Result<UpdateHeader, Status> {

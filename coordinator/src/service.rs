@@ -25,6 +25,7 @@ use crate::consortium::{Consortium, Membership};
 use crate::ledger::{Ledger, LedgerSettings};
 use crate::manifest::{self, Manifest};
 use crate::metrics::Telemetry;
+use crate::nonces::{NonceCache, NonceRefusal};
 use crate::pipeline::{
     Aggregated, CentralState, RootData, ValuationInputs, aggregate, aggregation_entries, central_aggregate,
     valuation_entry_count, value_contributions,
@@ -36,6 +37,8 @@ use crate::{Error, Result};
 
 /// How far a signed request's timestamp may be from the coordinator's clock.
 const MAX_CLOCK_SKEW_MS: u64 = 5 * 60 * 1000;
+/// The most signed-request nonces held at once (about 100 bytes each): a million requests within one window.
+const MAX_NONCES: usize = 1_000_000;
 /// The largest validation set accepted, in bytes.
 pub const MAX_VALIDATION_BYTES: usize = 4 << 20;
 /// Longest PDC id.
@@ -263,6 +266,8 @@ pub struct RequestAuth {
     pub timestamp_ms: u64,
     /// Its signature.
     pub signature: Vec<u8>,
+    /// The request's fresh random nonce, under the signature (see [`crate::nonces`]).
+    pub nonce: Vec<u8>,
 }
 
 struct Pdc {
@@ -447,6 +452,9 @@ pub struct Coordinator {
     state_store: StateStore,
     /// What recovery left to do once the coordinator runs: seal the ledger, then these, in order.
     recovered: Mutex<Vec<Resumption>>,
+    /// The nonces of signed requests accepted within the signature window (a small lock of its own, never held
+    /// across I/O).
+    nonces: Mutex<NonceCache>,
 }
 
 /// A step a recovered study takes once the coordinator runs.
@@ -478,6 +486,7 @@ impl Coordinator {
             metrics: Arc::new(Telemetry::default()),
             state_store,
             recovered: Mutex::new(Vec::new()),
+            nonces: Mutex::new(NonceCache::new(MAX_CLOCK_SKEW_MS, MAX_NONCES)),
         };
         coordinator.recover()?;
         if coordinator.config.consortium.is_some() {
@@ -1495,7 +1504,7 @@ impl Coordinator {
         SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
     }
 
-    fn authenticate(state: &State, method: &str, auth: &RequestAuth) -> Result<()> {
+    fn authenticate(&self, state: &State, method: &str, auth: &RequestAuth) -> Result<()> {
         let pdc = state.pdcs.get(&auth.pdc_id).ok_or_else(|| Error::UnknownPdc(auth.pdc_id.clone()))?;
         let now = Self::wall_clock_ms();
         if now.abs_diff(auth.timestamp_ms) > MAX_CLOCK_SKEW_MS {
@@ -1504,14 +1513,20 @@ impl Coordinator {
                 auth.timestamp_ms
             )));
         }
-        let message = signing::request_message(method, &auth.pdc_id, auth.timestamp_ms);
-        pdc.key.verify(&message, &auth.signature, &auth.pdc_id).map_err(|e| Error::Unauthenticated(e.to_string()))
+        let message = signing::request_message(method, &auth.pdc_id, auth.timestamp_ms, &auth.nonce);
+        pdc.key.verify(&message, &auth.signature, &auth.pdc_id).map_err(|e| Error::Unauthenticated(e.to_string()))?;
+        // Only after the signature: nobody but the key holder can fill this PDC's entries.
+        let mut nonces = self.nonces.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        nonces.accept(&auth.pdc_id, &auth.nonce, auth.timestamp_ms, now).map_err(|refusal| match refusal {
+            NonceRefusal::Full { .. } => Error::TooLarge(refusal.to_string()),
+            NonceRefusal::Malformed { .. } | NonceRefusal::Replayed => Error::Unauthenticated(refusal.to_string()),
+        })
     }
 
     /// The studies `auth`'s PDC may join.
     pub fn list_studies(&self, auth: &RequestAuth) -> Result<Vec<StudyListing>> {
         let state = self.lock();
-        Self::authenticate(&state, "ListStudies", auth)?;
+        self.authenticate(&state, "ListStudies", auth)?;
         Ok(state
             .studies
             .values()
@@ -1591,7 +1606,7 @@ impl Coordinator {
         let (sender, receiver) = mpsc::channel(64);
         {
             let mut state = self.lock();
-            Self::authenticate(&state, "WaitTasks", auth)?;
+            self.authenticate(&state, "WaitTasks", auth)?;
             let pdc = state.pdcs.get_mut(&auth.pdc_id).expect("authenticated");
             pdc.task_streams.retain(|sender| !sender.is_closed());
             pdc.task_streams.push(sender.clone());
@@ -1626,7 +1641,7 @@ impl Coordinator {
     /// The global model of `round` for a participant of that round.
     pub fn participant_model(&self, auth: &RequestAuth, study_id: &str, round: u32) -> Result<ModelSnapshot> {
         let state = self.lock();
-        Self::authenticate(&state, "DownloadGlobalModel", auth)?;
+        self.authenticate(&state, "DownloadGlobalModel", auth)?;
         let study = state.studies.get(study_id).ok_or_else(|| Error::UnknownStudy(study_id.to_owned()))?;
         if *study.machine.phase() != Phase::Open || study.machine.round() != round {
             return Err(Error::FailedPrecondition(format!("round {round} of study {study_id} is not open")));
@@ -1707,7 +1722,7 @@ impl Coordinator {
     ) -> Result<UploadProgress> {
         {
             let state = self.lock();
-            Self::authenticate(&state, "UploadStatus", auth)?;
+            self.authenticate(&state, "UploadStatus", auth)?;
             let study = state.studies.get(study_id).ok_or_else(|| Error::UnknownStudy(study_id.to_owned()))?;
             study.machine.check_update(&auth.pdc_id, round)?;
         }
@@ -1841,7 +1856,7 @@ impl Coordinator {
     ) -> Result<()> {
         let now = self.now_ms();
         let mut state = self.lock();
-        Self::authenticate(&state, "ReportFailure", auth)?;
+        self.authenticate(&state, "ReportFailure", auth)?;
         let state = &mut *state;
         let reason: String = reason.chars().take(512).collect();
         if round == 0 {

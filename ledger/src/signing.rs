@@ -12,14 +12,17 @@ pub fn register_message(pdc_id: &str, public_key: &[u8; 32]) -> Vec<u8> {
     message
 }
 
-/// What a PDC signs to authenticate a call of `method` at `timestamp_ms` (Unix milliseconds).
-pub fn request_message(method: &str, pdc_id: &str, timestamp_ms: u64) -> Vec<u8> {
+/// What a PDC signs to authenticate a call of `method` at `timestamp_ms` (Unix milliseconds), with the request's
+/// `nonce` (fresh random bytes: the coordinator refuses a nonce it has seen within the signature window, so a
+/// captured request cannot be sent again).
+pub fn request_message(method: &str, pdc_id: &str, timestamp_ms: u64, nonce: &[u8]) -> Vec<u8> {
     let mut message = b"pdc.v1.request\0".to_vec();
     message.extend_from_slice(method.as_bytes());
     message.push(0);
     message.extend_from_slice(pdc_id.as_bytes());
     message.push(0);
     message.extend_from_slice(&timestamp_ms.to_le_bytes());
+    message.extend_from_slice(nonce);
     message
 }
 
@@ -319,9 +322,11 @@ mod tests {
                 assert_ne!(a.encode(), b.encode(), "{a:?} {b:?}");
             }
         }
-        assert_ne!(request_message("WaitTasks", "a", 1), request_message("ListStudies", "a", 1));
+        assert_ne!(request_message("WaitTasks", "a", 1, &[0; 16]), request_message("ListStudies", "a", 1, &[0; 16]));
         // The NUL separator keeps ("ab", "c") and ("a", "bc") apart.
-        assert_ne!(request_message("ab", "c", 1), request_message("a", "bc", 1));
+        assert_ne!(request_message("ab", "c", 1, &[0; 16]), request_message("a", "bc", 1, &[0; 16]));
+        // The nonce is signed: a request cannot be made new by changing it.
+        assert_ne!(request_message("WaitTasks", "a", 1, &[0; 16]), request_message("WaitTasks", "a", 1, &[1; 16]));
     }
 
     #[test]

@@ -15,6 +15,7 @@ mod privacy;
 mod processes;
 mod push;
 mod replay;
+mod replayed;
 mod resume;
 mod retry;
 mod rewards;

@@ -85,8 +85,10 @@ impl TestPdc {
 
     pub fn signed(&self, method: &str) -> pb::SignedRequest {
         let timestamp_ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64;
-        let signature = self.identity.sign(&signing::request_message(method, &self.id, timestamp_ms)).to_vec();
-        pb::SignedRequest { pdc_id: self.id.clone(), timestamp_ms, signature }
+        let nonce: [u8; 16] = rand::random();
+        let message = signing::request_message(method, &self.id, timestamp_ms, &nonce);
+        let signature = self.identity.sign(&message).to_vec();
+        pb::SignedRequest { pdc_id: self.id.clone(), timestamp_ms, signature, nonce: nonce.to_vec() }
     }
 
     /// Consents to every listed study.
