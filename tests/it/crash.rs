@@ -194,7 +194,9 @@ async fn a_coordinator_killed_at_random_points_resumes_its_study() {
     coordinator.start_kill().unwrap();
     coordinator.wait().await.unwrap();
     let data_dir = dir.path().join("coordinator");
-    let replay = pdc_output(&["audit", "replay", "--data-dir", data_dir.to_str().unwrap(), "--study", &study_id]).await;
+    let (data_arg, state_arg) = (data_dir.to_str().unwrap(), state.to_str().unwrap());
+    let replay_args = ["audit", "replay", "--data-dir", data_arg, "--study", &study_id, "--tofu", "--state", state_arg];
+    let replay = pdc_output(&replay_args).await;
     assert!(replay.contains(&format!("PASS: study {study_id} replays bit for bit ({ROUNDS} rounds)")), "{replay}");
 }
 

@@ -109,13 +109,26 @@ async fn a_study_replays_bit_for_bit_and_tampered_archives_are_found() {
     let paid = entries.iter().filter(|bytes| matches!(Entry::decode(bytes).unwrap(), Entry::RewardPaid { .. })).count();
     assert!(paid >= 10, "rewards were paid and replayed: {paid}");
 
-    // The command an auditor runs on a copy of the data folder says the same.
+    // The command an auditor runs on a copy of the data folder says the same, auditing the ledger first under its
+    // own policy (here: the log key trusted on first use, remembered in its state file).
     let folder = data_dir.to_str().unwrap();
-    let (ok, stdout, stderr) = pdc_run(&["audit", "replay", "--data-dir", folder, "--study", &study_id]);
+    let state_file = data_dir.with_file_name("auditor-state.json");
+    let state = state_file.to_str().unwrap();
+    let replay_args = ["audit", "replay", "--data-dir", folder, "--study", &study_id, "--tofu", "--state", state];
+    let (ok, stdout, stderr) = pdc_run(&replay_args);
     assert!(ok, "{stdout}{stderr}");
     assert!(stdout.contains(&format!("PASS: study {study_id} replays bit for bit (10 rounds)")), "{stdout}");
     assert!(stdout.starts_with("ledger: PASS"), "{stdout}");
     assert!(stdout.contains(&format!("  warning: {}\n", report.warnings[0])), "{stdout}");
+    // Under a log key the auditor pinned that is not this log's, the replay refuses the ledger it would recompute.
+    let stranger = hex::encode(pdc_ledger::Identity::generate().public_key().to_bytes());
+    let other_state = data_dir.with_file_name("other-auditor-state.json");
+    let pinned = ["--log-key", &stranger, "--state", other_state.to_str().unwrap()];
+    let (ok, stdout, stderr) =
+        pdc_run(&[&["audit", "replay", "--data-dir", folder, "--study", &study_id][..], &pinned[..]].concat());
+    assert!(!ok, "{stdout}");
+    assert!(stderr.contains(&format!("not the pinned {stranger}")), "{stdout}{stderr}");
+    assert!(!stdout.contains("replays bit for bit"), "nothing is replayed from a ledger the auditor does not trust");
 
     // One byte of ward-b's archived round-4 update changed: found, named, and the replay stops there.
     let update_hash = entries
@@ -134,7 +147,7 @@ async fn a_study_replays_bit_for_bit_and_tampered_archives_are_found() {
     let mut tampered = original.clone();
     tampered[5] ^= 0x40;
     std::fs::write(&path, &tampered).unwrap();
-    let (ok, stdout, _) = pdc_run(&["audit", "replay", "--data-dir", folder, "--study", &study_id]);
+    let (ok, stdout, _) = pdc_run(&replay_args);
     assert!(!ok, "{stdout}");
     assert!(stdout.contains("round 4: the archived update of ward-b"), "{stdout}");
     assert!(stdout.contains("does not hash to its id"), "{stdout}");
