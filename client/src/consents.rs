@@ -7,8 +7,6 @@
 //! is passed in.
 
 use std::collections::BTreeMap;
-use std::fs::File;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use pdc_ledger::signing::ConsentConditions;
@@ -156,17 +154,7 @@ impl ConsentStore {
         let error = |detail: String| Error::Config { path: self.path.clone(), detail };
         let text =
             serde_json::to_string_pretty(&ConsentFile { format: FORMAT, studies }).map_err(|e| error(e.to_string()))?;
-        let temp = self.path.with_extension("json.tmp");
-        // Written whole and renamed, so that a crash leaves the old file or the new one, never half of one.
-        let write = || -> std::io::Result<()> {
-            let mut out = File::create(&temp)?;
-            out.write_all(text.as_bytes())?;
-            out.sync_all()?;
-            std::fs::rename(&temp, &self.path)?;
-            let folder = self.path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-            File::open(folder)?.sync_all()
-        };
-        write().map_err(|e| error(format!("cannot write: {e}")))
+        crate::durable::replace_file(&self.path, text.as_bytes()).map_err(|e| error(format!("cannot write: {e}")))
     }
 }
 

@@ -15,6 +15,7 @@ pub mod agent;
 pub mod attack;
 pub mod config;
 pub mod consents;
+mod durable;
 mod error;
 pub mod spend;
 pub mod tls;

@@ -10,8 +10,6 @@
 //! rename, `fsync` of the folder) — before the update it protects leaves the PDC, so a crash can over-count a
 //! round's spend (the update was never sent) but never under-count it.
 
-use std::fs::File;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use pdc_privacy::{Accountant, Budget, PrivacyBudget, RdpAccountant};
@@ -271,16 +269,8 @@ impl SpendStore {
             events: self.events.clone(),
         };
         let text = serde_json::to_string_pretty(&file).map_err(|e| spend_error(&self.path, e.to_string()))?;
-        let temp = self.path.with_extension("json.tmp");
-        let write = || -> std::io::Result<()> {
-            let mut out = File::create(&temp)?;
-            out.write_all(text.as_bytes())?;
-            out.sync_all()?;
-            std::fs::rename(&temp, &self.path)?;
-            let folder = self.path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-            File::open(folder)?.sync_all()
-        };
-        write().map_err(|e| spend_error(&self.path, format!("cannot write: {e}")))
+        crate::durable::replace_file(&self.path, text.as_bytes())
+            .map_err(|e| spend_error(&self.path, format!("cannot write: {e}")))
     }
 }
 

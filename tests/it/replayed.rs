@@ -27,7 +27,8 @@ max = 2
 round_deadline_secs = 600
 "#;
 
-async fn running_study(url: &str) -> (String, Vec<TestPdc>, Vec<tonic::Streaming<pb::Task>>) {
+/// Creates the study; returns its id and the researcher's client.
+async fn create_study(url: &str) -> (String, pb::study_service_client::StudyServiceClient<tonic::transport::Channel>) {
     let mut researcher = support::researcher(url).await;
     let request = pb::CreateStudyRequest {
         manifest_toml: MANIFEST.to_owned(),
@@ -35,6 +36,11 @@ async fn running_study(url: &str) -> (String, Vec<TestPdc>, Vec<tonic::Streaming
         ..Default::default()
     };
     let study_id = researcher.create_study(request).await.unwrap().into_inner().study_id;
+    (study_id, researcher)
+}
+
+async fn running_study(url: &str) -> (String, Vec<TestPdc>, Vec<tonic::Streaming<pb::Task>>) {
+    let (study_id, mut researcher) = create_study(url).await;
     let (pdcs, streams) = support::consenting_pdcs(url, &["ward-a", "ward-b"]).await;
     researcher.start_study(pb::StudyRef { study_id: study_id.clone() }).await.unwrap();
     (study_id, pdcs, streams)
@@ -77,13 +83,7 @@ async fn a_replayed_report_failure_is_refused_and_changes_nothing() {
 async fn a_replayed_wait_tasks_cannot_take_over_the_task_stream() {
     let dir = tempfile::tempdir().unwrap();
     let (url, _stop) = support::start_coordinator(dir.path()).await;
-    let mut researcher = support::researcher(&url).await;
-    let request = pb::CreateStudyRequest {
-        manifest_toml: MANIFEST.to_owned(),
-        validation_csv: support::breast_cancer_csv().into_bytes(),
-        ..Default::default()
-    };
-    let study_id = researcher.create_study(request).await.unwrap().into_inner().study_id;
+    let (study_id, mut researcher) = create_study(&url).await;
     let mut a = TestPdc::register(&url, "ward-a").await;
     let mut b = TestPdc::register(&url, "ward-b").await;
     a.consent_all().await;
